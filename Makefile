@@ -1,0 +1,65 @@
+# vit-course: two commands for a newcomer.
+#   make lab    create .venv if missing, install the course, open JupyterLab on notebooks/
+#   make test   the same set-up, then unit tests and every notebook (quick profile, offline)
+# Other targets: make install, make download (fetch data + weights ahead of class),
+#                make notebooks-exercise (regenerate notebook 06's student/solution versions),
+#                make bench, make clean-test.
+
+PYTHON    ?= python3
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+STAMP     := $(VENV)/.vit_course_installed
+EXTRAS    ?= test
+LAB_ARGS  ?=
+# JupyterLab refuses to run as root unless told (containers, CI); say it only when needed.
+LAB_ROOT  := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
+
+# make test runs offline and on stand-in weights, in folders of its own, so it never
+# touches a classroom's real caches (data downloads are shared: they are the real data).
+TEST_CACHE     := $(CURDIR)/.cache/test
+TEST_TORCH_HOME:= $(TEST_CACHE)/torch-standin
+TEST_ARTIFACTS := $(TEST_CACHE)/artifacts
+TEST_ENV       := VIT_COURSE_PROFILE=quick TORCH_HOME=$(TEST_TORCH_HOME) \
+                  VIT_COURSE_ARTIFACTS=$(TEST_ARTIFACTS) MPLBACKEND=Agg \
+                  PYTHONHASHSEED=0
+
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+
+.PHONY: install lab test unit nbtest download bench notebooks-exercise clean-test
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --disable-pip-version-check -e ".[$(EXTRAS)]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+lab: install
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(LAB_ROOT) $(LAB_ARGS)
+
+download: install
+	$(PY) -m vit_course.download --all
+
+test: install
+	@echo "== data: the real pizza/steak/sushi archive (VIT_COURSE_DATA_SOURCE=$${VIT_COURSE_DATA_SOURCE:-<unset: cache or internet>})"
+	$(PY) -m vit_course.download --data
+	@echo "== stand-in ViT-B/16 weights for offline tests in $(TEST_TORCH_HOME)"
+	$(PY) -m vit_course.standin $(TEST_TORCH_HOME)
+	rm -rf $(TEST_ARTIFACTS)
+	$(MAKE) --no-print-directory unit nbtest
+
+unit: install
+	$(TEST_ENV) $(PY) -m pytest tests -q
+
+nbtest: install
+	cd notebooks && $(TEST_ENV) ../$(PY) -m pytest -q -p no:cacheprovider \
+	  --nbval-lax --nbval-current-env --nbval-cell-timeout=900 \
+	  --sanitize-with ../tests/nbval_sanitize.cfg $(notdir $(NOTEBOOKS))
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+clean-test:
+	rm -rf $(TEST_CACHE)
