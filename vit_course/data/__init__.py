@@ -1,0 +1,22 @@
+"""Data: the pizza/steak/sushi download, transforms and loaders, and synthetic ground-truth data."""
+
+from .download import (  # noqa: F401
+    CLASS_NAMES,
+    DATASET_URL,
+    DATA_DIR_ENV,
+    EXPECTED_COUNTS,
+    SOURCE_ENV,
+    DataError,
+    default_data_dir,
+    download_pizza_steak_sushi,
+    verify_dataset,
+)
+from .loaders import (  # noqa: F401
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TensorImageDataset,
+    create_dataloaders,
+    imagenet_transform,
+    load_image,
+    simple_transform,
+)
