@@ -1,0 +1,163 @@
+"""Tests for vit_course.viz: figures come back with the expected axes and image data."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from vit_course import viz  # noqa: E402
+from vit_course.models import ViT  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def image(size: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.rand(3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_plot_loss_curves_two_axes_train_and_test_lines():
+    history = {"train_loss": [1.0, 0.8, 0.6], "train_acc": [0.3, 0.5, 0.7],
+               "test_loss": [1.1, 0.9, 0.8], "test_acc": [0.3, 0.4, 0.5]}
+    fig = viz.plot_loss_curves(history)
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    loss_ax, acc_ax = fig.axes
+    assert len(loss_ax.lines) == 2 and len(acc_ax.lines) == 2
+    np.testing.assert_allclose(loss_ax.lines[0].get_ydata(), history["train_loss"])
+    np.testing.assert_allclose(acc_ax.lines[1].get_ydata(), history["test_acc"])
+    np.testing.assert_allclose(loss_ax.lines[0].get_xdata(), [1, 2, 3])
+
+
+def test_plot_loss_curves_without_test_and_bad_history():
+    fig = viz.plot_loss_curves({"train_loss": [1.0], "train_acc": [0.5], "test_loss": [],
+                                "test_acc": []})
+    assert [len(ax.lines) for ax in fig.axes] == [1, 1]
+    with pytest.raises(ValueError, match="train_loss"):
+        viz.plot_loss_curves({"loss": [1.0]})
+
+
+def test_plot_confusion_matrix_shows_the_matrix():
+    cm = torch.tensor([[5, 1, 0], [2, 3, 1], [0, 0, 4]])
+    fig = viz.plot_confusion_matrix(cm, ["pizza", "steak", "sushi"])
+    assert len(fig.axes) == 1
+    ax = fig.axes[0]
+    np.testing.assert_array_equal(ax.images[0].get_array(), cm.numpy())
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["pizza", "steak", "sushi"]
+    assert sorted(t.get_text() for t in ax.texts) == sorted(str(v) for v in cm.flatten().tolist())
+    fig_n = viz.plot_confusion_matrix(cm, ["pizza", "steak", "sushi"], normalize=True)
+    np.testing.assert_allclose(np.asarray(fig_n.axes[0].images[0].get_array()).sum(1), 1.0)
+    with pytest.raises(ValueError, match=r"\(2, 2\) for 2 class names"):
+        viz.plot_confusion_matrix(cm, ["a", "b"])
+
+
+def test_plot_patches_cuts_the_image_into_the_grid():
+    img = image(32)
+    fig = viz.plot_patches(img, patch_size=8, gap=2)
+    assert len(fig.axes) == 2
+    whole = np.asarray(fig.axes[0].images[0].get_array())
+    cut = np.asarray(fig.axes[1].images[0].get_array())
+    assert whole.shape == (32, 32, 3)
+    assert cut.shape == (4 * 10 - 2, 4 * 10 - 2, 3)
+    hwc = img.permute(1, 2, 0).numpy()
+    # patch (row 1, col 2) sits at offset (1*(8+2), 2*(8+2)) in the cut view
+    np.testing.assert_allclose(cut[10:18, 20:28], hwc[8:16, 16:24])
+    np.testing.assert_allclose(cut[8:10, :], 1.0)          # white gap row
+    assert "16 patches" in fig.axes[1].get_title()
+    with pytest.raises(ValueError, match="not divisible by patch_size=16"):
+        viz.plot_patches(image(40), patch_size=16)
+
+
+def test_upsample_map_shapes_and_modes():
+    maps = torch.arange(2 * 2 * 2, dtype=torch.float32).reshape(2, 2, 2)
+    up = viz.upsample_map(maps, size=(8, 8), mode="nearest")
+    assert up.shape == (2, 8, 8)
+    # nearest: each patch becomes a constant 4x4 block with the patch's value
+    assert torch.equal(up[1, :4, 4:], torch.full((4, 4), maps[1, 0, 1].item()))
+    bil = viz.upsample_map(maps, size=16)
+    assert bil.shape == (2, 16, 16)
+    assert bil.min() >= maps.min() and bil.max() <= maps.max()
+    single = viz.upsample_map(torch.ones(4, 4) * 0.3, size=(32, 32))
+    assert single.shape == (32, 32)
+    torch.testing.assert_close(single, torch.full((32, 32), 0.3))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        viz.upsample_map(maps, mode="area")
+    with pytest.raises(ValueError, match=r"\(B, h, w\)"):
+        viz.upsample_map(torch.ones(1, 1, 2, 2))
+
+
+def test_overlay_blends_image_and_colormap():
+    img = image(16)
+    heat = torch.linspace(0, 1, 16 * 16).reshape(16, 16)
+    out0 = viz.overlay(img, heat, alpha=0.0)
+    assert out0.shape == (16, 16, 3)
+    np.testing.assert_allclose(out0, img.permute(1, 2, 0).numpy(), atol=1e-6)
+    out1 = viz.overlay(img, heat, alpha=1.0, cmap="gray")
+    np.testing.assert_allclose(out1[..., 0], heat.numpy(), atol=1e-2)   # gray: R = G = B = heat
+    half = viz.overlay(img, heat, alpha=0.5)
+    assert 0 <= half.min() and half.max() <= 1
+
+
+def test_overlay_bad_inputs_say_what_to_do():
+    with pytest.raises(ValueError, match="upsample_map"):
+        viz.overlay(image(32), torch.rand(4, 4))
+    with pytest.raises(ValueError, match=r"heat values must lie in \[0, 1\]"):
+        viz.overlay(image(8), torch.full((8, 8), 2.0))
+    with pytest.raises(ValueError, match="undo ImageNet normalisation"):
+        viz.overlay(image(8) - 0.5, torch.rand(8, 8))
+    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
+        viz.overlay(torch.rand(8, 8, 3), torch.rand(8, 8))
+
+
+def test_plot_maps_grid_has_one_axes_per_map():
+    imgs = torch.stack([image(32, s) for s in range(5)])
+    maps = torch.rand(5, 4, 4)
+    fig = viz.plot_maps(imgs, maps, titles=[f"m{i}" for i in range(5)], ncols=4)
+    assert len(fig.axes) == 5
+    for i, ax in enumerate(fig.axes):
+        assert np.asarray(ax.images[0].get_array()).shape == (32, 32, 3)
+        assert ax.get_title() == f"m{i}"
+    # the panel is the overlay of the upsampled, min-max scaled map
+    heat = viz.upsample_map(maps, size=(32, 32))[2].numpy()
+    heat = (heat - heat.min()) / (heat.max() - heat.min())
+    np.testing.assert_allclose(np.asarray(fig.axes[2].images[0].get_array()),
+                               viz.overlay(imgs[2], heat), atol=1e-5)
+
+
+def test_plot_maps_one_image_many_maps_and_errors():
+    fig = viz.plot_maps(image(32), torch.rand(3, 4, 4), ncols=4)
+    assert len(fig.axes) == 3
+    const = viz.plot_maps(image(32), torch.ones(1, 4, 4))              # constant map → 0, no NaN
+    assert np.isfinite(np.asarray(const.axes[0].images[0].get_array())).all()
+    with pytest.raises(ValueError, match="one per map"):
+        viz.plot_maps(torch.rand(2, 3, 32, 32), torch.rand(3, 4, 4))
+    with pytest.raises(ValueError, match="titles"):
+        viz.plot_maps(image(32), torch.rand(2, 4, 4), titles=["a"])
+
+
+def test_predict_and_plot_single_image_file(tmp_path):
+    data = pytest.importorskip("vit_course.data", reason="vit_course.data not importable yet")
+    from PIL import Image
+
+    path = tmp_path / "dish.png"
+    Image.fromarray((np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)).save(path)
+    torch.manual_seed(0)
+    model = ViT(img_size=32, patch_size=8, num_transformer_layers=1, embedding_dim=16,
+                mlp_size=32, num_heads=2, num_classes=3)
+    fig = viz.predict_and_plot(model, path, ["pizza", "steak", "sushi"],
+                               transform=data.simple_transform(32))
+    assert len(fig.axes) == 1
+    title = fig.axes[0].get_title()
+    assert title.startswith("Pred: ") and any(c in title for c in ("pizza", "steak", "sushi"))
+    assert np.asarray(fig.axes[0].images[0].get_array()).shape == (40, 50, 3)
+    with pytest.raises(ValueError, match="3 classes but 2 class_names"):
+        viz.predict_and_plot(model, path, ["a", "b"], transform=data.simple_transform(32))

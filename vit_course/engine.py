@@ -1,0 +1,526 @@
+"""Training, evaluation, prediction and checkpoints.
+
+- :func:`train` runs seeded epochs of :func:`train_step` and :func:`test_step` and returns a
+  history dict of per-epoch lists (``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``).
+- Loss and accuracy are counted **per image**: summed over every image, divided by the
+  number of images. Averaging per-batch means instead (as the seed course does) weights the
+  images of a short last batch more than the others.
+- :func:`evaluate` returns an :class:`Evaluation` with accuracy, per-class precision /
+  recall / F1, macro F1, the confusion matrix and the raw predictions.
+- :func:`save_checkpoint` writes atomically; :func:`load_checkpoint` reads with
+  ``torch.load(..., weights_only=True)`` and checks the architecture before touching the model.
+
+Dataloaders yield ``(images, labels, ...)``: the first two items are used.
+``device=None`` everywhere means "the device the model's parameters are on".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from .runtime import SEED, set_seed
+
+__all__ = [
+    "train",
+    "train_step",
+    "test_step",
+    "evaluate",
+    "Evaluation",
+    "confusion_matrix",
+    "classification_metrics",
+    "predict",
+    "save_checkpoint",
+    "load_checkpoint",
+    "CHECKPOINT_FORMAT",
+]
+
+CHECKPOINT_FORMAT = "vit_course.checkpoint/1"
+
+
+# ----------------------------------------------------------------------------- helpers
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _resolve_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    """``None`` → the model's device; otherwise move the model there."""
+    if device is None:
+        return _model_device(model)
+    device = torch.device(device)
+    model.to(device)
+    return device
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode, then restore each one's own flag."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, (list, tuple)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise TypeError(
+        "each dataloader batch must be a (images, labels, ...) tuple or list, got "
+        f"{type(batch).__name__}; use vit_course.data.create_dataloaders or a "
+        "torchvision ImageFolder dataset."
+    )
+
+
+def _batch_loss_sum(loss_fn: nn.Module, logits: torch.Tensor, y: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (loss to backpropagate, loss summed over the batch's images)."""
+    loss = loss_fn(logits, y)
+    reduction = getattr(loss_fn, "reduction", "mean")
+    if loss.ndim > 0:                      # reduction="none": one loss per image
+        return loss.mean(), loss.sum()
+    if reduction == "sum":
+        return loss, loss
+    return loss, loss * y.shape[0]         # mean → sum over images
+
+
+def _check_loader(name: str, loader: Any) -> None:
+    if not isinstance(loader, Iterable):
+        raise TypeError(f"{name} must be an iterable of (images, labels) batches such as a "
+                        f"torch DataLoader, got {type(loader).__name__}")
+
+
+# ----------------------------------------------------------------------------- steps
+def train_step(model: nn.Module, dataloader: Iterable, loss_fn: nn.Module,
+               optimizer: torch.optim.Optimizer, device: str | torch.device | None = None
+               ) -> tuple[float, float]:
+    """Train one epoch.
+
+    Args:
+        model: the model; put in train mode.
+        dataloader: yields (images (B, C, H, W), labels (B,)).
+        loss_fn: e.g. ``nn.CrossEntropyLoss()`` (reduction ``mean``, ``sum`` or ``none``).
+        optimizer: the optimizer over ``model``'s parameters.
+        device: where to train. Default: the model's device.
+
+    Returns:
+        (loss, accuracy) over the epoch, both per image (sum over images / number of images).
+    """
+    _check_loader("dataloader", dataloader)
+    device = _resolve_device(model, device)
+    model.train()
+    loss_sum, correct, total = 0.0, 0, 0
+    for batch in dataloader:
+        X, y = _unpack(batch)
+        X, y = X.to(device), y.to(device)
+        logits = model(X)
+        loss, batch_sum = _batch_loss_sum(loss_fn, logits, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss_sum += batch_sum.item()
+        correct += (logits.argmax(dim=1) == y).sum().item()
+        total += y.shape[0]
+    if total == 0:
+        raise ValueError("train dataloader yielded no images; check the dataset folder "
+                         "and max_per_class")
+    return loss_sum / total, correct / total
+
+
+def test_step(model: nn.Module, dataloader: Iterable, loss_fn: nn.Module,
+              device: str | torch.device | None = None) -> tuple[float, float]:
+    """Evaluate loss and accuracy over ``dataloader`` in eval mode (mode restored after).
+
+    Returns:
+        (loss, accuracy), both per image.
+    """
+    _check_loader("dataloader", dataloader)
+    device = _resolve_device(model, device)
+    loss_sum, correct, total = 0.0, 0, 0
+    with _eval_mode(model), torch.no_grad():
+        for batch in dataloader:
+            X, y = _unpack(batch)
+            X, y = X.to(device), y.to(device)
+            logits = model(X)
+            _, batch_sum = _batch_loss_sum(loss_fn, logits, y)
+            loss_sum += batch_sum.item()
+            correct += (logits.argmax(dim=1) == y).sum().item()
+            total += y.shape[0]
+    if total == 0:
+        raise ValueError("test dataloader yielded no images; check the dataset folder")
+    return loss_sum / total, correct / total
+
+
+def train(model: nn.Module, train_dataloader: Iterable, test_dataloader: Iterable | None,
+          optimizer: torch.optim.Optimizer, loss_fn: nn.Module, epochs: int,
+          device: str | torch.device | None = None, seed: int | None = SEED,
+          progress: bool = True) -> dict[str, list[float]]:
+    """Train for ``epochs`` epochs, testing after each; seeded, so two runs match.
+
+    Args:
+        model, optimizer, loss_fn: as in :func:`train_step`.
+        train_dataloader: training batches (shuffled draws come from the seeded RNG).
+        test_dataloader: test batches, or ``None`` to skip testing (test lists stay empty).
+        epochs: number of epochs, ≥ 1.
+        device: where to train. Default: the model's device.
+        seed: passed to :func:`vit_course.runtime.set_seed` before the first epoch;
+            ``None`` leaves the random state alone. Default: ``SEED`` (42).
+        progress: show a tqdm bar and one line per epoch. Default: True.
+
+    Returns:
+        ``{"train_loss": [...], "train_acc": [...], "test_loss": [...], "test_acc": [...]}``,
+        one float per epoch, accuracy in [0, 1].
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    _check_loader("train_dataloader", train_dataloader)
+    if test_dataloader is not None:
+        _check_loader("test_dataloader", test_dataloader)
+    if seed is not None:
+        set_seed(seed)
+    device = _resolve_device(model, device)
+    history: dict[str, list[float]] = {"train_loss": [], "train_acc": [],
+                                       "test_loss": [], "test_acc": []}
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(epochs), desc="epochs", disable=not progress)
+    for epoch in bar:
+        train_loss, train_acc = train_step(model, train_dataloader, loss_fn, optimizer, device)
+        history["train_loss"].append(train_loss)
+        history["train_acc"].append(train_acc)
+        line = f"epoch {epoch + 1}/{epochs} | train_loss {train_loss:.4f} | train_acc {train_acc:.4f}"
+        if test_dataloader is not None:
+            test_loss, test_acc = test_step(model, test_dataloader, loss_fn, device)
+            history["test_loss"].append(test_loss)
+            history["test_acc"].append(test_acc)
+            line += f" | test_loss {test_loss:.4f} | test_acc {test_acc:.4f}"
+        if progress:
+            bar.write(line)
+    bar.close()
+    return history
+
+
+# ----------------------------------------------------------------------------- metrics
+def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: int
+                     ) -> torch.Tensor:
+    """Count (true, predicted) pairs.
+
+    Args:
+        y_true, y_pred: class indices (M,), each in [0, num_classes).
+        num_classes: K.
+
+    Returns:
+        int64 tensor (K, K); rows are true classes, columns predicted classes.
+    """
+    y_true = torch.as_tensor(y_true).long().flatten().cpu()
+    y_pred = torch.as_tensor(y_pred).long().flatten().cpu()
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true and y_pred must have the same length, got {y_true.numel()} "
+                         f"and {y_pred.numel()}")
+    for name, t in (("y_true", y_true), ("y_pred", y_pred)):
+        if t.numel() and (t.min() < 0 or t.max() >= num_classes):
+            raise ValueError(f"{name} holds class indices outside [0, {num_classes}) "
+                             f"(min {t.min().item()}, max {t.max().item()}); check that "
+                             "class_names matches the dataset's classes")
+    flat = y_true * num_classes + y_pred
+    return torch.bincount(flat, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def classification_metrics(cm: torch.Tensor) -> dict[str, Any]:
+    """Accuracy and per-class precision, recall and F1 from a confusion matrix.
+
+    A ratio with a zero denominator is defined as 0: precision of a class never
+    predicted, recall of a class absent from ``y_true``, F1 when precision + recall = 0
+    (scikit-learn's ``zero_division=0``). Macro F1 is the plain mean over all K classes,
+    absent ones included.
+
+    Args:
+        cm: (K, K) counts, rows true, columns predicted.
+
+    Returns:
+        dict with ``accuracy`` (float), ``precision``, ``recall``, ``f1`` (float64 (K,)),
+        ``support`` (int64 (K,), true images per class) and ``macro_f1`` (float).
+    """
+    cm = torch.as_tensor(cm).to(torch.float64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"cm must be a square (K, K) matrix, got shape {tuple(cm.shape)}")
+    tp = cm.diagonal()
+    predicted = cm.sum(dim=0)
+    actual = cm.sum(dim=1)
+
+    def ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+        return torch.where(den > 0, num / den.clamp(min=1e-300), torch.zeros_like(num))
+
+    precision = ratio(tp, predicted)
+    recall = ratio(tp, actual)
+    f1 = ratio(2 * precision * recall, precision + recall)
+    total = cm.sum()
+    return dict(
+        accuracy=float(tp.sum() / total) if total > 0 else 0.0,
+        precision=precision, recall=recall, f1=f1,
+        support=actual.to(torch.int64),
+        macro_f1=float(f1.mean()) if f1.numel() else 0.0,
+    )
+
+
+@dataclass
+class Evaluation:
+    """Results of :func:`evaluate` over M images and K classes.
+
+    Attributes:
+        accuracy: correct / M (per image).
+        precision, recall, f1: float64 (K,), 0 where undefined (see
+            :func:`classification_metrics`).
+        macro_f1: mean of ``f1`` over the K classes.
+        support: int64 (K,), images per true class.
+        confusion_matrix: int64 (K, K), rows true, columns predicted.
+        y_true, y_pred: int64 (M,). probs: float (M, K) softmax probabilities.
+        class_names: the K names.
+    """
+
+    accuracy: float
+    precision: torch.Tensor
+    recall: torch.Tensor
+    f1: torch.Tensor
+    macro_f1: float
+    support: torch.Tensor
+    confusion_matrix: torch.Tensor
+    y_true: torch.Tensor
+    y_pred: torch.Tensor
+    probs: torch.Tensor
+    class_names: list[str] = field(default_factory=list)
+
+    def report(self) -> str:
+        """A per-class text table (like scikit-learn's ``classification_report``)."""
+        width = max([len(n) for n in self.class_names] + [9])
+        lines = [f"{'':<{width}}  precision  recall  f1-score  support"]
+        for i, name in enumerate(self.class_names):
+            lines.append(f"{name:<{width}}  {self.precision[i]:9.3f}  {self.recall[i]:6.3f}  "
+                         f"{self.f1[i]:8.3f}  {int(self.support[i]):7d}")
+        n = int(self.support.sum())
+        lines.append(f"{'accuracy':<{width}}  {'':9}  {'':6}  {self.accuracy:8.3f}  {n:7d}")
+        lines.append(f"{'macro f1':<{width}}  {'':9}  {'':6}  {self.macro_f1:8.3f}  {n:7d}")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able summary (no per-image arrays), e.g. for checkpoint metadata."""
+        return dict(
+            accuracy=self.accuracy, macro_f1=self.macro_f1, class_names=list(self.class_names),
+            precision=self.precision.tolist(), recall=self.recall.tolist(), f1=self.f1.tolist(),
+            support=self.support.tolist(), confusion_matrix=self.confusion_matrix.tolist(),
+        )
+
+
+def evaluate(model: nn.Module, dataloader: Iterable, class_names: list[str],
+             device: str | torch.device | None = None) -> Evaluation:
+    """Predict every image of ``dataloader`` (eval mode, restored after) and score it.
+
+    Args:
+        model: returns logits (B, K) with K = ``len(class_names)``.
+        dataloader: yields (images, labels).
+        class_names: the K class names, in label order.
+        device: Default: the model's device.
+
+    Returns:
+        an :class:`Evaluation`.
+    """
+    _check_loader("dataloader", dataloader)
+    if isinstance(class_names, str) or len(class_names) == 0:
+        raise TypeError(f"class_names must be a non-empty list of names, got {class_names!r}")
+    K = len(class_names)
+    device = _resolve_device(model, device)
+    probs, y_true = [], []
+    with _eval_mode(model), torch.no_grad():
+        for batch in dataloader:
+            X, y = _unpack(batch)
+            logits = model(X.to(device))
+            if logits.ndim != 2 or logits.shape[1] != K:
+                raise ValueError(
+                    f"model returned logits of shape {tuple(logits.shape)}, expected (B, {K}) "
+                    f"for class_names={list(class_names)}; give the model a {K}-class head or "
+                    "pass the class names it was trained on")
+            probs.append(logits.float().softmax(dim=1).cpu())
+            y_true.append(torch.as_tensor(y).long().cpu())
+    if not probs:
+        raise ValueError("dataloader yielded no images; nothing to evaluate")
+    probs_t = torch.cat(probs)
+    y_true_t = torch.cat(y_true)
+    y_pred_t = probs_t.argmax(dim=1)
+    cm = confusion_matrix(y_true_t, y_pred_t, K)
+    m = classification_metrics(cm)
+    return Evaluation(accuracy=m["accuracy"], precision=m["precision"], recall=m["recall"],
+                      f1=m["f1"], macro_f1=m["macro_f1"], support=m["support"],
+                      confusion_matrix=cm, y_true=y_true_t, y_pred=y_pred_t, probs=probs_t,
+                      class_names=list(class_names))
+
+
+def predict(model: nn.Module, images: torch.Tensor, device: str | torch.device | None = None,
+            batch_size: int = 64) -> torch.Tensor:
+    """Class probabilities for a batch of images (eval mode, restored after).
+
+    Args:
+        model: returns logits (B, K).
+        images: (B, C, H, W), already transformed; a single (C, H, W) image counts as B = 1.
+        device: Default: the model's device.
+        batch_size: images per forward pass. Default: 64.
+
+    Returns:
+        softmax probabilities (B, K), float32 on the CPU.
+    """
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a tensor (B, C, H, W), got {type(images).__name__}; "
+                        "apply the model's transform first")
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W) or (C, H, W), got shape "
+                         f"{tuple(images.shape)}")
+    device = _resolve_device(model, device)
+    out = []
+    with _eval_mode(model), torch.no_grad():
+        for chunk in images.split(batch_size):
+            out.append(model(chunk.to(device)).float().softmax(dim=1).cpu())
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, **meta: Any) -> Path:
+    """Save ``model``'s weights and JSON-able metadata, atomically.
+
+    The file is written next to ``path`` under a temporary name and renamed with
+    ``os.replace`` only when complete, so an interrupted save never leaves a broken file.
+    The model's ``config`` (for :class:`vit_course.models.ViT`) and class name are stored
+    too, so a mismatch can be explained on load.
+
+    Args:
+        model: the model.
+        path: target file (parent folders are created).
+        **meta: JSON-able values, e.g. ``class_names=[...]``, ``epochs=10``.
+
+    Returns:
+        the path written.
+    """
+    path = Path(path)
+    try:
+        meta_json = json.dumps(meta)
+    except TypeError as exc:
+        bad = [k for k, v in meta.items() if not _json_ok(v)]
+        raise TypeError(f"checkpoint metadata must be JSON-able (str, int, float, bool, None, "
+                        f"lists and dicts of them); not JSON-able: {bad} ({exc}). Convert "
+                        "tensors with .tolist() and paths with str().") from None
+    config = getattr(model, "config", None)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model_class": type(model).__name__,
+        "config": json.dumps(config) if _json_ok(config) else "null",
+        "meta": meta_json,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _json_ok(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike,
+                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load weights saved by :func:`save_checkpoint` into ``model`` and return the metadata.
+
+    Reads with ``torch.load(..., weights_only=True)`` (no arbitrary code runs). A bare
+    state dict (e.g. a torchvision weights file) is accepted too and gives ``{}``. Keys and
+    shapes are checked before anything is copied, so on a mismatch the model is untouched.
+
+    Args:
+        model: a model of the same architecture.
+        path: the checkpoint file.
+        map_location: where tensors are loaded. Default: ``"cpu"``.
+
+    Returns:
+        the ``**meta`` given to :func:`save_checkpoint`.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: not a readable checkpoint, or weights that do not fit ``model``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}; train the model and save it with "
+                                "vit_course.engine.save_checkpoint(model, path), or check the path")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # corrupt file, or pickled objects weights_only refuses
+        raise ValueError(f"{path} is not a readable weights-only checkpoint ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}); re-save it with "
+                         "vit_course.engine.save_checkpoint") from exc
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        state = payload["state_dict"]
+        meta = json.loads(payload.get("meta", "{}"))
+        saved_config = json.loads(payload.get("config", "null"))
+        saved_class = payload.get("model_class")
+    elif isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        state, meta, saved_config, saved_class = payload, {}, None, None
+    else:
+        raise ValueError(f"{path} holds a {type(payload).__name__}, not a vit_course checkpoint "
+                         "or a state dict; save with vit_course.engine.save_checkpoint")
+
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        def few(items: list[str]) -> str:
+            return ", ".join(items[:4]) + (f" (+{len(items) - 4} more)" if len(items) > 4 else "")
+
+        parts = []
+        if wrong:
+            parts.append(f"{len(wrong)} shape mismatches: {few(wrong)}")
+        if missing:
+            parts.append(f"{len(missing)} weights missing from the checkpoint: {few(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected weights: {few(unexpected)}")
+        built = ""
+        if saved_config is not None or saved_class is not None:
+            built = f" The checkpoint was saved from {saved_class} with config {saved_config}"
+            own_config = getattr(model, "config", None)
+            if own_config is not None:
+                built += f"; this model has config {own_config}"
+            built += "."
+        raise ValueError(
+            f"checkpoint {path} does not fit this {type(model).__name__}: " + "; ".join(parts)
+            + "." + built + " Build the model with the same settings (e.g. the same "
+            "build_vit name and num_classes) before loading."
+        )
+    model.load_state_dict(state, strict=True)
+    return meta
