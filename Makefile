@@ -56,7 +56,7 @@ unit: install
 nbtest: install
 	cd notebooks && $(TEST_ENV) ../$(PY) -m pytest -q -p no:cacheprovider \
 	  --nbval-lax --nbval-current-env --nbval-cell-timeout=900 \
-	  --sanitize-with ../tests/nbval_sanitize.cfg $(notdir $(NOTEBOOKS))
+	  --nbval-sanitize-with ../tests/nbval_sanitize.cfg $(notdir $(NOTEBOOKS))
 
 bench: install
 	$(PY) benchmarks/run_all.py
