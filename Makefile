@@ -9,7 +9,7 @@ PYTHON    ?= python3
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.vit_course_installed
-EXTRAS    ?= test
+TEST_STAMP:= $(VENV)/.vit_course_test_installed
 LAB_ARGS  ?=
 # JupyterLab refuses to run as root unless told (containers, CI); say it only when needed.
 LAB_ROOT  := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
@@ -25,16 +25,24 @@ TEST_ENV       := VIT_COURSE_PROFILE=quick TORCH_HOME=$(TEST_TORCH_HOME) \
 
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
-.PHONY: install lab test unit nbtest download bench notebooks-exercise clean-test
+.PHONY: install install-test lab test unit nbtest download bench notebooks-exercise clean-test
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
+# The course itself (what `make lab` needs) ...
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --disable-pip-version-check -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --disable-pip-version-check -e .
 	@touch $(STAMP)
 
+# ... and the test tools on top (pytest, nbval, the cross-check libraries).
+$(TEST_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --disable-pip-version-check -e ".[test]"
+	@touch $(TEST_STAMP) $(STAMP)
+
 install: $(STAMP)
+
+install-test: $(TEST_STAMP)
 
 lab: install
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(LAB_ROOT) $(LAB_ARGS)
@@ -42,7 +50,7 @@ lab: install
 download: install
 	$(PY) -m vit_course.download --all
 
-test: install
+test: install-test
 	@echo "== data: the real pizza/steak/sushi archive (VIT_COURSE_DATA_SOURCE=$${VIT_COURSE_DATA_SOURCE:-<unset: cache or internet>})"
 	$(PY) -m vit_course.download --data
 	@echo "== stand-in ViT-B/16 weights for offline tests in $(TEST_TORCH_HOME)"
@@ -50,16 +58,16 @@ test: install
 	rm -rf $(TEST_ARTIFACTS)
 	$(MAKE) --no-print-directory unit nbtest
 
-unit: install
+unit: install-test
 	$(TEST_ENV) $(PY) -m pytest tests -q
 
-nbtest: install
+nbtest: install-test
 	cd notebooks && $(TEST_ENV) ../$(PY) -m pytest -q -p no:cacheprovider \
 	  --nbval-lax --nbval-current-env --nbval-cell-timeout=900 \
 	  --nbval-sanitize-with ../tests/nbval_sanitize.cfg $(notdir $(NOTEBOOKS))
 
-bench: install
-	$(PY) benchmarks/run_all.py
+bench: install-test
+	for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done
 
 clean-test:
 	rm -rf $(TEST_CACHE)
