@@ -1,0 +1,464 @@
+"""Batch grader: a folder of submissions → ``grades.csv`` and one feedback file per student.
+
+For each ``*.ipynb`` (student name = file name without ``.ipynb``):
+
+1. Parse and validate (nbformat 4). Invalid → ``invalid_notebook``, zero points.
+2. Compare the graded cells (by ``metadata.vit_course.id``) with the source:
+   missing → ``cells_deleted``, out of order → ``cells_reordered``. Grading goes on.
+3. Run the submission, then the hidden tests taken from the SOURCE notebook, in a fresh
+   kernel in a child process (``executor.execute_notebook``).
+4. Score: each hidden-test cell earns ``points × fraction of its cases passed``; manual
+   questions are left blank and counted in ``manual_pending``.
+
+The CSV is written atomically once every submission is graded; the batch always finishes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from vit_course.grading.executor import ExecutionReport, execute_notebook, stop_all
+from vit_course.grading.markers import CellInfo, cell_info, graded_cells, make_versions, read_notebook
+
+STATUS_ORDER = (
+    "invalid_notebook",
+    "cells_deleted",
+    "cells_reordered",
+    "cell_errors",
+    "timeout",
+    "kernel_died",
+    "memory_limit",
+    "output_truncated",
+    "grader_error",
+)
+STATUS_HELP = {
+    "ok": "the notebook ran without problems",
+    "invalid_notebook": "the file is not a valid Jupyter notebook (not JSON, or not nbformat 4); nothing could be graded",
+    "cells_deleted": "graded cells are missing from your notebook",
+    "cells_reordered": "graded cells are not in their original order",
+    "cell_errors": "some cells raised an error",
+    "timeout": "the notebook ran out of time; cells after that point were not run",
+    "kernel_died": "the Python kernel died (os._exit, a crash, or too much memory); it was restarted without that cell",
+    "memory_limit": "a cell ran out of memory",
+    "output_truncated": "your notebook printed too much; the extra output was dropped",
+    "grader_error": "the grader could not run your notebook; your instructor will look at it",
+}
+CSV_FIXED = ("total", "max_total", "status", "manual_pending")
+
+
+@dataclass
+class QuestionSpec:
+    """A CSV column: a question with automatic (hidden-test) or manual points."""
+
+    qid: str
+    kind: str  # "auto" | "manual"
+    points: float
+    hidden: list[CellInfo] = field(default_factory=list)
+
+
+@dataclass
+class Assignment:
+    """What the grader needs from the source notebook."""
+
+    source: Path
+    questions: list[QuestionSpec]
+    expected_ids: list[str]  # graded cells a submission must keep, in order
+    hidden_cells: list[dict]  # {"id", "source"} for the executor
+    template: dict[str, str]  # student-version source of each graded cell, by id
+    cells: dict[str, CellInfo] = field(default_factory=dict)  # every graded cell, by id
+
+    @property
+    def max_total(self) -> float:
+        return sum(q.points for q in self.questions)
+
+
+def load_assignment(source: str | Path) -> Assignment:
+    """Read the source notebook and collect questions, graded-cell ids and hidden tests.
+
+    Raises:
+        ValueError: when the source is not a valid notebook or its grading metadata is wrong.
+    """
+    source = Path(source)
+    nb = read_notebook(source)
+    infos = graded_cells(nb)
+    student, _ = make_versions(nb, source.name)
+    questions: dict[str, QuestionSpec] = {}
+    hidden_cells = []
+    by_id = {cell_info(c).id: c for c in nb.cells if cell_info(c) is not None}
+    for info in infos:
+        if info.kind in ("hidden_test", "manual"):
+            kind = "auto" if info.kind == "hidden_test" else "manual"
+            spec = questions.setdefault(info.question, QuestionSpec(info.question, kind, 0.0))
+            spec.points += info.points
+            if info.kind == "hidden_test":
+                spec.hidden.append(info)
+                hidden_cells.append({"id": info.id, "source": _text(by_id[info.id])})
+    template = {}
+    for cell in student["cells"]:
+        info = cell_info(cell)
+        if info is not None:
+            template[info.id] = _text(cell)
+    return Assignment(
+        source=source,
+        questions=list(questions.values()),
+        expected_ids=[i.id for i in infos if i.kind != "hidden_test"],
+        hidden_cells=hidden_cells,
+        template=template,
+        cells={i.id: i for i in infos},
+    )
+
+
+def _text(cell: dict) -> str:
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else str(source)
+
+
+@dataclass
+class SubmissionGrade:
+    """One CSV row plus the notes that go into the student's feedback file."""
+
+    student: str
+    points: dict[str, float | None]  # None: manual, pending
+    statuses: list[str]
+    manual_pending: float = 0.0
+    question_notes: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return round(sum(p for p in self.points.values() if p is not None), 2)
+
+    @property
+    def status(self) -> str:
+        ordered = [s for s in STATUS_ORDER if s in self.statuses]
+        return ";".join(ordered) if ordered else "ok"
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return ""
+    text = f"{round(x, 2):.2f}".rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
+
+
+def _cell_label(nb: dict, index: int) -> str:
+    first = next((line.strip() for line in _text(nb["cells"][index]).splitlines() if line.strip()), "")
+    first = first if len(first) <= 60 else first[:57] + "..."
+    return f"cell {index + 1} (`{first}`)"
+
+
+def check_structure(nb: dict, assignment: Assignment) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Compare graded cells with the source.
+
+    Returns:
+        ``(missing_ids, statuses, notes, present_ids)``; ``present_ids`` in submission order.
+    """
+    present: list[str] = []
+    notes: list[str] = []
+    for cell in nb.get("cells", []):
+        try:
+            info = cell_info(cell)
+        except ValueError:
+            info = None
+        if info is not None and info.id not in present:
+            present.append(info.id)
+    expected = assignment.expected_ids
+    missing = [i for i in expected if i not in present]
+    statuses = []
+    if missing:
+        statuses.append("cells_deleted")
+        notes.append("Graded cells missing from your notebook: " + ", ".join(missing) + ".")
+    kept = [i for i in present if i in expected]
+    if kept != [i for i in expected if i in kept]:
+        statuses.append("cells_reordered")
+        notes.append("Graded cells are out of order: found " + ", ".join(kept) + ".")
+    return missing, statuses, notes, present
+
+
+def _strip(nb: dict) -> tuple[dict, int]:
+    """Copy of ``nb`` without outputs and without cells claiming to be hidden tests."""
+    nb = nbformat.from_dict(dict(nb))
+    cells, dropped = [], 0
+    for cell in nb.cells:
+        try:
+            info = cell_info(cell)
+        except ValueError:
+            info = None
+        if info is not None and info.kind == "hidden_test":
+            dropped += 1
+            continue
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+        cells.append(cell)
+    nb.cells = cells
+    return nb, dropped
+
+
+def score(report: ExecutionReport, assignment: Assignment, missing: list[str], student: str) -> SubmissionGrade:
+    """Points per question and notes from an execution report."""
+    grade = SubmissionGrade(student=student, points={}, statuses=[])
+    for q in assignment.questions:
+        notes = grade.question_notes.setdefault(q.qid, [])
+        if q.kind == "manual":
+            ids = [
+                i for i in assignment.expected_ids
+                if assignment.cells[i].kind == "manual" and assignment.cells[i].question == q.qid
+            ]
+            if any(i in missing for i in ids):
+                grade.points[q.qid] = 0.0
+                notes.append("The answer cell was deleted, so there is nothing to grade.")
+            else:
+                grade.points[q.qid] = None
+                grade.manual_pending += q.points
+                notes.append("Graded by hand by your instructor.")
+            continue
+        earned = 0.0
+        for h in q.hidden:
+            run = report.hidden.get(h.id)
+            if run is None:
+                notes.append("The tests could not run (the notebook did not get that far).")
+                continue
+            payload = run.payload
+            if payload is not None and payload.get("question") == q.qid:
+                fraction = float(payload.get("fraction", 0.0))
+                earned += h.points * min(max(fraction, 0.0), 1.0)
+                if payload.get("not_implemented"):
+                    notes.append("Not implemented (your function still raises NotImplementedError).")
+                else:
+                    cases = payload.get("cases", [])
+                    failed = [c for c in cases if not c.get("passed")]
+                    notes.append(f"{len(cases) - len(failed)} of {len(cases)} test cases passed.")
+                    notes.extend(f"✗ {c.get('name')}: {c.get('message')}" for c in failed[:10])
+                    if len(failed) > 10:
+                        notes.append(f"… and {len(failed) - 10} more failing cases.")
+            elif run.status == "ok":
+                earned += h.points
+                notes.append("Tests passed.")
+            elif run.status == "timeout":
+                notes.append("Your code ran out of time during the tests.")
+            elif run.status == "died":
+                notes.append("The kernel died while your code was being tested.")
+            else:
+                notes.append(f"The tests could not use your code: {run.ename}: {run.evalue}".rstrip(": "))
+        grade.points[q.qid] = round(earned, 2)
+    return grade
+
+
+@dataclass
+class GradeOptions:
+    """Execution limits for each submission (see ``execute_notebook``)."""
+
+    timeout: float = 300.0
+    test_timeout: float = 60.0
+    memory_mb: int = 4096
+    max_output_bytes: int = 1 << 20
+    kernel_name: str | None = None
+    cwd: str | Path | None = None
+    executed_dir: str | Path | None = None
+    max_restarts: int = 2
+
+
+def _zero(assignment: Assignment, student: str, status: str, note: str) -> SubmissionGrade:
+    grade = SubmissionGrade(student=student, points={q.qid: 0.0 for q in assignment.questions}, statuses=[status])
+    grade.notes.append(note)
+    return grade
+
+
+def grade_submission(path: str | Path, assignment: Assignment, options: GradeOptions | None = None) -> SubmissionGrade:
+    """Grade one submission file; never raises for anything the submission contains."""
+    options = options or GradeOptions()
+    path = Path(path)
+    student = path.stem
+    try:
+        nb = read_notebook(path)
+    except ValueError as exc:
+        message = str(exc).replace(str(path), path.name)
+        return _zero(assignment, student, "invalid_notebook", message)
+    missing, statuses, notes, _ = check_structure(nb, assignment)
+    clean, dropped = _strip(nb)
+    if dropped:
+        notes.append(f"Removed {dropped} cell(s) marked as hidden tests; hidden tests come from the instructor's copy.")
+    executed = None
+    if options.executed_dir is not None:
+        Path(options.executed_dir).mkdir(parents=True, exist_ok=True)
+        executed = Path(options.executed_dir) / path.name
+    try:
+        report = execute_notebook(
+            clean,
+            assignment.hidden_cells,
+            timeout=options.timeout,
+            test_timeout=options.test_timeout,
+            memory_mb=options.memory_mb,
+            max_output_bytes=options.max_output_bytes,
+            kernel_name=options.kernel_name,
+            cwd=options.cwd,
+            executed_path=executed,
+            max_restarts=options.max_restarts,
+        )
+    except Exception as exc:  # the grader itself failed: record it, keep the batch going
+        return _zero(assignment, student, "grader_error", f"Grader error: {type(exc).__name__}: {exc}")
+    grade = score(report, assignment, missing, student)
+    grade.seconds = report.seconds
+    grade.statuses = statuses
+    grade.notes = notes
+    for index in report.error_cells:
+        run = report.cells[index]
+        grade.notes.append(f"{_cell_label(clean, index)} raised {run.ename}: {run.evalue}".rstrip(": "))
+    if report.error_cells:
+        grade.statuses.append("cell_errors")
+    if report.timed_out:
+        grade.statuses.append("timeout")
+        stuck = [i for i, c in report.cells.items() if c.status == "timeout"]
+        where = f" in {_cell_label(clean, stuck[0])}" if stuck else ""
+        grade.notes.append(f"Time limit of {options.timeout:g} s reached{where}; later cells were not run.")
+    if report.kernel_deaths:
+        grade.statuses.append("kernel_died")
+        for where in report.kernel_deaths:
+            label = _cell_label(clean, where) if isinstance(where, int) else "a hidden test"
+            grade.notes.append(f"The kernel died in {label}; it was restarted and your notebook re-run without that cell.")
+    if report.memory_exceeded:
+        grade.statuses.append("memory_limit")
+        grade.notes.append(f"A cell ran out of memory (limit {options.memory_mb} MB).")
+    if report.output_truncated_cells:
+        grade.statuses.append("output_truncated")
+        cells = sorted(set(report.output_truncated_cells))
+        grade.notes.append(
+            f"Output over {options.max_output_bytes // 1024} KB was dropped (from {_cell_label(clean, cells[0])} on)."
+        )
+    if report.fatal:
+        grade.statuses.append("grader_error")
+        grade.notes.append(f"Grader error: {report.fatal}")
+    for qid, spec_notes in grade.question_notes.items():
+        spec = next(q for q in assignment.questions if q.qid == qid)
+        if spec.kind == "manual":
+            by_id = {}
+            for cell in clean.cells:
+                try:
+                    info = cell_info(cell)
+                except ValueError:
+                    info = None
+                if info is not None and info.question == qid and info.kind == "manual":
+                    by_id.setdefault(info.id, _text(cell))
+            if by_id and all(assignment.template.get(i, "").strip() == t.strip() for i, t in by_id.items()):
+                spec_notes.append("Your answer cell looks unchanged from the template.")
+    return grade
+
+
+def render_feedback(grade: SubmissionGrade, assignment: Assignment) -> str:
+    """Markdown feedback for one student: points, failed cases (expected vs got), statuses."""
+    auto_max = sum(q.points for q in assignment.questions if q.kind == "auto")
+    out = io.StringIO()
+    out.write(f"# Feedback: {grade.student}\n\n")
+    out.write(f"Assignment: `{assignment.source.name.replace('_source', '')}`\n\n")
+    out.write(f"Automatically graded: **{_fmt(grade.total)} / {_fmt(auto_max)}** points")
+    if grade.manual_pending:
+        out.write(f" (+ {_fmt(grade.manual_pending)} graded by hand)")
+    out.write("\n\n")
+    out.write(f"Status: `{grade.status}`")
+    for status in grade.status.split(";"):
+        out.write(f"\n- `{status}`: {STATUS_HELP[status]}")
+    out.write("\n")
+    for q in assignment.questions:
+        got = grade.points.get(q.qid)
+        shown = "pending" if got is None else _fmt(got)
+        out.write(f"\n## {q.qid}: {shown} / {_fmt(q.points)}\n\n")
+        for note in grade.question_notes.get(q.qid, []):
+            out.write(f"- {note}\n")
+    if grade.notes:
+        out.write("\n## Notes\n\n")
+        for note in grade.notes:
+            out.write(f"- {note}\n")
+    return out.getvalue()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def csv_text(grades: list[SubmissionGrade], assignment: Assignment) -> str:
+    """The CSV: ``student, q1, q2, …, total, max_total, status, manual_pending``."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    qids = [q.qid for q in assignment.questions]
+    writer.writerow(["student", *qids, *CSV_FIXED])
+    for g in sorted(grades, key=lambda g: g.student):
+        writer.writerow(
+            [g.student, *(_fmt(g.points.get(q)) for q in qids), _fmt(g.total), _fmt(assignment.max_total),
+             g.status, _fmt(g.manual_pending)]
+        )
+    return buffer.getvalue()
+
+
+def grade_folder(
+    submissions: str | Path,
+    source: str | Path,
+    out: str | Path,
+    feedback_dir: str | Path | None = None,
+    jobs: int = 1,
+    options: GradeOptions | None = None,
+    progress: Callable[[SubmissionGrade], None] | None = None,
+) -> list[SubmissionGrade]:
+    """Grade every ``*.ipynb`` in ``submissions``; write ``out`` (CSV) and feedback files.
+
+    Args:
+        submissions: folder of submitted notebooks (not searched recursively).
+        source: the source notebook (solutions, hidden tests, metadata).
+        out: CSV path, written atomically after the whole batch.
+        feedback_dir: folder for ``<student>.md``; default ``<out stem>_feedback`` beside ``out``.
+        jobs: submissions graded in parallel (each in its own processes).
+        options: execution limits.
+        progress: called with each finished grade.
+    Returns:
+        The grades, sorted by student.
+    Raises:
+        ValueError: when ``submissions`` is not a folder, ``jobs < 1``, or the source is invalid.
+    """
+    submissions, out = Path(submissions), Path(out)
+    if not submissions.is_dir():
+        raise ValueError(f"submissions must be a folder of .ipynb files, got {submissions} (not a folder)")
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    assignment = load_assignment(source)
+    feedback_dir = Path(feedback_dir) if feedback_dir is not None else out.with_name(out.stem + "_feedback")
+    files = sorted(p for p in submissions.glob("*.ipynb") if p.is_file() and not p.name.startswith("."))
+
+    def one(path: Path) -> SubmissionGrade:
+        try:
+            grade = grade_submission(path, assignment, options)
+        except Exception as exc:  # pragma: no cover - last line of defence
+            grade = _zero(assignment, path.stem, "grader_error", f"Grader error: {type(exc).__name__}: {exc}")
+        _write_atomic(feedback_dir / f"{grade.student}.md", render_feedback(grade, assignment))
+        if progress is not None:
+            progress(grade)
+        return grade
+
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        grades = list(pool.map(one, files))
+    except BaseException:  # Ctrl-C: stop queued work and kill running notebooks, write no CSV
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_all()
+        raise
+    pool.shutdown()
+    grades.sort(key=lambda g: g.student)
+    _write_atomic(out, csv_text(grades, assignment))
+    return grades
+
+
+def print_progress(grade: SubmissionGrade) -> None:
+    """Default progress line on stderr."""
+    print(f"{grade.student}: {_fmt(grade.total)} points, {grade.status} ({grade.seconds:.1f} s)", file=sys.stderr)
