@@ -23,7 +23,8 @@ TEST_ENV       := VIT_COURSE_PROFILE=quick TORCH_HOME=$(TEST_TORCH_HOME) \
                   VIT_COURSE_ARTIFACTS=$(TEST_ARTIFACTS) MPLBACKEND=Agg \
                   PYTHONHASHSEED=0
 
-NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+# the course notebooks (06 is the student version) and the exercise's solution version
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb)) $(sort $(wildcard notebooks/solutions/*.ipynb))
 
 .PHONY: install install-test lab test unit nbtest download bench notebooks-exercise clean-test
 
@@ -64,10 +65,13 @@ unit: install-test
 nbtest: install-test
 	cd notebooks && $(TEST_ENV) ../$(PY) -m pytest -q -p no:cacheprovider \
 	  --nbval-lax --nbval-current-env --nbval-cell-timeout=900 \
-	  --nbval-sanitize-with ../tests/nbval_sanitize.cfg $(notdir $(NOTEBOOKS))
+	  --nbval-sanitize-with ../tests/nbval_sanitize.cfg $(patsubst notebooks/%,%,$(NOTEBOOKS))
 
 bench: install-test
 	for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done
+
+notebooks-exercise: install
+	$(PY) -m vit_course.grading generate notebooks/source/06_evaluation_source.ipynb
 
 clean-test:
 	rm -rf $(TEST_CACHE)
