@@ -1,0 +1,750 @@
+"""Transfer learning with torchvision's pretrained ViT-B/16: frozen backbone, new head.
+
+The course's central model (notebook 03, explained in 04-06)::
+
+    model, transform = build_pretrained_vit()          # ViT_B_16_Weights.DEFAULT, 3 classes
+    train_x, train_y = extract_features(model, train_dl)   # (n, 768) CLS features, cached
+    test_x, test_y = extract_features(model, test_dl)
+    head, history = train_head(train_x, train_y, test_x, test_y, num_classes=3)
+    attach_head(model, head)
+    save_head(model, "artifacts/03_vit_b16_head.pt", class_names=class_names)
+    model, transform, meta = load_pretrained_classifier("artifacts/03_vit_b16_head.pt")
+
+Weights come through torchvision's own mechanism: the file named in ``weights.url`` in the
+torch hub cache (``$TORCH_HOME/hub/checkpoints``, see :func:`torch.hub.get_dir`), downloaded
+with a progress bar when missing. Without network the builder raises
+:class:`WeightsUnavailableError` naming the file, the folder and the preparation command
+``python -m vit_course.download --all`` (``make download``).
+
+Stand-in weights. Offline tests seed the cache with a *random* checkpoint under the real
+file name (:mod:`vit_course.standin`). torchvision's file names carry the first 8 hex digits
+of the file's SHA-256 (``vit_b_16-c867db91.pth``), so :func:`weights_status` tells the real
+file from a stand-in by hashing it. With a stand-in the builder prints one line saying so,
+and the flag travels with the model (``model.pretrained_info``), the saved head and the
+notebook output.
+
+Frozen features. With the backbone frozen, its CLS representation of an image never
+changes, so :func:`extract_features` computes it once for a whole dataset and caches it on
+disk, keyed by the backbone's weights, the preprocessing and the data; :func:`train_head`
+then trains the linear head on those features in seconds. It gives the same head as
+training the full model on the images (same seed, same batches) because the head only ever
+sees the features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torchvision.models import VisionTransformer, get_model, get_model_weights, get_weight, list_models
+from torchvision.models._api import WeightsEnum
+from tqdm.auto import tqdm
+
+from .runtime import SEED, artifacts_dir, set_seed
+
+PREPARE_COMMAND = "python -m vit_course.download --all"
+PREPARE_MAKE = "make download"
+DEFAULT_ARCH = "vit_b_16"
+HEAD_FORMAT = "vit_course.head/1"
+FEATURES_FORMAT = "vit_course.features/1"
+STATUSES = ("genuine", "stand-in", "missing", "unverified")
+
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")  # same rule torch.hub uses for check_hash
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights are not in the cache and could not be downloaded."""
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def resolve_weights(weights: WeightsEnum | str, arch: str = DEFAULT_ARCH) -> WeightsEnum:
+    """Turn ``weights`` into a torchvision weights enum entry for ``arch``.
+
+    Args:
+        weights: an enum entry (``ViT_B_16_Weights.IMAGENET1K_V1``), its full name
+            (``"ViT_B_16_Weights.IMAGENET1K_V1"``) or an entry name for ``arch``
+            (``"DEFAULT"``, ``"IMAGENET1K_V1"``).
+        arch: torchvision architecture name, e.g. ``"vit_b_16"``.
+    """
+    try:
+        enum = get_model_weights(arch)
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"arch={arch!r} is not a torchvision model with weights; use e.g. "
+                         f"'vit_b_16' (see torchvision.models.list_models()).") from exc
+    if isinstance(weights, WeightsEnum):
+        resolved = weights
+    elif isinstance(weights, str):
+        try:
+            resolved = get_weight(weights) if "." in weights else enum[weights]
+        except (KeyError, ValueError, AttributeError) as exc:
+            raise ValueError(f"weights={weights!r} is not a weights entry of {arch!r}; use one of "
+                             f"{['DEFAULT'] + [w.name for w in enum]} or a WeightsEnum.") from exc
+    else:
+        raise TypeError(f"weights must be a torchvision WeightsEnum entry or its name, got "
+                        f"{type(weights).__name__}: {weights!r}; e.g. ViT_B_16_Weights.DEFAULT.")
+    if not isinstance(resolved, enum):
+        raise ValueError(f"weights={resolved} belong to another architecture than arch={arch!r}; "
+                         f"pass the matching arch or one of {[w.name for w in enum]}.")
+    return resolved
+
+
+def weights_file(weights: WeightsEnum | str, arch: str = DEFAULT_ARCH) -> Path:
+    """Where torchvision caches ``weights``: ``torch.hub.get_dir()/checkpoints/<file in url>``."""
+    weights = resolve_weights(weights, arch)
+    name = os.path.basename(urlparse(weights.url).path)
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
+_SHA_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file, remembered per (path, mtime, size)."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+    if key not in _SHA_MEMO:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+        _SHA_MEMO[key] = digest.hexdigest()
+    return _SHA_MEMO[key]
+
+
+def weights_status(weights: WeightsEnum | str = "DEFAULT", arch: str = DEFAULT_ARCH) -> str:
+    """Is the cached file torchvision's real checkpoint?
+
+    Returns:
+        ``"genuine"`` when the file's SHA-256 starts with the hash in its name,
+        ``"stand-in"`` when it does not (e.g. :mod:`vit_course.standin`'s random file),
+        ``"missing"`` when there is no file, ``"unverified"`` when the name carries no hash.
+    """
+    return checkpoint_status(weights_file(weights, arch))
+
+
+def checkpoint_status(path: str | os.PathLike) -> str:
+    """:func:`weights_status` for a file path: its SHA-256 against the hash in its name."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    match = _HASH_IN_NAME.search(path.name)
+    if match is None:
+        return "unverified"
+    return "genuine" if file_sha256(path).startswith(match.group(1)) else "stand-in"
+
+
+def _unavailable_message(path: Path, url: str, reason: str) -> str:
+    return (f"Pretrained weights are not available: {reason}\n"
+            f"  expected file : {path.name}\n"
+            f"  cache folder  : {path.parent}  (torch.hub.get_dir()/checkpoints; set TORCH_HOME "
+            f"to move it)\n"
+            f"  download from : {url}\n"
+            f"Fix: on a machine with internet run `{PREPARE_COMMAND}` (or `{PREPARE_MAKE}`) "
+            f"before class, or copy {path.name} into the cache folder by hand.")
+
+
+def ensure_weights(weights: WeightsEnum | str = "DEFAULT", arch: str = DEFAULT_ARCH,
+                   progress: bool = True) -> Path:
+    """Make sure the weights file is in the torch hub cache; download it if not.
+
+    Uses torch.hub's downloader exactly as torchvision does (temporary ``.partial`` file,
+    SHA-256 prefix check, progress bar), so the file ends up where the builders look.
+
+    Returns:
+        The path of the cached file.
+
+    Raises:
+        WeightsUnavailableError: no file and the download failed (the message says where
+            the file should go and how to get it there).
+    """
+    weights = resolve_weights(weights, arch)
+    path = weights_file(weights, arch)
+    if path.is_file():
+        return path
+    match = _HASH_IN_NAME.search(path.name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        print(f'Downloading: "{weights.url}" to {path}', file=sys.stderr)
+        torch.hub.download_url_to_file(weights.url, str(path), match.group(1) if match else None,
+                                       progress=progress)
+    except Exception as exc:  # URLError, HTTPError, timeouts, hash mismatch, disk errors
+        raise WeightsUnavailableError(_unavailable_message(
+            path, weights.url, f"{type(exc).__name__}: {exc}")) from exc
+    return path
+
+
+# --------------------------------------------------------------------------- building
+
+
+@dataclass(frozen=True)
+class PretrainedInfo:
+    """Where a model's backbone weights came from; attached as ``model.pretrained_info``."""
+
+    arch: str
+    weights: str            # e.g. "ViT_B_16_Weights.IMAGENET1K_V1" or "timm:deit_tiny_patch16_224"
+    status: str             # one of STATUSES
+    file: str | None
+    sha256: str | None
+
+    @property
+    def is_standin(self) -> bool:
+        return self.status == "stand-in"
+
+    def to_meta(self) -> dict[str, Any]:
+        return {**asdict(self), "stand_in": self.is_standin}
+
+
+def standin_notice(info: PretrainedInfo) -> str:
+    """The one line printed whenever a model is built from stand-in weights."""
+    return (f"WARNING: STAND-IN WEIGHTS - {Path(info.file or '?').name} is not torchvision's "
+            f"pretrained file (random weights for offline tests); every result below comes "
+            f"from a random backbone, NOT the real pretrained {info.arch}.")
+
+
+def new_head(in_features: int, num_classes: int, seed: int = SEED) -> nn.Linear:
+    """A fresh ``nn.Linear(in_features, num_classes)`` with PyTorch's default random init,
+    drawn right after ``set_seed(seed)`` (so equal seeds give equal heads)."""
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}; "
+                         "use the number of class folders, e.g. 3 for pizza/steak/sushi.")
+    set_seed(seed)
+    return nn.Linear(in_features, num_classes)
+
+
+def is_timm_arch(arch: str) -> bool:
+    """True when ``arch`` is not a torchvision model name (then it is taken as a timm name)."""
+    return arch not in list_models()
+
+
+def build_pretrained_vit(weights: WeightsEnum | str = "DEFAULT", num_classes: int = 3,
+                         arch: str = DEFAULT_ARCH, freeze: bool = True, *, seed: int = SEED,
+                         progress: bool = True) -> tuple[nn.Module, Callable]:
+    """Pretrained ViT with a new ``num_classes`` head and (by default) a frozen backbone.
+
+    Args:
+        weights: torchvision weights entry or name (default ``"DEFAULT"``, for ViT-B/16
+            ``ViT_B_16_Weights.IMAGENET1K_V1``). For a timm ``arch`` only ``"DEFAULT"``
+            (the model's pretrained tag) is accepted.
+        num_classes: outputs of the new head.
+        arch: torchvision ViT name (``"vit_b_16"``, ``"vit_b_32"``, ...) or, with the
+            ``timm`` extra installed, a timm ViT/DeiT name (``"deit_tiny_patch16_224"``).
+        freeze: set ``requires_grad=False`` on everything but the head.
+        seed: seed for the head's random initialisation (:func:`new_head`).
+        progress: show torchvision's download progress bar.
+
+    Returns:
+        ``(model, transform)``: the model (head = ``nn.Linear(D, num_classes)``, D = 768 for
+        ViT-B/16; ``model.pretrained_info`` says where the weights came from) and the
+        preprocessing the weights were trained with (``weights.transforms()``).
+
+    Raises:
+        WeightsUnavailableError: weights neither cached nor downloadable.
+        ImportError: a timm name without timm installed.
+    """
+    if not isinstance(arch, str):
+        raise TypeError(f"arch must be a model name (str), got {type(arch).__name__}: {arch!r}.")
+    if is_timm_arch(arch):
+        model, transform, info = _build_timm(arch, weights, num_classes)
+    else:
+        weights = resolve_weights(weights, arch)
+        path = ensure_weights(weights, arch, progress=progress)
+        status = weights_status(weights, arch)
+        info = PretrainedInfo(arch=arch, weights=f"{type(weights).__name__}.{weights.name}",
+                              status=status, file=str(path),
+                              sha256=file_sha256(path) if status != "unverified" else None)
+        try:
+            model = get_model(arch, weights=weights, progress=progress)
+        except WeightsUnavailableError:
+            raise
+        except Exception as exc:
+            raise WeightsUnavailableError(_unavailable_message(
+                path, weights.url, f"the cached file could not be loaded ({type(exc).__name__}: "
+                f"{exc}); delete it and download again")) from exc
+        if not isinstance(model, VisionTransformer):
+            raise ValueError(f"arch={arch!r} is not a torchvision VisionTransformer; use e.g. "
+                             "'vit_b_16'.")
+        transform = weights.transforms()
+    if info.is_standin:
+        print(standin_notice(info))
+    if freeze:
+        for p in model.parameters():
+            p.requires_grad_(False)
+    attach_head(model, new_head(_feature_dim(model), num_classes, seed))
+    model.pretrained_info = info
+    return model, transform
+
+
+def _build_timm(arch: str, weights: Any, num_classes: int) -> tuple[nn.Module, Callable, PretrainedInfo]:
+    try:
+        import timm
+        from timm.data import create_transform, resolve_data_config
+    except ImportError as exc:
+        raise ImportError(f"arch={arch!r} is not a torchvision model, so it needs timm, which is "
+                          "not installed. Install the optional extra: pip install -e .[timm] "
+                          "(or use arch='vit_b_16').") from exc
+    if weights not in ("DEFAULT", None):
+        raise ValueError(f"weights={weights!r} cannot be combined with timm arch={arch!r}; pass "
+                         "weights='DEFAULT' (the model's pretrained tag).")
+    if arch not in timm.list_models():
+        raise ValueError(f"arch={arch!r} is neither a torchvision nor a timm model; use e.g. "
+                         "'vit_b_16' or 'deit_tiny_patch16_224'.")
+    try:
+        model = timm.create_model(arch, pretrained=True)
+    except Exception as exc:
+        hub = os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface"))
+        raise WeightsUnavailableError(
+            f"Pretrained timm weights for {arch!r} are not available ({type(exc).__name__}: {exc}). "
+            f"timm caches them under {hub} (HF_HOME). Fix: run timm.create_model({arch!r}, "
+            f"pretrained=True) once on a machine with internet, with the same HF_HOME.") from exc
+    transform = create_transform(**resolve_data_config({}, model=model))
+    info = PretrainedInfo(arch=arch, weights=f"timm:{arch}", status="unverified", file=None,
+                          sha256=None)
+    return model, transform, info
+
+
+def _feature_dim(model: nn.Module) -> int:
+    if isinstance(model, VisionTransformer):
+        return model.hidden_dim
+    if hasattr(model, "num_features"):  # timm
+        return int(model.num_features)
+    raise TypeError(f"model must be a torchvision VisionTransformer or a timm ViT, got "
+                    f"{type(model).__name__}.")
+
+
+def head_of(model: nn.Module) -> nn.Module:
+    """The classification head: torchvision ``model.heads``, timm ``model.get_classifier()``."""
+    if isinstance(model, VisionTransformer):
+        return model.heads
+    if hasattr(model, "get_classifier"):
+        return model.get_classifier()
+    raise TypeError(f"model must be a torchvision VisionTransformer or a timm ViT, got "
+                    f"{type(model).__name__}.")
+
+
+def attach_head(model: nn.Module, head: nn.Module) -> nn.Module:
+    """Put ``head`` (input: the (B, D) CLS feature) on ``model`` in place; returns ``model``."""
+    if not isinstance(head, nn.Module):
+        raise TypeError(f"head must be an nn.Module, got {type(head).__name__}.")
+    in_features = getattr(head, "in_features", None)
+    if in_features is not None and in_features != _feature_dim(model):
+        raise ValueError(f"head takes {in_features} features but the model's CLS feature has "
+                         f"{_feature_dim(model)}; build the head with nn.Linear({_feature_dim(model)}, n).")
+    if isinstance(model, VisionTransformer):
+        model.heads = head
+    elif hasattr(model, "get_classifier"):
+        model.head = head
+    else:
+        _feature_dim(model)  # raises the TypeError
+    return model
+
+
+def frozen_trainable_counts(model: nn.Module) -> dict[str, int]:
+    """Parameter counts: ``{"total", "trainable", "frozen"}``."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable, "frozen": total - trainable}
+
+
+# --------------------------------------------------------------------------- features
+
+
+def cls_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The pre-head representation: the final-norm CLS token.
+
+    Args:
+        model: torchvision ``VisionTransformer`` or timm ViT.
+        images: (B, C, H, W), already preprocessed.
+
+    Returns:
+        (B, D) features; ``head_of(model)(cls_features(model, x)) == model(x)``.
+    """
+    if isinstance(model, VisionTransformer):
+        x = model._process_input(images)                                  # (B, N, D)
+        x = torch.cat([model.class_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+N, D)
+        return model.encoder(x)[:, 0]                                      # (B, D)
+    if hasattr(model, "forward_head") and hasattr(model, "forward_features"):  # timm
+        return model.forward_head(model.forward_features(images), pre_logits=True)
+    raise TypeError(f"model must be a torchvision VisionTransformer or a timm ViT, got "
+                    f"{type(model).__name__}.")
+
+
+def backbone_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over the backbone's state (names, dtypes, shapes, values), head excluded.
+
+    Hashes every tensor on each call (about 0.3 s for ViT-B/16's 344 MB): a remembered
+    value could miss an in-place change made through ``.data``.
+    """
+    head_ids = {id(t) for t in head_of(model).state_dict(keep_vars=True).values()}
+    digest = hashlib.sha256()
+    for k, v in model.state_dict(keep_vars=True).items():
+        if id(v) in head_ids:
+            continue
+        t = v.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{k}|{t.dtype}|{tuple(v.shape)}|".encode())
+        if t.numel():
+            digest.update(t.view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _tensor_sha256(t: torch.Tensor) -> str:
+    flat = t.detach().cpu().contiguous().reshape(-1)
+    digest = hashlib.sha256(f"{flat.dtype}|{tuple(t.shape)}|".encode())
+    if flat.numel():
+        digest.update(flat.view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _base_dataset(dataset: Dataset) -> tuple[Dataset, list[int] | None]:
+    indices = None
+    while isinstance(dataset, Subset):
+        idx = [int(i) for i in dataset.indices]
+        indices = idx if indices is None else [idx[i] for i in indices]
+        dataset = dataset.dataset
+    return dataset, indices
+
+
+def data_fingerprint(dataset: Dataset, transform: Callable | None = None) -> dict[str, Any]:
+    """What identifies a dataset's content for the feature cache.
+
+    Order matters (features come back in dataset order). Files are identified by content
+    (SHA-256 of each image file), path relative to their common root, and label; tensors held
+    in memory (``create_dataloaders(cache=True)``'s ``.images``, a ``TensorDataset``) by their
+    values too, which also covers transforms whose ``repr`` hides their settings. Touching a
+    file without changing it keeps the key; replacing its bytes changes it.
+
+    Args:
+        dataset: an ImageFolder-like dataset (``.samples`` = [(path, label)], ``.classes``),
+            a ``TensorDataset``, or a ``Subset`` of either.
+        transform: preprocessing applied before the model; default: ``dataset.transform``.
+
+    Returns:
+        A JSON-able dict (hash it for a key).
+    """
+    base, indices = _base_dataset(dataset)
+    out: dict[str, Any] = {"classes": list(getattr(base, "classes", []) or []), "indices": indices}
+    transform = transform if transform is not None else getattr(base, "transform", None)
+    out["transform"] = None if transform is None else f"{type(transform).__qualname__}:{transform!r}"
+    images = getattr(base, "images", None)
+    if isinstance(images, torch.Tensor):
+        out["images"] = _tensor_sha256(images)
+    samples = getattr(base, "samples", None)
+    if samples is not None:
+        paths = [os.path.abspath(os.fspath(p)) for p, _ in samples]
+        root = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0]) if paths else ""
+        out["files"] = [(os.path.relpath(p, root), os.path.getsize(p), file_sha256(p), int(y))
+                        for p, (_, y) in zip(paths, samples)]
+        return out
+    tensors = getattr(base, "tensors", None)
+    if tensors is not None:
+        out["tensors"] = [_tensor_sha256(t) for t in tensors]
+        return out
+    raise TypeError(f"cannot identify the content of a {type(base).__name__} for the feature "
+                    "cache; use an ImageFolder-like dataset (.samples) or a TensorDataset, or "
+                    "pass data_key=... to extract_features (or cache=False).")
+
+
+def feature_cache_key(model: nn.Module, dataset: Dataset, transform: Callable | None = None,
+                      data_key: str | None = None) -> str:
+    """Hex key of (backbone weights, preprocessing, data) for the feature cache."""
+    parts = {"format": FEATURES_FORMAT, "model": type(model).__qualname__,
+             "backbone": backbone_fingerprint(model),
+             "data": data_key if data_key is not None else data_fingerprint(dataset, transform)}
+    if data_key is not None and transform is not None:
+        parts["transform"] = f"{type(transform).__qualname__}:{transform!r}"
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def default_feature_dir() -> Path:
+    """``artifacts_dir()/features``."""
+    return artifacts_dir() / "features"
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@torch.inference_mode()
+def _compute_features(model: nn.Module, loader: DataLoader, device: torch.device,
+                      progress: bool, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    was_training = model.training
+    model.eval()
+    feats, labels = [], []
+    try:
+        for batch in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
+            if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+                raise TypeError("the dataloader must yield (images, labels) batches, got "
+                                f"{type(batch).__name__}.")
+            images, y = batch[0], batch[1]
+            feats.append(cls_features(model, images.to(device)).float().cpu())
+            labels.append(torch.as_tensor(y).long().cpu())
+    finally:
+        model.train(was_training)
+    if not feats:
+        raise ValueError("the dataloader yielded no batches; check the dataset folder is not empty.")
+    return torch.cat(feats), torch.cat(labels)
+
+
+def extract_features(model: nn.Module, dataloader: DataLoader, *, cache: bool = True,
+                     cache_dir: str | os.PathLike | None = None, transform: Callable | None = None,
+                     data_key: str | None = None, device: torch.device | str | None = None,
+                     progress: bool = True, desc: str = "CLS features"
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLS features of every image in ``dataloader.dataset``, computed once and cached.
+
+    The dataset is read in its own order (a shuffling loader is re-read without shuffling,
+    same batch size and collate function), in batches under ``torch.inference_mode()`` with
+    a progress bar. The result is stored in ``cache_dir/<key>.pt`` (atomic write) with the
+    key from :func:`feature_cache_key`: a change to the backbone weights, the preprocessing
+    or the data (files, labels, class names) gives a new key and a fresh computation.
+
+    Args:
+        model: torchvision ``VisionTransformer`` or timm ViT (the head is ignored).
+        dataloader: yields ``(images (B, C, H, W), labels (B,))``.
+        cache: read and write the disk cache (False: always compute, store nothing).
+        cache_dir: default ``artifacts_dir()/features``.
+        transform: preprocessing to key on when the dataset does not carry it as ``.transform``.
+        data_key: your own identity for the data (replaces the data fingerprint).
+        device: where to run the model; default: where its parameters are.
+        progress: show a tqdm bar.
+
+    Returns:
+        ``(features (n, D) float32, labels (n,) int64)`` on the CPU, in dataset order.
+    """
+    if not isinstance(dataloader, DataLoader):
+        raise TypeError(f"dataloader must be a torch DataLoader, got {type(dataloader).__name__}.")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    dataset = dataloader.dataset
+    path = None
+    if cache:
+        key = feature_cache_key(model, dataset, transform, data_key)
+        path = Path(cache_dir) if cache_dir is not None else default_feature_dir()
+        path = path / f"{key}.pt"
+        if path.is_file():
+            try:
+                stored = torch.load(path, map_location="cpu", weights_only=True)
+                if stored.get("format") == FEATURES_FORMAT and stored.get("key") == key:
+                    return stored["features"], stored["labels"]
+            except Exception:  # damaged cache file: recompute and overwrite
+                pass
+    loader = DataLoader(dataset, batch_size=dataloader.batch_size or 32, shuffle=False,
+                        num_workers=dataloader.num_workers, collate_fn=dataloader.collate_fn,
+                        pin_memory=dataloader.pin_memory)
+    features, labels = _compute_features(model, loader, device, progress, desc)
+    if path is not None:
+        _atomic_torch_save({"format": FEATURES_FORMAT, "key": key, "features": features,
+                            "labels": labels}, path)
+    return features, labels
+
+
+# --------------------------------------------------------------------------- head training
+
+
+def feature_loader(features: torch.Tensor, labels: torch.Tensor, batch_size: int = 32,
+                   shuffle: bool = False, seed: int = SEED) -> DataLoader:
+    """DataLoader over ``(features, labels)``. With ``shuffle`` its batches follow
+    ``torch.Generator().manual_seed(seed)``, as ``create_dataloaders(seed=seed)`` does for
+    images, so both see the same samples in the same batches."""
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(TensorDataset(features, labels), batch_size=batch_size, shuffle=shuffle,
+                      generator=generator)
+
+
+def _check_features(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or x.ndim != 2:
+        raise ValueError(f"{name} features must be a (n, D) tensor, got "
+                         f"{getattr(x, 'shape', type(x).__name__)}; use extract_features(...).")
+    if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
+        raise ValueError(f"{name} labels must be a ({x.shape[0]},) tensor matching the features, "
+                         f"got {getattr(y, 'shape', type(y).__name__)}.")
+
+
+def train_head(train_features: torch.Tensor, train_labels: torch.Tensor,
+               test_features: torch.Tensor | None = None, test_labels: torch.Tensor | None = None,
+               *, num_classes: int, epochs: int = 10, lr: float = 1e-3, batch_size: int = 32,
+               seed: int = SEED, head: nn.Module | None = None,
+               device: torch.device | str = "cpu", progress: bool = True) -> tuple[nn.Module, dict[str, list[float]]]:
+    """Train a linear head on cached CLS features (Adam, cross-entropy).
+
+    The head starts as ``new_head(D, num_classes, seed)`` (the head
+    :func:`build_pretrained_vit` with the same seed puts on the model) unless ``head`` is
+    given, and batches come from :func:`feature_loader` (shuffled with ``seed``). Training
+    runs through :func:`vit_course.engine.train`, the loop used for whole models, so this
+    equals training the full model with its frozen backbone on the images.
+
+    Args:
+        train_features, train_labels: (n, D) and (n,) from :func:`extract_features`.
+        test_features, test_labels: the same for the test split (optional).
+        num_classes: outputs of the head.
+        epochs, lr, batch_size, seed: the training recipe.
+        head: start from this module instead of a fresh one (trained in place).
+        device: where to train (features are tiny, the CPU is fine).
+        progress: tqdm bar and one line per epoch (from ``engine.train``).
+
+    Returns:
+        ``(head, history)`` with ``history`` as from ``engine.train`` (``train_loss``,
+        ``train_acc``, ``test_loss``, ``test_acc``; test entries empty without test data).
+    """
+    from . import engine
+
+    _check_features("train", train_features, train_labels)
+    if (test_features is None) != (test_labels is None):
+        raise ValueError("pass both test_features and test_labels, or neither.")
+    if test_features is not None:
+        _check_features("test", test_features, test_labels)
+    if head is None:
+        head = new_head(train_features.shape[1], num_classes, seed)
+    train_dl = feature_loader(train_features, train_labels, batch_size, shuffle=True, seed=seed)
+    test_dl = (feature_loader(test_features, test_labels, batch_size) if test_features is not None
+               else None)
+    head = head.to(device)
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
+    history = engine.train(head, train_dl, test_dl, optimizer, nn.CrossEntropyLoss(), epochs,
+                           torch.device(device), seed=seed, progress=progress)
+    return head, history
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def save_head(model_or_head: nn.Module, path: str | os.PathLike, meta: dict[str, Any] | None = None,
+              **more_meta: Any) -> Path:
+    """Save only the head (a few KB) and what is needed to rebuild the model, atomically.
+
+    Args:
+        model_or_head: a model from :func:`build_pretrained_vit` (its ``pretrained_info``
+            fills the meta), or a bare head with ``meta`` giving at least ``weights``.
+        path: the file to write (e.g. ``artifacts_dir() / "03_vit_b16_head.pt"``).
+        meta: extra entries, e.g. ``{"class_names": [...], "test_acc": 0.9}``
+            (str/int/float/bool/None and lists/dicts of them). Keyword arguments are merged in.
+
+    Returns:
+        The path written. The file holds ``{"format", "state_dict", "meta"}`` with meta keys
+        ``arch``, ``weights``, ``status``, ``stand_in``, ``num_classes``, ``in_features``
+        and yours.
+    """
+    meta = {**(meta or {}), **more_meta}
+    info = getattr(model_or_head, "pretrained_info", None)
+    head = head_of(model_or_head) if info is not None else model_or_head
+    if not isinstance(head, nn.Linear):
+        raise TypeError(f"expected a model from build_pretrained_vit or its nn.Linear head, got "
+                        f"{type(head).__name__}.")
+    full = dict(info.to_meta()) if info is not None else {}
+    full.update(meta)
+    if "weights" not in full:
+        raise ValueError("meta must name the backbone weights for a bare head, e.g. "
+                         "meta={'weights': 'ViT_B_16_Weights.IMAGENET1K_V1'}; or pass the model.")
+    full.setdefault("arch", DEFAULT_ARCH)
+    if "status" not in full:
+        full["status"] = weights_status(full["weights"], full["arch"])
+        full["stand_in"] = full["status"] == "stand-in"
+    full.update(num_classes=head.out_features, in_features=head.in_features)
+    try:
+        json.dumps(full)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"meta must hold only str/int/float/bool/None and lists/dicts of them "
+                        f"({exc}); convert tensors with .tolist() and paths with str().") from None
+    if "class_names" in full and len(full["class_names"]) != head.out_features:
+        raise ValueError(f"class_names has {len(full['class_names'])} names but the head has "
+                         f"{head.out_features} outputs.")
+    state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+    path = Path(path)
+    _atomic_torch_save({"format": HEAD_FORMAT, "state_dict": state, "meta": full}, path)
+    return path
+
+
+def load_head_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a file written by :func:`save_head` (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no saved head at {path}; train one in notebook 03 "
+                                "(it saves artifacts/03_vit_b16_head.pt).")
+    stored = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(stored, dict) or stored.get("format") != HEAD_FORMAT:
+        raise ValueError(f"{path} is not a head saved by vit_course.pretrained.save_head "
+                         f"(format {HEAD_FORMAT!r}).")
+    return stored
+
+
+def load_pretrained_classifier(path: str | os.PathLike, *, freeze: bool = True,
+                               progress: bool = True) -> tuple[nn.Module, Callable, dict[str, Any]]:
+    """Rebuild the full classifier from a saved head: backbone from its weights + the head.
+
+    Returns:
+        ``(model, transform, meta)``; ``meta`` is what :func:`save_head` stored
+        (``class_names``, ``stand_in``, ...). If the backbone's stand-in status now differs
+        from when the head was trained, one line says so (the head will not fit).
+    """
+    stored = load_head_file(path)
+    meta = stored["meta"]
+    weights = meta["weights"]
+    model, transform = build_pretrained_vit(
+        "DEFAULT" if weights.startswith("timm:") else weights, num_classes=meta["num_classes"],
+        arch=meta["arch"], freeze=freeze, progress=progress)
+    head_of(model).load_state_dict(stored["state_dict"])
+    if model.pretrained_info.status != meta.get("status"):
+        print(f"WARNING: the head in {Path(path).name} was trained on {meta.get('status')} "
+              f"weights but the backbone now has {model.pretrained_info.status} weights; its "
+              "predictions are not meaningful until it is retrained.")
+    return model, transform, meta
+
+
+# --------------------------------------------------------------------------- inspection
+
+
+def position_embedding_similarity(model: nn.Module) -> torch.Tensor:
+    """Cosine similarity between the learned position embeddings of all patches (ViT paper, Fig. 7).
+
+    Args:
+        model: torchvision ``VisionTransformer`` (``encoder.pos_embedding``, (1, 1+N, D)) or a
+            timm ViT (``pos_embed``).
+
+    Returns:
+        (h, w, h, w): entry ``[i, j]`` is the (h, w) map of patch (i, j)'s similarity to every
+        patch; class-token embedding excluded.
+    """
+    if isinstance(model, VisionTransformer):
+        pos = model.encoder.pos_embedding[0]
+        side = model.image_size // model.patch_size
+    elif hasattr(model, "pos_embed"):
+        pos = model.pos_embed[0]
+        side = int(round((pos.shape[0] - getattr(model, "num_prefix_tokens", 1)) ** 0.5))
+    else:
+        raise TypeError(f"model must be a torchvision VisionTransformer or a timm ViT, got "
+                        f"{type(model).__name__}.")
+    pos = pos.detach().float()[-side * side:]                     # (N, D), prefix tokens dropped
+    pos = nn.functional.normalize(pos, dim=-1)
+    return (pos @ pos.T).reshape(side, side, side, side)          # (h, w, h, w)
+
+
+__all__: Sequence[str] = [
+    "PREPARE_COMMAND", "PretrainedInfo", "WeightsUnavailableError", "attach_head",
+    "backbone_fingerprint", "build_pretrained_vit", "checkpoint_status", "cls_features", "data_fingerprint",
+    "default_feature_dir", "ensure_weights", "extract_features", "feature_cache_key",
+    "feature_loader", "file_sha256", "frozen_trainable_counts", "head_of", "load_head_file",
+    "load_pretrained_classifier", "new_head", "position_embedding_similarity",
+    "resolve_weights", "save_head", "standin_notice", "train_head", "weights_file",
+    "weights_status",
+]
