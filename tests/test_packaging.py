@@ -31,9 +31,9 @@ def _environment_packages() -> set[str]:
         if stripped.startswith("dependencies:"):
             in_deps = True
             continue
-        # top-level "- name" entries only; the nested pip list installs the package itself
-        m = re.match(r"^  - ([A-Za-z0-9_.\-]+.*)$", stripped)
-        if in_deps and m:
+        # top-level "- name" entries and the nested pip list ("-e ." is the package itself)
+        m = re.match(r"^(?:  |      )- ([A-Za-z0-9_.\-]+.*)$", stripped)
+        if in_deps and m and not m.group(1).startswith(("pip:", "-e")):
             name = _name(m.group(1))
             if name not in {"python", "pip"}:
                 names.add(CONDA_TO_PYPI.get(name, name))
