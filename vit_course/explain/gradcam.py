@@ -1,0 +1,273 @@
+"""Grad-CAM for ViTs, on token features and on the last layer's attention.
+
+The name "Grad-CAM for ViT" is used for two different methods; both are here.
+
+``gradcam`` — Grad-CAM (Selvaraju et al. 2017) on token features, as pytorch-grad-cam
+does it for ViTs (its ``tutorials/vision_transformers.md``). A layer's output tokens
+(B, P+N, D) play the role of a CNN feature map: the P prefix tokens are dropped and the
+N patch tokens are laid out as (B, D, h, w). With the gradients G of the target logit with
+respect to that output, each channel d gets the weight w_d = mean over the grid of G_d,
+and the map is ReLU(Σ_d w_d A_d). The default layer is the last block's *first*
+LayerNorm (course ViT: ``blocks[-1].msa_block.layer_norm``, torchvision:
+``encoder.layers[-1].ln_1``, timm: ``blocks[-1].norm1``): after the last block only the
+class token reaches the head, so the patch tokens' output there has zero gradient, while
+the input of the last attention still feeds the class token through attention.
+
+``attention_gradcam`` — the Grad-CAM baseline of Chefer, Gur, Wolf (CVPR 2021,
+"Transformer Interpretability Beyond Attention Visualization"; ``GradCam.generate_cam_attn``
+in their ``baselines/ViT/ViT_explanation_generator.py``): the heads of the last layer's
+attention are the channels and the class token's attention row is the feature map.
+Each head k gets the weight w_k = mean over patch columns of ∂y_c/∂A[k, 0, P:], and the
+map is (mean_k w_k · A[k, 0, P:])⁺. (Their code multiplies, averages over heads and then
+clamps; so does this.) It reads a :class:`~vit_course.explain.capture.Capture`, so maps
+for other layers come without another forward pass.
+
+Hooks: :class:`LayerRecorder` is the one place that registers them; it is a context
+manager that removes its handle on exit, also when the forward or backward raises.
+
+Shapes: B batch, P prefix tokens, N = h·w patches, T = P + N, D width, K classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .capture import Capture, ModelInfo, describe_model, resolve_targets
+from .gradients import _forward, eval_mode, prepare_inputs
+from .methods import Explainer, register_method
+from .rollout import _check_layer_index, _check_layers
+
+__all__ = [
+    "LayerRecorder",
+    "default_gradcam_layer",
+    "gradcam_from_tokens",
+    "attention_gradcam",
+    "GradCAM",
+    "AttentionGradCAM",
+]
+
+
+# ----------------------------------------------------------------------------- hooks
+class LayerRecorder:
+    """Record the outputs of one module during forward passes; remove the hook on exit.
+
+    Args:
+        module: the layer to watch.
+
+    Example::
+
+        with LayerRecorder(model.encoder.layers[-1].ln_1) as rec:
+            logits = model(x)
+        tokens = rec.output            # (B, T, D), still in the autograd graph
+        # the hook is gone here, also if the block raised
+    """
+
+    def __init__(self, module: nn.Module):
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"LayerRecorder needs an nn.Module, got {type(module).__name__}")
+        self.module = module
+        self.outputs: list[Tensor] = []
+        self._handle: Any = None
+
+    def __enter__(self) -> LayerRecorder:
+        if self._handle is not None:
+            raise RuntimeError("LayerRecorder is already active; it is not re-entrant")
+        self.outputs.clear()
+        self._handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def _hook(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
+        self.outputs.append(output[0] if isinstance(output, (tuple, list)) else output)
+
+    def release(self) -> None:
+        """Remove the hook (idempotent)."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    @property
+    def active(self) -> bool:
+        return self._handle is not None
+
+    @property
+    def output(self) -> Tensor:
+        """The single recorded output; an error if the layer ran zero or several times."""
+        if len(self.outputs) != 1:
+            raise RuntimeError(
+                f"the target layer {type(self.module).__name__} ran {len(self.outputs)} times "
+                "in one forward pass (expected once); pick a layer that is not reused.")
+        return self.outputs[0]
+
+
+def default_gradcam_layer(model: nn.Module) -> nn.Module:
+    """The last block's first LayerNorm (what pytorch-grad-cam's ViT tutorial targets).
+
+    Returns:
+        course ViT: ``blocks[-1].msa_block.layer_norm``; torchvision:
+        ``encoder.layers[-1].ln_1``; timm: ``blocks[-1].norm1``.
+    """
+    family = describe_model(model).family
+    if family == "vit_course":
+        return model.transformer_encoder[-1].msa_block.layer_norm
+    if family == "torchvision":
+        return model.encoder.layers[-1].ln_1
+    return model.blocks[-1].norm1
+
+
+def _check_layer_module(model: nn.Module, layer: object) -> None:
+    if layer is None:
+        return
+    if not isinstance(layer, nn.Module):
+        raise TypeError(f"layer must be None (the last block's first LayerNorm) or a module "
+                        f"of the model, got {type(layer).__name__}")
+    if not any(m is layer for m in model.modules()):
+        raise ValueError(f"layer {type(layer).__name__} is not a module of this "
+                         f"{type(model).__name__}; pass one of its layers, e.g. "
+                         "vit_course.explain.gradcam.default_gradcam_layer(model).")
+
+
+# ----------------------------------------------------------------------------- maths
+def gradcam_from_tokens(activations: Tensor, gradients: Tensor, grid: tuple[int, int],
+                        num_prefix_tokens: int = 1) -> Tensor:
+    """Grad-CAM from a layer's token outputs and their gradients.
+
+    Args:
+        activations: (B, T, D) tokens, T = P + h·w.
+        gradients: ∂y_c/∂activations, (B, T, D).
+        grid: patch grid (h, w).
+        num_prefix_tokens: P, dropped before averaging. Default: 1.
+
+    Returns:
+        (B, h, w) = ReLU(Σ_d w_d A_d) with w_d = mean over the patches of G_d.
+    """
+    if activations.ndim != 3 or activations.shape != gradients.shape:
+        raise ValueError(f"activations and gradients must both be (B, T, D); got "
+                         f"{tuple(activations.shape)} and {tuple(gradients.shape)}")
+    h, w = grid
+    P = num_prefix_tokens
+    if activations.shape[1] != P + h * w:
+        raise ValueError(
+            f"the layer outputs {activations.shape[1]} tokens but grid {grid} with {P} "
+            f"prefix token(s) needs {P + h * w}; Grad-CAM needs a layer whose output is the "
+            "token sequence (B, T, D), e.g. a block's LayerNorm.")
+    A = activations[:, P:]                               # (B, N, D)
+    weights = gradients[:, P:].mean(dim=1, keepdim=True)  # (B, 1, D): mean over the grid
+    cam = (A * weights).sum(dim=-1).clamp(min=0)         # (B, N)
+    return cam.reshape(-1, h, w)
+
+
+def attention_gradcam(attentions: list[Tensor], gradients: list[Tensor], layer: int = -1,
+                      num_prefix_tokens: int = 1) -> Tensor:
+    """Chefer et al.'s attention Grad-CAM: (mean_k w_k · A_k[0, P:])⁺.
+
+    Args:
+        attentions: per-layer attention (B, heads, T, T), input side first.
+        gradients: ∂y_c/∂A_l, same shapes.
+        layer: which layer. Default: -1 (the last, as in Chefer et al.).
+        num_prefix_tokens: P. Default: 1.
+
+    Returns:
+        (B, N) scores over the patch tokens.
+    """
+    layers = _check_layers(attentions)
+    grads = _check_layers(gradients, "gradients")
+    if len(grads) != len(layers) or grads[0].shape != layers[0].shape:
+        raise ValueError("gradients must match attentions layer by layer; use "
+                         "Capture.gradients from capture(..., with_grad=True).")
+    i = _check_layer_index(layer, len(layers), "layer")
+    P = num_prefix_tokens
+    a = layers[i][:, :, 0, P:]                         # (B, heads, N): class-token row
+    g = grads[i][:, :, 0, P:]
+    w = g.mean(dim=-1, keepdim=True)                    # (B, heads, 1): one weight per head
+    return (a * w).mean(dim=1).clamp(min=0)             # (B, N)
+
+
+def _with_prefix(scores: Tensor, num_prefix_tokens: int) -> Tensor:
+    """(B, N) patch scores → (B, P + N) row with zeros for the prefix tokens."""
+    pad = scores.new_zeros(scores.shape[0], num_prefix_tokens)
+    return torch.cat([pad, scores], dim=1)
+
+
+# ----------------------------------------------------------------------------- explainers
+@register_method("gradcam")
+class GradCAM(Explainer):
+    """Grad-CAM on a layer's token features (pytorch-grad-cam's ViT recipe).
+
+    Options:
+        layer: the module whose output tokens (B, T, D) are used, or ``None`` for the last
+            block's first LayerNorm (:func:`default_gradcam_layer`). Default: ``None``.
+
+    One forward pass for the batch and a backward pass that stops at the layer (about 1.2
+    plain forwards for ViT-B/16); one target per image. The layer's activations are not in
+    a :class:`Capture`, so :meth:`from_capture` raises ``TypeError``.
+    """
+
+    needs_grad = True
+    supports_capture: ClassVar[bool] = False
+    defaults: ClassVar[dict[str, Any]] = {"layer": None}
+
+    def check_options(self, layer: nn.Module | None) -> None:
+        _check_layer_module(self.model, layer)
+
+    def attribute(self, images: Tensor, target: object = None, **options: Any) -> Tensor:
+        opts = self._merge(options)
+        layer = opts["layer"] if opts["layer"] is not None else default_gradcam_layer(self.model)
+        info, x = prepare_inputs(self.model, images)
+        return _gradcam(self.model, info, x, target, layer)
+
+    def token_scores(self, cap: Capture, **options: Any) -> Tensor:
+        raise TypeError("gradcam needs the target layer's activations, which a Capture does "
+                        "not hold; call attribute(images). (attention_gradcam works from a "
+                        "Capture.)")
+
+    def from_capture(self, cap: Capture, **options: Any) -> Tensor:
+        return self.token_scores(cap, **options)
+
+
+def _gradcam(model: nn.Module, info: ModelInfo, x: Tensor, target: object,
+             layer: nn.Module) -> Tensor:
+    grid = info.grid(*x.shape[-2:])
+    B = x.shape[0]
+    if target is not None and info.num_classes is not None:   # check before any pass
+        resolve_targets(target, x.new_zeros(B, info.num_classes))
+    with eval_mode(model), LayerRecorder(layer) as rec, torch.enable_grad():
+        logits = _forward(model, x.detach().requires_grad_(True))
+        tokens = rec.output
+        t = resolve_targets(target, logits)
+        if not tokens.requires_grad:
+            raise RuntimeError(f"the output of {type(layer).__name__} is not part of the "
+                               "graph that reaches the logits; pick a layer before the head.")
+        (grads,) = torch.autograd.grad(logits.gather(1, t.view(-1, 1)).sum(), tokens)
+    if tokens.ndim != 3 or tokens.shape[0] != B:
+        raise ValueError(f"layer {type(layer).__name__} outputs {tuple(tokens.shape)}; "
+                         "Grad-CAM needs token outputs (B, T, D).")
+    return gradcam_from_tokens(tokens.detach(), grads.detach(), grid,
+                               info.num_prefix_tokens)
+
+
+@register_method("attention_gradcam")
+class AttentionGradCAM(Explainer):
+    """Chefer et al.'s Grad-CAM on attention: heads as channels, class-token row as map.
+
+    Options:
+        layer: layer index (negative from the top). Default: -1 (the last, as the paper).
+
+    One forward and one backward pass; works from a Capture with gradients.
+    """
+
+    needs_grad = True
+    supports_capture: ClassVar[bool] = True
+    defaults: ClassVar[dict[str, Any]] = {"layer": -1}
+
+    def check_options(self, layer: int) -> None:
+        _check_layer_index(layer, self.info.num_layers, "layer")
+
+    def token_scores(self, cap: Capture, layer: int) -> Tensor:
+        scores = attention_gradcam(cap.attentions, cap.gradients, layer, cap.num_prefix_tokens)
+        return _with_prefix(scores, cap.num_prefix_tokens)

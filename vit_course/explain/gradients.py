@@ -1,0 +1,612 @@
+"""Input-gradient explanations: saliency, SmoothGrad and integrated gradients.
+
+These methods do not look inside the transformer: they differentiate the target logit
+y_c with respect to the input pixels, so they work for any differentiable classifier
+and give one value per pixel. For a ViT the pixel maps show a checkerboard: every 16×16
+patch goes through the same linear patch projection, so the gradient inside a patch
+repeats the projection's weight pattern. :func:`pool_to_grid` averages each patch, which
+puts the maps on the same (h, w) grid as the attention methods.
+
+Methods (registered for :func:`vit_course.explain.explain`):
+
+- ``saliency`` — Simonyan, Vedaldi, Zisserman 2014, "Deep Inside Convolutional Networks":
+  M(x) = max_c |∂y_c/∂x_c,i,j| (absolute gradient, maximum over colour channels).
+  One forward and one backward pass for the batch.
+- ``smoothgrad`` — Smilkov et al. 2017, "SmoothGrad: removing noise by adding noise":
+  the mean of the *absolute* gradients over ``n_samples`` noisy copies x + ε,
+  ε ~ N(0, σ²) with σ = ``noise_level`` · (max(x) − min(x)) of each image (the paper's
+  noise level, 10–20 % works well), then the maximum over channels. Taking |·| before the
+  mean is what Captum's ``NoiseTunnel(Saliency(model))`` (``nt_type="smoothgrad"``) does,
+  and it is tested against it. Noise comes from a ``torch.Generator`` seeded with
+  ``seed``, and every image gets the same standard-normal draws, so maps are
+  reproducible and independent of the rest of the batch.
+- ``integrated_gradients`` — Sundararajan, Taly, Yan 2017, "Axiomatic Attribution for
+  Deep Networks": IG(x) = (x − x') ⊙ ∫₀¹ ∂y_c(x' + α(x − x'))/∂x dα for a baseline x',
+  approximated with ``steps`` points of the quadrature ``rule`` (default
+  ``"gausslegendre"``, Captum's default ``method``; the Riemann rules are available too).
+  The option is called ``rule`` because ``method`` names the explainer in
+  :func:`~vit_course.explain.explain`. The map is the sum over
+  channels (signed); completeness says its total is y_c(x) − y_c(x') (see
+  :func:`integrated_gradients`'s ``delta``). Baselines: ``"black"`` (pixel value 0: pass
+  the normalisation's ``mean``/``std`` so it becomes (0 − mean)/std in model space;
+  without them it is 0 in the model's input space, which is black for inputs from
+  ``simple_transform``), ``"blur"`` (a Gaussian blur of the image, Sturmfels et al. 2020,
+  "Visualizing the Impact of Feature Attribution Baselines") or a tensor.
+
+Every method accepts the usual ``target`` (``None`` = predicted class, an int, or one
+int per image), processes large jobs in chunks of ``internal_batch_size`` images per
+forward/backward pass, runs the model in eval mode and restores every module's training
+flag afterwards. Parameters' ``requires_grad`` are not touched.
+
+Shapes: B batch, C channels, H×W pixels, h×w patch grid, K classes, S samples or steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .capture import Capture, ModelInfo, check_images, describe_model, resolve_targets
+from .methods import Explainer, register_method
+
+__all__ = [
+    "eval_mode",
+    "prepare_inputs",
+    "resolve_input_targets",
+    "input_gradients",
+    "saliency",
+    "smoothgrad",
+    "integrated_gradients",
+    "ig_rule",
+    "IG_RULES",
+    "make_baseline",
+    "gaussian_blur",
+    "pool_to_grid",
+    "InputGradientExplainer",
+    "Saliency",
+    "SmoothGrad",
+    "IntegratedGradients",
+]
+
+#: Quadrature rules for integrated gradients (Captum's names).
+IG_RULES: tuple[str, ...] = ("gausslegendre", "riemann_left", "riemann_right",
+                               "riemann_middle", "riemann_trapezoid")
+
+
+# ----------------------------------------------------------------------------- model handling
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode for the block; restore every module's flag afterwards.
+
+    Restores also when the block raises, so a mixed train/eval state comes back exactly.
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    p = next(model.parameters(), None)
+    return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
+
+
+def prepare_inputs(model: nn.Module, images: object) -> tuple[ModelInfo, Tensor]:
+    """Check ``images`` for a supported ViT and move them to its device and dtype.
+
+    Returns:
+        the model's :class:`~vit_course.explain.capture.ModelInfo` and the images
+        (B, C, H, W), detached.
+
+    Raises:
+        TypeError: unsupported model, images not a floating-point tensor.
+        ValueError: wrong rank, channels or size.
+        RuntimeError: called inside ``torch.inference_mode()`` (no gradients there).
+    """
+    info = describe_model(model)
+    device, dtype = _model_device_dtype(model)
+    x = check_images(info, images, device, dtype).detach()
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("gradients cannot be computed inside torch.inference_mode(); call "
+                           "this explanation outside it.")
+    return info, x
+
+
+def _forward(model: nn.Module, x: Tensor) -> Tensor:
+    logits = model(x)
+    if isinstance(logits, (tuple, list)):        # e.g. a distilled DeiT in training mode
+        logits = logits[0]
+    return logits
+
+
+def resolve_input_targets(model: nn.Module, info: ModelInfo, x: Tensor,
+                          target: object) -> Tensor:
+    """One class index per image: checked against K without a forward pass when the
+    model states K; ``None`` (or a model that does not state K) costs one no-grad forward.
+
+    Returns:
+        (B,) long on ``x``'s device.
+    """
+    B = x.shape[0]
+    if target is not None and info.num_classes is not None:
+        return resolve_targets(target, torch.zeros(B, info.num_classes, device=x.device))
+    with torch.no_grad(), eval_mode(model):
+        logits = _forward(model, x)
+    return resolve_targets(target, logits)
+
+
+def _check_positive_int(name: str, value: object, fix: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}; {fix}")
+    return value
+
+
+def _chunks(total: int, size: int) -> Iterator[slice]:
+    for start in range(0, total, size):
+        yield slice(start, min(start + size, total))
+
+
+# ----------------------------------------------------------------------------- gradients
+def input_gradients(model: nn.Module, inputs: Tensor, targets: Tensor,
+                    internal_batch_size: int = 16) -> Tensor:
+    """∂ logits[n, targets[n]] / ∂ inputs[n] for every row n, in chunks.
+
+    Images do not interact in a ViT (no batch norm), so one backward pass of the summed
+    selected logits gives each image its own gradient. The model must already be in the
+    mode you want (use :func:`eval_mode`).
+
+    Args:
+        inputs: (N, C, H, W) on the model's device.
+        targets: (N,) class indices.
+        internal_batch_size: images per forward/backward pass. Default: 16.
+
+    Returns:
+        (N, C, H, W), detached.
+    """
+    out = torch.empty_like(inputs)
+    for sl in _chunks(inputs.shape[0], internal_batch_size):
+        with torch.enable_grad():
+            x = inputs[sl].detach().requires_grad_(True)
+            logits = _forward(model, x)
+            selected = logits.gather(1, targets[sl].view(-1, 1).to(logits.device)).sum()
+            (grad,) = torch.autograd.grad(selected, x)
+        out[sl] = grad
+    return out
+
+
+def saliency(model: nn.Module, images: Tensor, target: object = None,
+             internal_batch_size: int = 16) -> Tensor:
+    """Saliency (Simonyan et al. 2014): max over channels of |∂y_c/∂x|.
+
+    Args:
+        model: a supported ViT (run in eval mode, restored afterwards).
+        images: (B, C, H, W), transformed for the model.
+        target: ``None`` (predicted class), an int, or B ints. Default: ``None``.
+        internal_batch_size: images per forward/backward pass. Default: 16.
+
+    Returns:
+        (B, H, W) non-negative pixel map.
+    """
+    _check_positive_int("internal_batch_size", internal_batch_size,
+                        "it is the number of images per forward/backward pass, e.g. 16.")
+    info, x = prepare_inputs(model, images)
+    with eval_mode(model):
+        if target is None:          # one pass: the prediction comes from the same forward
+            out = torch.empty_like(x)
+            for sl in _chunks(x.shape[0], internal_batch_size):
+                with torch.enable_grad():
+                    xi = x[sl].detach().requires_grad_(True)
+                    logits = _forward(model, xi)
+                    t = resolve_targets(None, logits)
+                    (out[sl],) = torch.autograd.grad(logits.gather(1, t.view(-1, 1)).sum(), xi)
+            grads = out
+        else:
+            t = resolve_input_targets(model, info, x, target)
+            grads = input_gradients(model, x, t, internal_batch_size)
+    return grads.abs().amax(dim=1)
+
+
+def smoothgrad(model: nn.Module, images: Tensor, target: object = None, n_samples: int = 25,
+               noise_level: float = 0.15, seed: int = 0,
+               internal_batch_size: int = 16) -> Tensor:
+    """SmoothGrad (Smilkov et al. 2017) on absolute gradients, max over channels.
+
+    For each image, ``n_samples`` copies x + ε with ε ~ N(0, σ²),
+    σ = ``noise_level`` · (max(x) − min(x)); the map is max_c mean_s |∂y_c/∂x(x + ε_s)|.
+    Every image gets the same standard-normal draws ε_s/σ (one (n_samples, C, H, W) draw
+    from a generator seeded with ``seed``, scaled by each image's σ), so a map does not
+    depend on the other images in the batch; for one image these are the numbers Captum's
+    ``NoiseTunnel`` draws after ``torch.manual_seed(seed)``. The noisy copies of all
+    images are run ``internal_batch_size`` at a time.
+
+    Args:
+        model: a supported ViT.
+        images: (B, C, H, W).
+        target: ``None`` (class predicted for the clean image), an int, or B ints.
+        n_samples: noisy copies per image. Default: 25.
+        noise_level: σ as a fraction of each image's value range, in [0, 1]. Default: 0.15.
+        seed: seed of the noise generator. Default: 0.
+        internal_batch_size: images per forward/backward pass. Default: 16.
+
+    Returns:
+        (B, H, W) non-negative pixel map.
+    """
+    _check_smoothgrad(n_samples, noise_level, seed)
+    _check_positive_int("internal_batch_size", internal_batch_size,
+                        "it is the number of images per forward/backward pass, e.g. 16.")
+    info, x = prepare_inputs(model, images)
+    B = x.shape[0]
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    eps = torch.randn((n_samples, *x.shape[1:]), generator=gen, device=x.device,
+                      dtype=x.dtype)                       # the same draws for every image
+    sigma = noise_level * (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3)))      # (B,)
+    total = torch.zeros_like(x)
+    with eval_mode(model):
+        t = resolve_input_targets(model, info, x, target)
+        # Row n = b * n_samples + s is image b with noise draw s; built chunk by chunk.
+        for sl in _chunks(B * n_samples, internal_batch_size):
+            n = torch.arange(sl.start, sl.stop, device=x.device)
+            b, k = n // n_samples, n % n_samples
+            noisy = x[b] + sigma[b].view(-1, 1, 1, 1) * eps[k]
+            g = input_gradients(model, noisy, t[b], internal_batch_size)
+            total.index_add_(0, b, g.abs())
+    return (total / n_samples).amax(dim=1)
+
+
+def _check_smoothgrad(n_samples: object, noise_level: object, seed: object) -> None:
+    _check_positive_int("n_samples", n_samples,
+                        "it is the number of noisy copies per image (the paper uses 50).")
+    if isinstance(noise_level, bool) or not isinstance(noise_level, (int, float)) \
+            or not 0.0 <= float(noise_level) <= 1.0:
+        raise ValueError(f"noise_level must be a float in [0, 1] (σ as a fraction of each "
+                         f"image's value range), got {noise_level!r}; the paper suggests "
+                         "0.1-0.2.")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}: {seed!r}")
+
+
+# ----------------------------------------------------------------------------- IG
+def ig_rule(rule: str, steps: int) -> tuple[Tensor, Tensor]:
+    """Points α_k ∈ [0, 1] and weights w_k of the quadrature ``rule`` with ``steps`` points.
+
+    ∫₀¹ g(α) dα ≈ Σ_k w_k g(α_k). Gauss–Legendre: the Legendre nodes and weights mapped
+    from [−1, 1] to [0, 1]. Riemann rules: equal widths 1/steps at the left ends, right
+    ends or midpoints; the trapezoid rule uses ``steps`` equally spaced points including
+    0 and 1 with weights 1/steps, halved at both ends (Captum's convention, whose weights
+    sum to 1 − 1/steps).
+
+    Returns:
+        (alphas, weights), each (steps,) float64.
+    """
+    if rule not in IG_RULES:
+        raise ValueError(f"rule must be one of {list(IG_RULES)}, got {rule!r}")
+    minimum = 1 if rule == "gausslegendre" else 2
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < minimum:
+        raise ValueError(f"steps must be an int >= {minimum} for rule {rule!r}, got "
+                         f"{steps!r}; 20-300 points are usual (cost ≈ 3 × steps forward "
+                         "passes).")
+    if rule == "gausslegendre":
+        nodes, weights = np.polynomial.legendre.leggauss(steps)
+        return torch.from_numpy(0.5 * (nodes + 1.0)), torch.from_numpy(0.5 * weights)
+    n = steps
+    w = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    if rule == "riemann_trapezoid":
+        w[0] /= 2
+        w[-1] /= 2
+        return torch.linspace(0.0, 1.0, n, dtype=torch.float64), w
+    start = {"riemann_left": 0.0, "riemann_middle": 0.5, "riemann_right": 1.0}[rule]
+    return (torch.arange(n, dtype=torch.float64) + start) / n, w
+
+
+def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur with reflected borders (constants stay constant).
+
+    Because the kernel sums to 1, blurring commutes with a per-channel normalisation
+    (x − mean)/std, so blurring normalised model inputs equals normalising a blurred image.
+
+    Args:
+        images: (B, C, H, W).
+        sigma: standard deviation in pixels, > 0.
+
+    Returns:
+        (B, C, H, W).
+    """
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
+        raise ValueError(f"blur_sigma must be a positive number of pixels, got {sigma!r}")
+    C, H, W = images.shape[1:]
+    radius = max(1, int(math.ceil(3 * sigma)))
+    radius = min(radius, H - 1, W - 1) if min(H, W) > 1 else 0
+    if radius == 0:
+        return images.clone()
+    k = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    k = torch.exp(-0.5 * (k / sigma) ** 2)
+    k = k / k.sum()
+    x = F.pad(images, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
+
+
+def _channel_vector(value: object, name: str, C: int, like: Tensor) -> Tensor:
+    t = torch.as_tensor(value, dtype=like.dtype, device=like.device).flatten()
+    if t.numel() == 1:
+        t = t.expand(C)
+    if t.numel() != C:
+        raise ValueError(f"{name} must be one number or {C} (one per channel), got {value!r}")
+    return t.view(1, C, 1, 1)
+
+
+def make_baseline(images: Tensor, baseline: object = "black", mean: object = None,
+                  std: object = None, blur_sigma: float = 8.0) -> Tensor:
+    """The reference input x' of integrated gradients, in the model's input space.
+
+    Args:
+        images: (B, C, H, W) model inputs.
+        baseline: ``"black"``, ``"blur"``, or a tensor (C, H, W) / (B, C, H, W) already in
+            model space. Default: ``"black"``.
+        mean, std: the normalisation the transform applied (e.g. ImageNet's
+            ``(0.485, 0.456, 0.406)``, ``(0.229, 0.224, 0.225)``); only used by
+            ``"black"``, whose pixels of value 0 become (0 − mean)/std. Without them black
+            is 0 in model space (right for unnormalised inputs). Default: ``None``.
+        blur_sigma: Gaussian σ in pixels for ``"blur"``. Default: 8.0.
+
+    Returns:
+        (B, C, H, W).
+    """
+    B, C, H, W = images.shape
+    if isinstance(baseline, Tensor):
+        base = baseline.to(device=images.device, dtype=images.dtype)
+        if base.shape == (C, H, W):
+            base = base.unsqueeze(0)
+        if base.shape[1:] != (C, H, W) or base.shape[0] not in (1, B):
+            raise ValueError(f"a baseline tensor must be (C, H, W) = {(C, H, W)} or (B, C, H, W) "
+                             f"= {(B, C, H, W)} in the model's input space, got "
+                             f"{tuple(baseline.shape)}")
+        return base.expand(B, C, H, W)
+    if baseline == "black":
+        if (mean is None) != (std is None):
+            raise ValueError("pass both mean and std (the transform's normalisation) or "
+                             f"neither; got mean={mean!r}, std={std!r}")
+        if mean is None:
+            return torch.zeros_like(images)
+        m = _channel_vector(mean, "mean", C, images)
+        s = _channel_vector(std, "std", C, images)
+        if (s <= 0).any():
+            raise ValueError(f"std must be positive, got {std!r}")
+        return ((0.0 - m) / s).expand(B, C, H, W).clone()
+    if baseline == "blur":
+        return gaussian_blur(images, blur_sigma)
+    raise ValueError(f"baseline must be 'black', 'blur' or a tensor in the model's input "
+                     f"space, got {baseline!r}")
+
+
+def integrated_gradients(model: nn.Module, images: Tensor, target: object = None,
+                         baseline: object = "black", steps: int = 50,
+                         rule: str = "gausslegendre", mean: object = None,
+                         std: object = None, blur_sigma: float = 8.0,
+                         internal_batch_size: int = 16, return_delta: bool = False
+                         ) -> Tensor | tuple[Tensor, Tensor]:
+    """Integrated gradients (Sundararajan et al. 2017) per input value.
+
+    The interpolated images x' + α_k (x − x') of all steps (and images) are stacked and
+    run ``internal_batch_size`` at a time, so a batch costs about 3 × ``steps`` plain
+    forward passes of itself (plus one forward when ``target`` is ``None``).
+
+    Args:
+        model: a supported ViT.
+        images: (B, C, H, W).
+        target: ``None`` (class predicted for the input), an int, or B ints.
+        baseline, mean, std, blur_sigma: see :func:`make_baseline`. Default: ``"black"``.
+        steps: quadrature points. Default: 50 (Captum's default).
+        rule: one of :data:`IG_RULES` (Captum's ``method``). Default: ``"gausslegendre"``
+            (Captum's default).
+        internal_batch_size: images per forward/backward pass. Default: 16.
+        return_delta: also return the completeness gap (Captum's convergence delta); it
+            costs two more forward passes of the batch. Default: ``False``.
+
+    Returns:
+        attributions (B, C, H, W); with ``return_delta=True`` the pair
+        ``(attributions, delta)`` where delta (B,) = Σ attributions − (y_c(x) − y_c(x')),
+        which goes to 0 as ``steps`` grows (completeness).
+
+    Example::
+
+        attr, delta = integrated_gradients(model, x, target=1, steps=32, return_delta=True)
+        attr.shape, delta.abs().max()      # (B, 3, 224, 224), small
+    """
+    _check_positive_int("internal_batch_size", internal_batch_size,
+                        "it is the number of images per forward/backward pass, e.g. 16.")
+    alphas, weights = ig_rule(rule, steps)
+    info, x = prepare_inputs(model, images)
+    base = make_baseline(x, baseline, mean, std, blur_sigma).detach()
+    with eval_mode(model):
+        t = resolve_input_targets(model, info, x, target)
+        B = x.shape[0]
+        a = alphas.to(device=x.device, dtype=x.dtype)
+        w = weights.to(x.device)
+        diff = x - base
+        total = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+        # Row n = b * steps + k is image b at point k; built chunk by chunk, so memory
+        # stays at internal_batch_size images whatever B and steps are.
+        for sl in _chunks(B * steps, internal_batch_size):
+            n = torch.arange(sl.start, sl.stop, device=x.device)
+            b, k = n // steps, n % steps
+            points = base[b] + a[k].view(-1, 1, 1, 1) * diff[b]
+            g = input_gradients(model, points, t[b], internal_batch_size)
+            total.index_add_(0, b, g.double() * w[k].view(-1, 1, 1, 1))
+        attributions = (diff.double() * total).to(x.dtype)
+        if not return_delta:
+            return attributions
+        with torch.no_grad():
+            ends = torch.cat([x, base])
+            y = torch.cat([_forward(model, ends[sl]) for sl in _chunks(2 * B,
+                                                                       internal_batch_size)])
+            y = y.gather(1, torch.cat([t, t]).view(-1, 1)).squeeze(1)
+    delta = attributions.flatten(1).double().sum(1) - (y[:B] - y[B:]).double()
+    return attributions, delta.to(x.dtype)
+
+
+# ----------------------------------------------------------------------------- grid
+def pool_to_grid(pixel_maps: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Average a pixel map over each patch: (B, H, W) → (B, h, w).
+
+    Args:
+        pixel_maps: (B, H, W) with H, W multiples of the grid.
+        grid: (h, w) patch grid.
+
+    Returns:
+        (B, h, w); a pixel map that is constant within each patch comes back unchanged.
+    """
+    if not isinstance(pixel_maps, Tensor) or pixel_maps.ndim != 3:
+        got = tuple(pixel_maps.shape) if isinstance(pixel_maps, Tensor) else \
+            type(pixel_maps).__name__
+        raise ValueError(f"pixel_maps must be (B, H, W), got {got}")
+    h, w = (int(g) for g in grid)
+    H, W = pixel_maps.shape[-2:]
+    if h < 1 or w < 1 or H % h or W % w:
+        raise ValueError(f"a {H}x{W} map does not split into a {h}x{w} patch grid; pass the "
+                         "model's grid (Capture.grid or ModelInfo.grid(H, W)).")
+    return F.avg_pool2d(pixel_maps.unsqueeze(1), kernel_size=(H // h, W // w)).squeeze(1)
+
+
+# ----------------------------------------------------------------------------- explainers
+class InputGradientExplainer(Explainer):
+    """Base for methods computed from gradients with respect to the input pixels.
+
+    :meth:`attribute_pixels` gives the (B, H, W) pixel map (it shows the patch
+    checkerboard); :meth:`attribute` averages it over each patch to the (B, h, w) grid
+    that every explainer returns. These methods need the model's input, not recorded
+    attention, so :meth:`from_capture` is not available (it raises ``TypeError``).
+    """
+
+    #: Explainers that can recompute maps from a :class:`Capture` set this to True.
+    supports_capture: ClassVar[bool] = False
+
+    def pixel_map(self, x: Tensor, target: object, **options: Any) -> Tensor:
+        """(B, H, W) map for checked images ``x``. Override."""
+        raise NotImplementedError
+
+    def attribute_pixels(self, images: Tensor, target: object = None,
+                         **options: Any) -> Tensor:
+        """Explain ``images`` at pixel resolution.
+
+        Args:
+            images: (B, C, H, W), transformed for the model.
+            target: ``None`` (predicted class), an int, or B ints. Default: ``None``.
+            **options: this method's options (see ``defaults``).
+
+        Returns:
+            (B, H, W).
+        """
+        opts = self._merge(options)
+        return self.pixel_map(images, target, **opts)
+
+    def attribute(self, images: Tensor, target: object = None, **options: Any) -> Tensor:
+        """Explain ``images``: the pixel map averaged over each patch.
+
+        Returns:
+            (B, h, w) on the model's patch grid.
+        """
+        pixels = self.attribute_pixels(images, target, **options)
+        return pool_to_grid(pixels, self.info.grid(*pixels.shape[-2:]))
+
+    def token_scores(self, cap: Capture, **options: Any) -> Tensor:
+        raise TypeError(f"{self.name} differentiates with respect to the input pixels; a "
+                        "Capture holds attentions only. Call attribute(images) or "
+                        "attribute_pixels(images).")
+
+    def from_capture(self, cap: Capture, **options: Any) -> Tensor:
+        return self.token_scores(cap, **options)
+
+
+def _check_internal(internal_batch_size: object) -> None:
+    _check_positive_int("internal_batch_size", internal_batch_size,
+                        "it is the number of images per forward/backward pass, e.g. 16.")
+
+
+@register_method("saliency")
+class Saliency(InputGradientExplainer):
+    """Saliency (Simonyan et al. 2014): max over channels of |∂y_c/∂x|; see :func:`saliency`.
+
+    Options: ``internal_batch_size`` (16). Cost: one forward and one backward pass.
+    """
+
+    defaults: ClassVar[dict[str, Any]] = {"internal_batch_size": 16}
+
+    def check_options(self, internal_batch_size: int) -> None:
+        _check_internal(internal_batch_size)
+
+    def pixel_map(self, x: Tensor, target: object, internal_batch_size: int) -> Tensor:
+        return saliency(self.model, x, target, internal_batch_size)
+
+
+@register_method("smoothgrad")
+class SmoothGrad(InputGradientExplainer):
+    """SmoothGrad (Smilkov et al. 2017) on |gradient|; see :func:`smoothgrad`.
+
+    Options: ``n_samples`` (25), ``noise_level`` (0.15 of each image's range), ``seed``
+    (0), ``internal_batch_size`` (16). Cost: about 3 × ``n_samples`` forward passes.
+    """
+
+    defaults: ClassVar[dict[str, Any]] = {"n_samples": 25, "noise_level": 0.15, "seed": 0,
+                                          "internal_batch_size": 16}
+
+    def check_options(self, n_samples: int, noise_level: float, seed: int,
+                      internal_batch_size: int) -> None:
+        _check_smoothgrad(n_samples, noise_level, seed)
+        _check_internal(internal_batch_size)
+
+    def pixel_map(self, x: Tensor, target: object, **options: Any) -> Tensor:
+        return smoothgrad(self.model, x, target, **options)
+
+
+@register_method("integrated_gradients")
+class IntegratedGradients(InputGradientExplainer):
+    """Integrated gradients (Sundararajan et al. 2017); see :func:`integrated_gradients`.
+
+    The map is Σ_c IG (signed; its total ≈ y_c(x) − y_c(x')), or |Σ_c IG| with
+    ``absolute=True``.
+
+    Options: ``baseline`` (``"black"``), ``steps`` (50), ``rule``
+    (``"gausslegendre"``), ``mean`` / ``std`` (``None``: the normalisation, for a black
+    baseline), ``blur_sigma`` (8.0 px), ``absolute`` (False), ``internal_batch_size`` (16).
+    Cost: about 3 × ``steps`` forward passes.
+    """
+
+    defaults: ClassVar[dict[str, Any]] = {"baseline": "black", "steps": 50,
+                                          "rule": "gausslegendre", "mean": None,
+                                          "std": None, "blur_sigma": 8.0, "absolute": False,
+                                          "internal_batch_size": 16}
+
+    def check_options(self, baseline: object, steps: int, rule: str, mean: object,
+                      std: object, blur_sigma: float, absolute: bool,
+                      internal_batch_size: int) -> None:
+        ig_rule(rule, steps)
+        if not isinstance(baseline, Tensor) and baseline not in ("black", "blur"):
+            raise ValueError(f"baseline must be 'black', 'blur' or a tensor in the model's "
+                             f"input space, got {baseline!r}")
+        if (mean is None) != (std is None):
+            raise ValueError("pass both mean and std (the transform's normalisation) or "
+                             f"neither; got mean={mean!r}, std={std!r}")
+        if isinstance(blur_sigma, bool) or not isinstance(blur_sigma, (int, float)) \
+                or not blur_sigma > 0:
+            raise ValueError(f"blur_sigma must be a positive number of pixels, got "
+                             f"{blur_sigma!r}")
+        if not isinstance(absolute, bool):
+            raise TypeError(f"absolute must be True or False, got {absolute!r}")
+        _check_internal(internal_batch_size)
+
+    def pixel_map(self, x: Tensor, target: object, absolute: bool, **options: Any) -> Tensor:
+        attributions = integrated_gradients(self.model, x, target, **options)
+        summed = attributions.sum(dim=1)
+        return summed.abs() if absolute else summed
+
