@@ -20,3 +20,4 @@ from .loaders import (  # noqa: F401
     load_image,
     simple_transform,
 )
+from .synthetic import SyntheticFood, load_or_train_synthetic_vit, make_image, make_two_object_image, mask_to_grid, synthetic_dataloaders, train_synthetic_vit  # noqa: F401,E501
