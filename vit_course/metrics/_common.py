@@ -1,0 +1,332 @@
+"""Shared pieces of the metrics: input checks, token ranking, token→pixel masks, and the
+batched forward engine that every perturbation metric runs on.
+
+Letters: B images, C channels, H×W pixels, h×w patch grid, N = h·w tokens, p_h×p_w patch
+(p_h = H / h), K classes, S steps of a curve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+#: ImageNet normalisation (torchvision's ``Normalize`` values), the default for
+#: ``mean``/``std`` arguments. Pass ``mean=(0, 0, 0), std=(1, 1, 1)`` for images that were
+#: not normalised.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ----------------------------------------------------------------------------- checks
+def check_images(images: Any, name: str = "images") -> Tensor:
+    """Check a float image batch (B, C, H, W) and return it."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (B, C, H, W), got {type(images).__name__}; "
+                        "stack your images with torch.stack(list_of_images).")
+    if images.ndim != 4:
+        raise ValueError(f"{name} must have shape (B, C, H, W), got shape {tuple(images.shape)}; "
+                         "add a batch dimension with images.unsqueeze(0) for a single image.")
+    if not images.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor, got dtype {images.dtype}; "
+                        "convert with images.float() (and normalise as the model expects).")
+    if images.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(images.shape)}); pass at least one image.")
+    return images
+
+
+def check_maps(maps: Any, images: Tensor | None = None, name: str = "maps") -> Tensor:
+    """Check explanation maps (B, h, w) against ``images`` (B, C, H, W) and return them as float.
+
+    The patch grid must tile the image exactly: H % h == 0 and W % w == 0.
+    """
+    if not isinstance(maps, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (B, h, w) on the patch grid, "
+                        f"got {type(maps).__name__}.")
+    if maps.ndim != 3:
+        raise ValueError(f"{name} must have shape (B, h, w) (one map per image on the patch grid), "
+                         f"got shape {tuple(maps.shape)}; for a single map use maps.unsqueeze(0).")
+    if torch.isnan(maps).any():
+        raise ValueError(f"{name} contains NaN; replace it (e.g. torch.nan_to_num(maps)) before scoring.")
+    if images is not None:
+        B, _, H, W = images.shape
+        if maps.shape[0] != B:
+            raise ValueError(f"{name} has {maps.shape[0]} maps but images has {B} images "
+                             f"(maps {tuple(maps.shape)}, images {tuple(images.shape)}); pass one map per image.")
+        h, w = maps.shape[1:]
+        if H % h or W % w:
+            raise ValueError(f"{name} grid {h}x{w} does not tile the {H}x{W} images "
+                             f"(H % h and W % w must be 0); pass maps on the model's patch grid "
+                             f"(e.g. 14x14 for a 224-px ViT with 16-px patches), not upsampled maps.")
+    return maps.float() if not maps.is_floating_point() else maps
+
+
+def check_steps(steps: Any, name: str = "steps") -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise TypeError(f"{name} must be an int >= 1, got {type(steps).__name__}: {steps!r}.")
+    if steps < 1:
+        raise ValueError(f"{name} must be >= 1 (number of perturbation steps), got {steps}.")
+    return steps
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+    return value
+
+
+def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; valid ones are {list(choices)}.")
+    return value
+
+
+def check_fractions(fractions: Any, name: str = "fractions") -> tuple[float, ...]:
+    """Check a sequence of fractions in [0, 1) and return it as a tuple of floats."""
+    try:
+        out = tuple(float(f) for f in fractions)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of numbers in [0, 1), got {fractions!r}.") from None
+    if not out or any(not 0.0 <= f < 1.0 for f in out):
+        raise ValueError(f"{name} must be a non-empty sequence of numbers in [0, 1), got {out}.")
+    return out
+
+
+def channel_stats(value: Any, channels: int, name: str, like: Tensor) -> Tensor:
+    """``mean``/``std`` argument → (1, C, 1, 1) tensor on ``like``'s device and dtype."""
+    t = torch.as_tensor(value, dtype=like.dtype, device=like.device).flatten()
+    if t.numel() == 1:
+        t = t.repeat(channels)
+    if t.numel() != channels:
+        raise ValueError(f"{name} must have one value per channel ({channels}), got {tuple(t.tolist())}.")
+    if name == "std" and (t <= 0).any():
+        raise ValueError(f"std must be > 0 per channel, got {tuple(t.tolist())}.")
+    return t.view(1, channels, 1, 1)
+
+
+def resolve_target(target: Any, clean_logits: Tensor, name: str = "target") -> Tensor:
+    """``None`` → predicted class; an int → that class for every image; B ints → one each.
+
+    Returns (B,) long on ``clean_logits``' device.
+    """
+    B, K = clean_logits.shape
+    if target is None:
+        return clean_logits.argmax(dim=1)
+    if isinstance(target, bool):
+        raise TypeError(f"{name} must be None, an int or B ints, got a bool.")
+    if isinstance(target, int):
+        t = torch.full((B,), target, dtype=torch.long, device=clean_logits.device)
+    else:
+        try:
+            t = torch.as_tensor(target, device=clean_logits.device)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{name} must be None, an int or B ints, got {type(target).__name__}.") from None
+        if t.is_floating_point() or t.dtype == torch.bool:
+            raise TypeError(f"{name} must hold integer class indices, got dtype {t.dtype}.")
+        t = t.long().flatten()
+        if t.numel() == 1:
+            t = t.repeat(B)
+        if t.numel() != B:
+            raise ValueError(f"{name} must be None, an int or {B} ints (one per image), "
+                             f"got {t.numel()} values.")
+    if (t < 0).any() or (t >= K).any():
+        raise ValueError(f"{name} out of range: the model has {K} classes (valid 0..{K - 1}), "
+                         f"got {sorted(set(t.tolist()))}.")
+    return t
+
+
+def resolve_labels(labels: Any, batch: int, num_classes: int | None = None, name: str = "labels") -> Tensor:
+    """B integer labels → (B,) long tensor (range-checked when ``num_classes`` is given)."""
+    try:
+        t = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be B integer class labels, got {type(labels).__name__}.") from None
+    if t.is_floating_point() or t.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer class indices, got dtype {t.dtype}.")
+    t = t.long().flatten()
+    if t.numel() != batch:
+        raise ValueError(f"{name} must have one label per image ({batch}), got {t.numel()}.")
+    if num_classes is not None and ((t < 0).any() or (t >= num_classes).any()):
+        raise ValueError(f"{name} out of range: the model has {num_classes} classes "
+                         f"(valid 0..{num_classes - 1}), got {sorted(set(t.tolist()))}.")
+    return t
+
+
+# ----------------------------------------------------------------------------- ranking
+def rank_tokens(maps: Tensor, descending: bool = True) -> Tensor:
+    """Token order by relevance: (B, h, w) → (B, N) token indices, ties broken by token index.
+
+    ``descending=True`` gives most relevant first; ``False`` least relevant first. Both use a
+    stable sort, so among equal values the token with the lower (row-major) index comes first.
+    """
+    flat = maps.reshape(maps.shape[0], -1)
+    return torch.sort(flat, dim=1, descending=descending, stable=True).indices
+
+
+def token_counts(steps: int, num_tokens: int) -> list[int]:
+    """Tokens perturbed at step k = 0..steps: ``ceil(k·N/steps)`` (exact integer arithmetic)."""
+    return [(k * num_tokens + steps - 1) // steps for k in range(steps + 1)]
+
+
+def fraction_counts(fractions: Sequence[float], num_tokens: int) -> list[int]:
+    """Tokens perturbed for each fraction f: ``floor(f·N)`` (the authors' ``int(f·size)``).
+
+    A tiny epsilon guards against 0.3·10 = 2.9999999999999996 style rounding.
+    """
+    return [int(f * num_tokens + 1e-9) for f in fractions]
+
+
+def prefix_masks(order: Tensor, counts: Sequence[int]) -> Tensor:
+    """Masks of the first ``counts[s]`` tokens of each order: (B, N), S counts → (B, S, N) bool."""
+    B, N = order.shape
+    position = torch.empty_like(order)                      # position[b, token] = rank of token
+    position.scatter_(1, order, torch.arange(N, device=order.device).expand(B, N))
+    c = torch.as_tensor(list(counts), device=order.device).view(1, -1, 1)
+    return position.unsqueeze(1) < c                        # (B, S, N)
+
+
+def grid_to_pixels(mask: Tensor, grid: tuple[int, int], size: tuple[int, int]) -> Tensor:
+    """Token masks (M, N) → pixel masks (M, 1, H, W) (each token covers its p_h×p_w block)."""
+    h, w = grid
+    H, W = size
+    m = mask.reshape(-1, 1, h, w)
+    return m.repeat_interleave(H // h, dim=2).repeat_interleave(W // w, dim=3)
+
+
+# ----------------------------------------------------------------------------- forward engine
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode and restore every module's training flag afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def forward_logits(model: nn.Module, build: Callable[[Tensor], Tensor], n: int, batch_size: int,
+                   progress: bool = False, desc: str = "forward") -> Tensor:
+    """Logits of ``n`` images produced on demand, ``batch_size`` per forward pass.
+
+    Args:
+        model: ``model(images) -> logits``; run in eval mode under ``torch.inference_mode``.
+        build: ``build(rows) -> images (len(rows), C, H, W)`` for a 1-D long tensor of row ids.
+        n: number of rows.
+        batch_size: images per forward pass.
+        progress: show a tqdm bar over the forward passes.
+
+    Returns:
+        (n, K) float logits, on the device of the built images.
+    """
+    batch_size = check_positive_int(batch_size, "batch_size")
+    chunks = []
+    with eval_mode(model), torch.inference_mode():
+        for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress or n == 0,
+                          leave=False):
+            rows = torch.arange(start, min(start + batch_size, n))
+            chunks.append(model(build(rows)).float())
+    if not chunks:
+        return torch.empty(0, 0)
+    return torch.cat(chunks)
+
+
+class LogitCache:
+    """Logits of whole batches that several metrics share (the clean images, a full baseline).
+
+    ``run_suite`` passes one cache to every metric, so the unperturbed images and the fully
+    perturbed ones are run once for all explainers instead of once per curve.
+    """
+
+    def __init__(self) -> None:
+        self._store: dict[str, Tensor] = {}
+        self.forwards = 0       # images run through the model via this cache (for reports)
+
+    def get(self, key: str, model: nn.Module, images: Callable[[], Tensor], batch_size: int,
+            progress: bool = False) -> Tensor:
+        if key not in self._store:
+            x = images()
+            self._store[key] = forward_logits(model, lambda r: x[r.to(x.device)], x.shape[0],
+                                              batch_size, progress, desc=key)
+            self.forwards += x.shape[0]
+        return self._store[key]
+
+
+def perturbed_logits(model: nn.Module, src_off: Tensor, src_on: Tensor, masks: Tensor,
+                     grid: tuple[int, int], *, batch_size: int, progress: bool, desc: str,
+                     cache: LogitCache, key_off: str, key_on: str,
+                     impute: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> Tensor:
+    """Logits of every (image, step) perturbation, many perturbed images per forward pass.
+
+    The perturbed image for image b and step s takes pixels from ``src_on[b]`` inside the
+    tokens where ``masks[b, s]`` is True and from ``src_off[b]`` elsewhere. Rows whose mask is
+    empty (the image is exactly ``src_off[b]``) or full (exactly ``src_on[b]``) are not run
+    again: they come from ``cache`` under ``key_off`` / ``key_on``. All remaining rows are
+    stacked into forward passes of ``batch_size``.
+
+    Args:
+        src_off, src_on: (B, C, H, W) image sources.
+        masks: (B, S, N) bool token masks.
+        grid: (h, w) with h·w = N.
+        impute: optional ``impute(images, pixel_masks, rows) -> images`` applied to each chunk
+            after composition (used by ROAD); ``rows`` are the flat row ids ``b·S + s``.
+
+    Returns:
+        (B, S, K) logits.
+    """
+    B, S, N = masks.shape
+    H, W = src_off.shape[-2:]
+    empty = ~masks.any(dim=2)                               # (B, S)
+    full = masks.all(dim=2)
+    todo = (~empty & ~full).flatten().nonzero().flatten()   # flat rows b*S + s
+    parts: dict[str, Tensor] = {}
+    if empty.any():
+        parts["off"] = cache.get(key_off, model, lambda: src_off, batch_size)
+    if full.any():
+        parts["on"] = cache.get(key_on, model, lambda: src_on, batch_size)
+    flat_masks = masks.reshape(B * S, N)
+
+    def build(rows: Tensor) -> Tensor:
+        flat = todo[rows]
+        b = torch.div(flat, S, rounding_mode="floor")
+        pix = grid_to_pixels(flat_masks[flat], grid, (H, W)).to(src_off.device)
+        x = torch.where(pix, src_on[b.to(src_on.device)], src_off[b.to(src_off.device)])
+        return impute(x, pix, flat) if impute is not None else x
+
+    computed = forward_logits(model, build, todo.numel(), batch_size, progress, desc)
+    cache.forwards += todo.numel()
+    K = next(iter(parts.values())).shape[1] if parts else computed.shape[1]
+    out = torch.empty(B * S, K, device=computed.device if todo.numel() else
+                      next(iter(parts.values())).device)
+    if todo.numel():
+        out[todo.to(out.device)] = computed
+    if "off" in parts:
+        rows = empty.flatten().nonzero().flatten()
+        out[rows.to(out.device)] = parts["off"].to(out.device)[torch.div(rows, S, rounding_mode="floor")]
+    if "on" in parts:
+        rows = full.flatten().nonzero().flatten()
+        out[rows.to(out.device)] = parts["on"].to(out.device)[torch.div(rows, S, rounding_mode="floor")]
+    return out.view(B, S, K)
+
+
+def target_probability(logits: Tensor, target: Tensor) -> Tensor:
+    """Softmax probability of each image's target class: logits (B, S, K), target (B,) → (B, S)."""
+    probs = logits.softmax(dim=-1)
+    idx = target.to(probs.device).view(-1, 1, 1).expand(-1, probs.shape[1], 1)
+    return probs.gather(2, idx).squeeze(2)
+
+
+def as_generator(seed: int | torch.Generator | None, default: int) -> torch.Generator:
+    """A CPU ``torch.Generator`` from a seed (int), an existing generator, or ``None`` (default seed)."""
+    if isinstance(seed, torch.Generator):
+        return seed
+    if seed is None:
+        seed = default
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int or a torch.Generator, got {type(seed).__name__}: {seed!r}.")
+    return torch.Generator().manual_seed(seed)

@@ -1,0 +1,281 @@
+"""Perturbation metrics at token level: deletion / insertion (Petsiuk et al. 2018, RISE) and
+the perturbation test of Chefer et al. (2021).
+
+Both rank the patch tokens by the explanation map and replace whole p×p pixel blocks. All
+(image, step) perturbations are stacked and run ``batch_size`` at a time; the unperturbed
+image and the fully perturbed one are each run once per image and shared (see
+:class:`~vit_course.metrics._common.LogitCache`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._common import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LogitCache,
+    channel_stats,
+    check_choice,
+    check_images,
+    check_maps,
+    check_steps,
+    fraction_counts,
+    perturbed_logits,
+    prefix_masks,
+    rank_tokens,
+    resolve_labels,
+    resolve_target,
+    target_probability,
+    token_counts,
+)
+
+BASELINES = ("blur", "mean", "zero")
+#: Gaussian blur baseline: σ = 5 px, kernel 2·ceil(3σ)+1 = 31 px, reflect padding.
+BLUR_SIGMA = 5.0
+#: Removal fractions of the Chefer et al. perturbation test: 0 %, 10 %, …, 90 %.
+CHEFER_FRACTIONS = tuple(i / 10 for i in range(10))
+
+
+# ----------------------------------------------------------------------------- baselines
+def gaussian_blur(images: Tensor, sigma: float = BLUR_SIGMA, kernel_size: int | None = None) -> Tensor:
+    """Separable Gaussian blur with reflect padding.
+
+    Args:
+        images: (B, C, H, W).
+        sigma: standard deviation in pixels. Default: 5.
+        kernel_size: odd kernel width; default ``2·ceil(3σ) + 1`` (31 for σ = 5). Reflect
+            padding needs ``kernel_size // 2 < min(H, W)``.
+
+    Returns:
+        (B, C, H, W) blurred images (the kernel sums to 1, so blurring commutes with
+        per-channel normalisation).
+    """
+    images = check_images(images)
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma!r}.")
+    if kernel_size is None:
+        kernel_size = 2 * math.ceil(3 * sigma) + 1
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}.")
+    B, C, H, W = images.shape
+    r = kernel_size // 2
+    if r >= min(H, W):
+        raise ValueError(f"a {kernel_size}-px blur kernel needs images larger than {r} px for reflect "
+                         f"padding, got {H}x{W}; use baseline='mean' or 'zero' for such small images, "
+                         f"or a smaller sigma.")
+    x = torch.arange(kernel_size, dtype=images.dtype, device=images.device) - r
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    flat = images.reshape(B * C, 1, H, W)
+    flat = F.conv2d(F.pad(flat, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    flat = F.conv2d(F.pad(flat, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+    return flat.reshape(B, C, H, W)
+
+
+def make_baseline(images: Tensor, baseline: str = "blur") -> Tensor:
+    """The image every token is replaced with (deletion) or revealed on (insertion).
+
+    Args:
+        images: (B, C, H, W), in the model's input space (normalised or not).
+        baseline: ``"blur"`` (Gaussian blur of the image, σ = 5 px, 31-px kernel, reflect
+            padding), ``"mean"`` (each channel's mean over the image) or ``"zero"`` (all zeros
+            in the model's input space; for ImageNet-normalised inputs that is the dataset's
+            mean colour).
+
+    Returns:
+        (B, C, H, W) baseline images.
+    """
+    check_choice(baseline, "baseline", BASELINES)
+    images = check_images(images)
+    if baseline == "blur":
+        return gaussian_blur(images)
+    if baseline == "mean":
+        return images.mean(dim=(2, 3), keepdim=True).expand_as(images).clone()
+    return torch.zeros_like(images)
+
+
+# ----------------------------------------------------------------------------- deletion / insertion
+def _curve(model: nn.Module, images: Tensor, maps: Tensor, target: Any, steps: int, baseline: str,
+           batch_size: int, progress: bool, insertion: bool, cache: LogitCache | None = None,
+           baseline_images: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    images = check_images(images)
+    maps = check_maps(maps, images)
+    steps = check_steps(steps)
+    check_choice(baseline, "baseline", BASELINES)
+    cache = cache or LogitCache()
+    base = baseline_images if baseline_images is not None else make_baseline(images, baseline)
+    clean = cache.get("clean", model, lambda: images, batch_size)
+    t = resolve_target(target, clean)
+    h, w = maps.shape[1:]
+    masks = prefix_masks(rank_tokens(maps).to(images.device), token_counts(steps, h * w))
+    if insertion:       # masked tokens show the image, the rest shows the baseline
+        logits = perturbed_logits(model, base, images, masks, (h, w), batch_size=batch_size,
+                                  progress=progress, desc="insertion", cache=cache,
+                                  key_off=f"baseline:{baseline}", key_on="clean")
+    else:               # masked tokens show the baseline, the rest shows the image
+        logits = perturbed_logits(model, images, base, masks, (h, w), batch_size=batch_size,
+                                  progress=progress, desc="deletion", cache=cache,
+                                  key_off="clean", key_on=f"baseline:{baseline}")
+    return target_probability(logits, t), t
+
+
+def deletion_curve(model: nn.Module, images: Tensor, maps: Tensor, target: Any = None, *,
+                   steps: int = 20, baseline: str = "blur", batch_size: int = 64,
+                   progress: bool = True) -> Tensor:
+    """Deletion curve (RISE): remove the most relevant tokens first, watch the class probability.
+
+    Tokens are ranked by ``maps`` (descending; equal values by token index). At step k the
+    ``ceil(k·N/steps)`` top tokens' p×p pixel blocks are replaced by the baseline image's
+    pixels. A faithful map makes the probability fall fast (low :func:`auc`).
+
+    Args:
+        model: ``model(images) -> logits (B, K)``; run in eval mode, restored afterwards.
+        images: (B, C, H, W) model inputs.
+        maps: (B, h, w) explanations on the patch grid (H % h == W % w == 0).
+        target: ``None`` (class predicted on the unperturbed image), an int, or B ints.
+        steps: number of steps S; the curve has S+1 points, x = k/S. Default: 20.
+        baseline: ``"blur"`` | ``"mean"`` | ``"zero"``, see :func:`make_baseline`. Default: blur.
+        batch_size: perturbed images per forward pass. Default: 64.
+        progress: tqdm bar over forward passes. Default: True.
+
+    Returns:
+        (B, steps+1) softmax probability of the target class; column 0 is the unperturbed image,
+        column S the full baseline.
+
+    Example::
+
+        curve = deletion_curve(model, images, maps, steps=10)   # (B, 11)
+        auc(curve)                                               # (B,), lower is better
+    """
+    return _curve(model, images, maps, target, steps, baseline, batch_size, progress, insertion=False)[0]
+
+
+def insertion_curve(model: nn.Module, images: Tensor, maps: Tensor, target: Any = None, *,
+                    steps: int = 20, baseline: str = "blur", batch_size: int = 64,
+                    progress: bool = True) -> Tensor:
+    """Insertion curve (RISE): reveal the most relevant tokens first on top of the baseline.
+
+    Same ranking and step counts as :func:`deletion_curve`; at step k the top
+    ``ceil(k·N/steps)`` tokens show the image and every other token shows the baseline. A
+    faithful map makes the probability rise fast (high :func:`auc`).
+
+    Returns:
+        (B, steps+1) target-class probabilities; column 0 is the full baseline, column S the
+        unperturbed image.
+    """
+    return _curve(model, images, maps, target, steps, baseline, batch_size, progress, insertion=True)[0]
+
+
+def auc(curve: Any) -> Tensor:
+    """Area under a curve sampled at x = k/S, k = 0..S, by the trapezoid rule on [0, 1].
+
+    Args:
+        curve: (..., S+1) values (tensor, array or list), S >= 1.
+
+    Returns:
+        (...) areas: ``sum_k (y_k + y_{k+1}) / 2 · (1/S)``.
+    """
+    y = torch.as_tensor(curve, dtype=torch.float64) if not isinstance(curve, Tensor) else curve.double()
+    if y.ndim == 0 or y.shape[-1] < 2:
+        raise ValueError(f"curve needs at least 2 points along its last axis (steps >= 1), "
+                         f"got shape {tuple(y.shape)}.")
+    S = y.shape[-1] - 1
+    return ((y[..., :-1] + y[..., 1:]) / 2).sum(dim=-1) / S
+
+
+# ----------------------------------------------------------------------------- Chefer et al.
+def chefer_auc(accuracy: Any) -> Tensor:
+    """AUC of a perturbation-test curve exactly as Chefer et al. compute it.
+
+    Their evaluation script (``baselines/ViT/pertubation_eval_from_hdf5.py`` in
+    hila-chefer/Transformer-Explainability) only records hits at 10 %, …, 90 % removal and
+    the unperturbed accuracy; the AUC comes from a separate helper that lists the mean
+    accuracies a_0..a_9 (0 %..90 %), appends ``a_10 = 0`` for 100 % removal, and sums
+    trapezoids of width 0.1::
+
+        AUC = sum_{i=0}^{9} (a_i + a_{i+1}) / 2 · 0.1,   a_10 = 0
+
+    i.e. ``np.trapz([a_0, …, a_9, 0], dx=0.1)`` on x = 0, 0.1, …, 1. The formula is linear,
+    so the mean of per-image AUCs equals the AUC of the mean curve they report.
+
+    Args:
+        accuracy: (..., 10) accuracies (or 0/1 hits) at 0 %, 10 %, …, 90 % removal.
+
+    Returns:
+        (...) AUC values in [0, 0.95].
+    """
+    a = torch.as_tensor(accuracy, dtype=torch.float64) if not isinstance(accuracy, Tensor) else accuracy.double()
+    if a.ndim == 0 or a.shape[-1] != 10:
+        raise ValueError(f"chefer_auc expects 10 values per curve (0 %, 10 %, …, 90 % removal), "
+                         f"got shape {tuple(a.shape)}.")
+    a = torch.cat([a, torch.zeros_like(a[..., :1])], dim=-1)
+    return ((a[..., :-1] + a[..., 1:]) / 2 * 0.1).sum(dim=-1)
+
+
+def _chefer_curves(model: nn.Module, images: Tensor, maps: Tensor, labels: Any, mean: Any, std: Any,
+                   batch_size: int, progress: bool, cache: LogitCache | None = None
+                   ) -> dict[str, Tensor]:
+    images = check_images(images)
+    maps = check_maps(maps, images)
+    cache = cache or LogitCache()
+    B, C = images.shape[:2]
+    m = channel_stats(mean, C, "mean", images)
+    s = channel_stats(std, C, "std", images)
+    black = ((0.0 - m) / s).expand_as(images)          # pixel value 0 before normalisation
+    clean = cache.get("clean", model, lambda: images, batch_size)
+    K = clean.shape[1]
+    y = clean.argmax(dim=1) if labels is None else resolve_labels(labels, B, K).to(clean.device)
+    h, w = maps.shape[1:]
+    counts = fraction_counts(CHEFER_FRACTIONS, h * w)
+    out: dict[str, Tensor] = {"fractions": torch.tensor(CHEFER_FRACTIONS, dtype=torch.float64)}
+    for name, descending in (("positive", True), ("negative", False)):
+        masks = prefix_masks(rank_tokens(maps, descending=descending).to(images.device), counts)
+        logits = perturbed_logits(model, images, black, masks, (h, w), batch_size=batch_size,
+                                  progress=progress, desc=f"chefer {name}", cache=cache,
+                                  key_off="clean", key_on="chefer:black")
+        hits = (logits.argmax(dim=2) == y.view(-1, 1)).double()
+        out[name] = hits
+        out[f"{name}_auc"] = chefer_auc(hits)
+    return out
+
+
+def perturbation_test(model: nn.Module, images: Tensor, maps: Tensor, labels: Any = None, *,
+                      mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                      batch_size: int = 64, progress: bool = True) -> dict[str, Tensor]:
+    """Positive and negative perturbation test of Chefer et al. (2021), at token level.
+
+    For fractions f = 0 %, 10 %, …, 90 %, the ``floor(f·N)`` most relevant tokens
+    (positive; ties by token index) or least relevant tokens (negative; ascending order, ties
+    by token index) are set to pixel value 0 *before normalisation*, i.e. to ``(0 - mean)/std``
+    in the model's input space, and top-1 accuracy is recorded. Positive: lower AUC is
+    better; negative: higher is better.
+
+    Differences from the authors' code, on purpose: they upsample the map to pixels and
+    remove ``int(f·224·224)`` single pixels; here whole patches are removed (the maps live on
+    the patch grid), ``floor(f·N)`` of them.
+
+    Args:
+        model: ``model(images) -> logits``.
+        images: (B, C, H, W) normalised with ``mean``/``std``.
+        maps: (B, h, w) explanations on the patch grid.
+        labels: B ground-truth labels; ``None`` scores against the class predicted on the
+            unperturbed image (their "original prediction" variant, which starts at 1).
+        mean, std: the normalisation the images went through. Default: ImageNet (the
+            course's transforms). For images that were not normalised pass
+            ``mean=(0, 0, 0), std=(1, 1, 1)``. (The authors' own ViT used 0.5/0.5.)
+        batch_size: perturbed images per forward pass. Default: 64.
+        progress: tqdm bars. Default: True.
+
+    Returns:
+        dict with ``"fractions"`` (10,), ``"positive"`` and ``"negative"`` (B, 10) hits (1.0
+        if the perturbed image is classified as the label), ``"positive_auc"`` and
+        ``"negative_auc"`` (B,) from :func:`chefer_auc`.
+    """
+    return _chefer_curves(model, images, maps, labels, mean, std, batch_size, progress)
