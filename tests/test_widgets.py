@@ -1,0 +1,375 @@
+"""vit_course.widgets: the slider explorer and its cache, headless, on tiny models.
+
+The model's forward passes are counted with a forward pre-hook registered here (the
+explorer knows nothing about it). The key property: once an image (and class) has been
+seen, moving any control runs the model zero times, and the figure still changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from vit_course.explain import METHODS, Explainer, explain, register_method
+from vit_course.models import ViT
+from vit_course.widgets import (
+    AttentionExplorer,
+    ExplanationCache,
+    display_images,
+    is_class_specific,
+    method_options,
+    supports_capture,
+)
+
+CLASSES = ["pizza", "steak", "sushi"]
+
+
+def course_vit(seed: int = 0) -> ViT:
+    torch.manual_seed(seed)
+    model = ViT(img_size=32, patch_size=8, num_transformer_layers=2, embedding_dim=32,
+                mlp_size=64, num_heads=2, num_classes=3)
+    nn.init.normal_(model.head.weight, std=0.5)
+    nn.init.normal_(model.head.bias, std=0.5)
+    return model.eval()
+
+
+@pytest.fixture(params=["torchvision", "course"])
+def any_model(request: pytest.FixtureRequest, tiny_tv_vit: Callable[..., nn.Module]) -> nn.Module:
+    """Both model families (for the tests of the explorer's core promises)."""
+    return tiny_tv_vit(seed=0) if request.param == "torchvision" else course_vit(seed=0)
+
+
+@pytest.fixture
+def model(tiny_tv_vit: Callable[..., nn.Module]) -> nn.Module:
+    return tiny_tv_vit(seed=0)
+
+
+def batch(B: int = 3, seed: int = 1) -> torch.Tensor:
+    return torch.rand(B, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+class ForwardCounter:
+    """Counts the model's forward calls (a pre-hook on the top module)."""
+
+    def __init__(self, model: nn.Module):
+        self.n = 0
+        self.handle = model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: tuple) -> None:
+        self.n += 1
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+@pytest.fixture
+def counted(any_model: nn.Module):
+    counter = ForwardCounter(any_model)
+    yield any_model, counter
+    counter.remove()
+
+
+def figure_data(ex: AttentionExplorer) -> tuple[np.ndarray, np.ndarray, bytes]:
+    return (np.array(ex.overlay_artist.get_array(), copy=True),
+            np.array(ex.map_artist.get_array(), copy=True), ex.image_widget.value)
+
+
+# ----------------------------------------------------------------------------- zero passes
+def test_slider_moves_change_the_figure_with_zero_forward_passes(counted) -> None:
+    model, counter = counted
+    ex = AttentionExplorer(model, batch(), CLASSES, discard_ratio=0.0)
+    assert counter.n == 1, "the initial capture is one forward pass"
+    counter.n = 0
+    pred = int(ex.cache.base(0).targets[0])
+    others = [c for c in range(3) if c != pred]
+    moves = [dict(discard_ratio=0.5), dict(discard_ratio=0.9), dict(head_fusion="max"),
+             dict(head_fusion="min"), dict(start_layer=1),
+             dict(start_layer=0, head_fusion="mean", discard_ratio=0.0),
+             dict(method="grad_rollout"), dict(target=others[0]), dict(target=others[1]),
+             dict(method="attention", layer=0), dict(head=1),
+             dict(layer=1)]
+    for move in moves:
+        before_map = ex.current_map.clone()
+        before = figure_data(ex)
+        ex.set(**move)
+        after = figure_data(ex)
+        assert not torch.equal(ex.current_map, before_map), f"map unchanged after {move}"
+        assert not np.array_equal(before[0], after[0]), f"overlay unchanged after {move}"
+        assert not np.array_equal(before[1], after[1]), f"patch map unchanged after {move}"
+        assert before[2] != after[2], f"PNG unchanged after {move}"
+    assert counter.n == 0, f"{counter.n} forward pass(es) during slider moves; expected 0"
+    assert ex.cache.passes == 1
+
+
+def test_setting_widget_values_directly_triggers_the_update(counted) -> None:
+    model, counter = counted
+    ex = AttentionExplorer(model, batch(), CLASSES, discard_ratio=0.0)
+    counter.n = 0
+    before = ex.current_map.clone()
+    ex.controls["discard_ratio"].value = 0.8           # as a user dragging the slider
+    assert not torch.equal(ex.current_map, before)
+    assert ex.state()["discard_ratio"] == pytest.approx(0.8)
+    assert counter.n == 0
+
+
+def test_image_and_target_switches_compute_once_then_cache(counted) -> None:
+    model, counter = counted
+    ex = AttentionExplorer(model, batch(B=3), CLASSES, method="grad_rollout")
+    assert counter.n == 1
+    ex.set(image=1)
+    assert counter.n == 2, "a new image is captured once"
+    ex.set(image=2)
+    assert counter.n == 3
+    counter.n = 0
+    for image in (0, 1, 2, 1, 0):                      # second visits
+        for target in (0, 1, 2, None):
+            ex.set(image=image, target=target)
+    assert counter.n == 0, f"{counter.n} forward pass(es) on revisits; expected 0"
+
+
+def test_per_class_capture_beyond_the_upfront_limit(counted) -> None:
+    """With more classes than max_classes_upfront, each new (image, class) costs one pass."""
+    model, counter = counted
+    cache = ExplanationCache(model, batch(B=2), max_classes_upfront=0)
+    cache.map(0, "grad_rollout", None)
+    assert counter.n == 1                              # the predicted class comes with it
+    pred = int(cache.base(0).targets[0])
+    other = (pred + 1) % 3
+    cache.map(0, "grad_rollout", other)
+    assert counter.n == 2
+    for _ in range(3):
+        cache.map(0, "grad_rollout", other, discard_ratio=0.5)
+        cache.map(0, "grad_rollout", pred, head_fusion="max")
+    assert counter.n == 2
+
+
+# ----------------------------------------------------------------------------- correctness
+CASES = [
+    ("rollout", dict(head_fusion="max", discard_ratio=0.5, start_layer=0)),
+    ("rollout", dict(head_fusion="min", discard_ratio=0.0, start_layer=1)),
+    ("grad_rollout", dict(head_fusion="mean", discard_ratio=0.3, start_layer=0)),
+    ("grad_rollout", dict(head_fusion="max", discard_ratio=0.0, start_layer=1)),
+    ("attention", dict(layer=0, head=1)),
+    ("attention", dict(layer=1, head=None, head_fusion="max")),
+]
+
+
+def test_maps_equal_the_package_call_on_the_image_alone(any_model: nn.Module) -> None:
+    """Cached captures and batched per-class gradients give explain()'s maps exactly."""
+    model = any_model
+    x = batch(B=3)
+    cache = ExplanationCache(model, x)
+    for method, options in CASES:
+        for target in (None, 0, 2):
+            expected = explain(model, x[2:3], method=method, target=target, **options)[0]
+            torch.testing.assert_close(cache.map(2, method, target, **options), expected,
+                                       rtol=1e-5, atol=1e-6,
+                                       msg=lambda m: f"{method} {options} target={target}: {m}")
+    ex = AttentionExplorer(model, x, CLASSES)                # the explorer passes its controls
+    method, options = CASES[3]
+    ex.set(image=2, method=method, target=0, **options)
+    expected = explain(model, x[2:3], method=method, target=0, **options)[0]
+    torch.testing.assert_close(ex.current_map, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_class_specific_maps_differ_by_target_and_rollout_does_not(model: nn.Module) -> None:
+    ex = AttentionExplorer(model, batch(), CLASSES, method="grad_rollout", discard_ratio=0.0)
+    maps = [ex.set(target=t).current_map.clone() for t in range(3)]
+    assert not torch.allclose(maps[0], maps[1]) or not torch.allclose(maps[1], maps[2])
+    ex.set(method="rollout")
+    agnostic = [ex.set(target=t).current_map.clone() for t in range(3)]
+    assert all(torch.equal(agnostic[0], m) for m in agnostic[1:])
+
+
+def test_hold_batches_changes_into_one_update(model: nn.Module) -> None:
+    ex = AttentionExplorer(model, batch(), CLASSES)
+    calls = []
+    original = ex.update
+    ex.update = lambda: (calls.append(1), original())[1]
+    with ex.hold():
+        ex.controls["method"].value = "grad_rollout"
+        ex.controls["target"].value = 1
+        ex.controls["discard_ratio"].value = 0.2
+    assert len(calls) == 1
+    ex.set(head_fusion="max", start_layer=1)
+    assert len(calls) == 2
+    assert ex.state()["method"] == "grad_rollout" and ex.state()["target"] == 1
+
+
+# ----------------------------------------------------------------------------- registry
+def test_method_list_comes_from_the_registry(model: nn.Module) -> None:
+    ex = AttentionExplorer(model, batch(), CLASSES)
+    assert set(ex.controls["method"].options) == set(METHODS)
+    assert list(ex.controls["method"].options)[:3] == ["rollout", "grad_rollout", "attention"]
+
+
+@pytest.fixture
+def extra_methods():
+    """Two throw-away methods: one from a capture, one that needs the model (recompute)."""
+    added = []
+
+    def add(name: str, cls: type) -> type:
+        register_method(name)(cls)
+        added.append(name)
+        return cls
+
+    class ColumnSum(Explainer):
+        defaults = {"start_layer": 0}
+
+        def token_scores(self, cap, start_layer):
+            return torch.stack(list(cap.attentions))[start_layer:].sum(dim=(0, 2, 3))
+
+    class PixelMean(Explainer):
+        supports_capture = False
+        defaults = {"discard_ratio": 0.0}
+
+        def attribute(self, images, target=None, **options):
+            opts = self._merge(options)
+            logits = self.model(images)
+            t = logits.argmax(1) if target is None else torch.as_tensor(target).expand(len(images))
+            h, w = self.info.grid(*images.shape[-2:])
+            base = torch.nn.functional.adaptive_avg_pool2d(images.mean(1, keepdim=True), (h, w))
+            return base[:, 0] * (1 + opts["discard_ratio"]) + t.view(-1, 1, 1)
+
+        def from_capture(self, cap, **options):
+            raise TypeError("needs the images")
+
+    class FailsAtOne(Explainer):
+        defaults = {"start_layer": 0}
+
+        def token_scores(self, cap, start_layer):
+            if start_layer == 1:
+                raise ValueError("start_layer=1 is not supported by this test method")
+            return cap.attentions[0].mean(1)[:, 0]
+
+    class DeclaredAgnostic(PixelMean):
+        class_specific = False
+
+    add("_test_declared_agnostic", DeclaredAgnostic)
+    add("_test_column_sum", ColumnSum)
+    add("_test_pixel_mean", PixelMean)
+    add("_test_fails_at_one", FailsAtOne)
+    yield
+    for name in added:
+        METHODS.pop(name, None)
+
+
+def test_newly_registered_methods_appear_and_work(counted, extra_methods) -> None:
+    model, counter = counted
+    ex = AttentionExplorer(model, batch(), CLASSES)
+    assert {"_test_column_sum", "_test_pixel_mean"} <= set(ex.controls["method"].options)
+    counter.n = 0
+    ex.set(method="_test_column_sum", start_layer=1)
+    assert counter.n == 0, "a method with capture support runs from the cache"
+    assert ex.controls["discard_ratio"].disabled and not ex.controls["start_layer"].disabled
+
+    ex.set(method="_test_pixel_mean", discard_ratio=0.5)
+    first = counter.n
+    assert first >= 1, "a method without capture support recomputes with the model"
+    assert not ex.controls["discard_ratio"].disabled and ex.controls["start_layer"].disabled
+    assert not ex.controls["target"].disabled
+    ex.set(discard_ratio=0.1)
+    assert counter.n > first, "new options: recomputed"
+    n = counter.n
+    ex.set(discard_ratio=0.5)
+    ex.set(discard_ratio=0.1)
+    assert counter.n == n, "options seen before come from the map cache"
+
+
+def test_errors_show_in_the_status_line_from_controls_and_raise_from_set(
+        model: nn.Module, extra_methods) -> None:
+    ex = AttentionExplorer(model, batch(), CLASSES, method="_test_fails_at_one")
+    ex.controls["start_layer"].value = 1          # a user moving the slider: no exception
+    assert "error" in ex.status.value and "not supported" in ex.status.value
+    ex.controls["start_layer"].value = 0
+    assert "error" not in ex.status.value
+    with pytest.raises(ValueError, match="not supported"):
+        ex.set(start_layer=1)
+
+
+def test_a_method_can_declare_whether_it_is_class_specific(extra_methods) -> None:
+    assert is_class_specific("_test_pixel_mean")              # no capture: assumed specific
+    assert not is_class_specific("_test_declared_agnostic")   # unless it says otherwise
+    assert not supports_capture("_test_declared_agnostic")
+
+
+def test_method_option_helpers() -> None:
+    values = dict(discard_ratio=0.5, head_fusion="max", start_layer=1, layer=0, head=None)
+    assert method_options("rollout", values) == dict(discard_ratio=0.5, head_fusion="max",
+                                                     start_layer=1)
+    assert method_options("attention", values) == dict(head_fusion="max", layer=0, head=None)
+    assert supports_capture("rollout") and supports_capture("grad_rollout")
+    assert is_class_specific("grad_rollout")
+    assert not is_class_specific("rollout") and not is_class_specific("attention")
+
+
+def test_controls_that_do_not_apply_are_disabled(model: nn.Module) -> None:
+    ex = AttentionExplorer(model, batch(), CLASSES)
+    c = ex.controls
+    assert c["layer"].disabled and c["head"].disabled and c["target"].disabled
+    assert not c["discard_ratio"].disabled and not c["head_fusion"].disabled
+    ex.set(method="attention", head=0)
+    assert c["discard_ratio"].disabled and c["start_layer"].disabled
+    assert not c["layer"].disabled and c["head_fusion"].disabled   # one head: nothing to fuse
+    ex.set(method="grad_rollout")
+    assert not c["target"].disabled and c["layer"].disabled
+
+
+# ----------------------------------------------------------------------------- display
+def test_display_images_and_raw_images(model: nn.Module) -> None:
+    x = batch()
+    torch.testing.assert_close(display_images(x), x)
+    normalised = (x - 0.5) / 0.25
+    shown = display_images(normalised)
+    assert shown.min() >= 0 and shown.max() <= 1
+    raw = torch.rand(3, 3, 64, 64)
+    ex = AttentionExplorer(model, x, CLASSES, raw_images=raw, titles=["a", "b", "c"])
+    assert ex.overlay_artist.get_array().shape[:2] == (64, 64)
+    assert ex.current_map.shape == (4, 4)
+    assert ex.controls["image"].options[1] == ("b", 1)
+    assert "predicted" in ex.status.value and "model passes so far: 1" in ex.status.value
+
+
+def test_model_is_left_as_it_was(any_model: nn.Module) -> None:
+    model = any_model
+    model.train()
+    ex = AttentionExplorer(model, batch(), CLASSES, method="grad_rollout")
+    ex.set(image=1, target=2)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_input_raises_clear_errors(model: nn.Module) -> None:
+    x = batch()
+    with pytest.raises(ValueError, match="class_names has 2 names"):
+        AttentionExplorer(model, x, ["a", "b"])
+    with pytest.raises(ValueError, match="raw_images must lie in"):
+        AttentionExplorer(model, x, CLASSES, raw_images=x * 3)
+    with pytest.raises(ValueError, match="one image per model input"):
+        AttentionExplorer(model, x, CLASSES, raw_images=x[:2])
+    with pytest.raises(ValueError, match="titles must have one entry per image"):
+        AttentionExplorer(model, x, CLASSES, titles=["only one"])
+    with pytest.raises(ValueError, match="unknown explanation method"):
+        AttentionExplorer(model, x, CLASSES, methods=["rollout", "nope"])
+    with pytest.raises(ValueError, match="discard_ratio must be"):
+        AttentionExplorer(model, x, CLASSES, discard_ratio=1.0)
+    with pytest.raises(ValueError, match="target must be None"):
+        AttentionExplorer(model, x, CLASSES, target=3)
+    with pytest.raises(ValueError, match="layer must be an int"):
+        AttentionExplorer(model, x, CLASSES, layer=5)
+    with pytest.raises(TypeError, match="images must be a torch.Tensor"):
+        AttentionExplorer(model, x.numpy(), CLASSES)
+    with pytest.raises(TypeError, match="explanations support"):
+        AttentionExplorer(nn.Linear(3, 3), x, CLASSES)
+    ex = AttentionExplorer(model, x, CLASSES)
+    with pytest.raises(TypeError, match="unknown control"):
+        ex.set(discard=0.5)
+    with pytest.raises(ValueError, match="not a value this control offers"):
+        ex.set(method="nope")
+    with pytest.raises(ValueError, match="index must be"):
+        ex.cache.map(7, "rollout")

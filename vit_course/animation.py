@@ -1,0 +1,360 @@
+"""A discard-ratio sweep as an animated GIF: how rollout maps sharpen as low attention goes.
+
+vit-explain's rollout discards the lowest ``discard_ratio`` fraction of every fused
+attention matrix before multiplying the layers. The animation shows one image's map for
+each head fusion (``mean``, ``max``, ``min``) while the ratio sweeps from 0 to 0.99::
+
+    discard_sweep_gif(model, image, "assets/discard_sweep.gif", raw_image=raw)
+
+Three steps, each usable on its own:
+
+- :func:`discard_sweep_maps` (compute): one model pass, then every (ratio, fusion) map
+  from the cached capture, (R, F, h, w).
+- :func:`render_discard_sweep` (plot): one RGB frame per ratio, (H, W, 3) uint8.
+- :func:`save_gif` (write): the frames as a looping GIF, written atomically (a temporary
+  file in the same folder, renamed when complete; nothing is left behind on failure).
+
+With a ground-truth mask (synthetic data), :func:`mass_on_mask` puts a number on each panel:
+the share of the map's mass on the object.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+from torch import Tensor, nn
+
+from .explain import capture, get_method, upsample
+from .explain.rollout import HEAD_FUSIONS
+from .viz import overlay
+
+__all__ = [
+    "DEFAULT_RATIOS",
+    "discard_sweep_maps",
+    "render_discard_sweep",
+    "mass_on_mask",
+    "save_gif",
+    "discard_sweep_gif",
+]
+
+#: Ratios of the default sweep: coarse at first, fine near the end where maps change most.
+DEFAULT_RATIOS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9,
+                                     0.93, 0.95, 0.97, 0.98, 0.99)
+
+
+# ----------------------------------------------------------------------------- checks
+def _check_fusions(head_fusions: object) -> tuple[str, ...]:
+    if isinstance(head_fusions, str) or not isinstance(head_fusions, Sequence) \
+            or not head_fusions:
+        raise ValueError(f"head_fusions must be a non-empty sequence drawn from "
+                         f"{list(HEAD_FUSIONS)}, e.g. ('mean', 'max', 'min'); got {head_fusions!r}")
+    bad = [f for f in head_fusions if f not in HEAD_FUSIONS]
+    if bad:
+        raise ValueError(f"unknown head fusion(s) {bad}; choose from {list(HEAD_FUSIONS)}")
+    return tuple(head_fusions)
+
+
+def _check_ratios(ratios: object) -> tuple[float, ...]:
+    if isinstance(ratios, (str, bytes)) or not isinstance(ratios, (Sequence, np.ndarray, Tensor)):
+        raise ValueError(f"ratios must be a sequence of discard ratios in [0, 1), got {ratios!r}")
+    values = [float(r) for r in ratios]
+    if not values:
+        raise ValueError("ratios is empty; pass at least one discard ratio, e.g. (0.0, 0.5, 0.9)")
+    bad = [r for r in values if not 0.0 <= r < 1.0]
+    if bad:
+        raise ValueError(f"discard ratios must lie in [0, 1), got {bad}; 1.0 would discard "
+                         "everything (use at most 0.99).")
+    return tuple(values)
+
+
+def _check_image(image: object, name: str = "image") -> Tensor:
+    if not isinstance(image, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (C, H, W), got {type(image).__name__}")
+    if image.ndim == 4 and image.shape[0] == 1:
+        image = image[0]
+    if image.ndim != 3:
+        raise ValueError(f"{name} must be one image (C, H, W) (or (1, C, H, W)), got shape "
+                         f"{tuple(image.shape)}; pick one image of the batch, e.g. x[0].")
+    return image
+
+
+# ----------------------------------------------------------------------------- compute
+def discard_sweep_maps(model: nn.Module, image: Tensor,
+                       head_fusions: Sequence[str] = HEAD_FUSIONS,
+                       ratios: Sequence[float] = DEFAULT_RATIOS, *, method: str = "rollout",
+                       target: int | None = None, start_layer: int = 0) -> Tensor:
+    """One image's maps for every (discard ratio, head fusion) from a single model pass.
+
+    Args:
+        model: a supported ViT (see :data:`vit_course.explain.SUPPORTED_MODELS`).
+        image: (C, H, W) transformed for the model.
+        head_fusions: fusions to show. Default: ``("mean", "max", "min")``.
+        ratios: discard ratios in [0, 1). Default: :data:`DEFAULT_RATIOS`.
+        method: a registered method with ``discard_ratio`` and ``head_fusion`` options that
+            works from a capture (``"rollout"``, ``"grad_rollout"``). Default: ``"rollout"``.
+        target: class for class-specific methods; ``None`` = predicted. Default: ``None``.
+        start_layer: first layer of the rollout. Default: 0.
+
+    Returns:
+        (R, F, h, w): ``[r, f]`` is the map for ``ratios[r]`` and ``head_fusions[f]``,
+        as the method returns it (not normalised).
+    """
+    fusions = _check_fusions(head_fusions)
+    values = _check_ratios(ratios)
+    image = _check_image(image)
+    cls = get_method(method)
+    if not {"discard_ratio", "head_fusion"} <= set(cls.defaults) \
+            or not getattr(cls, "supports_capture", True):
+        raise ValueError(f"method {method!r} has no discard_ratio/head_fusion options or cannot "
+                         "work from a capture; use 'rollout' or 'grad_rollout'.")
+    explainer = cls(model)
+    cap = capture(model, image.unsqueeze(0), target=target, with_grad=cls.needs_grad)
+    per_fusion = []
+    for fusion in fusions:               # fusion outside: the fused layers are reused per ratio
+        per_fusion.append(torch.stack([
+            explainer.from_capture(cap, head_fusion=fusion, discard_ratio=r,
+                                   start_layer=start_layer)[0] for r in values]))
+    return torch.stack(per_fusion, dim=1)                     # (R, F, h, w)
+
+
+# ----------------------------------------------------------------------------- plot
+def _resize_image(raw: Tensor, size: int | None) -> Tensor:
+    if size is None or max(raw.shape[-2:]) >= size:
+        return raw
+    H, W = raw.shape[-2:]
+    scale = size / max(H, W)
+    out = F.interpolate(raw[None], size=(round(H * scale), round(W * scale)), mode="bilinear",
+                        align_corners=False)[0]
+    return out.clamp(0, 1)
+
+
+def _mask_stack(mask: Tensor | np.ndarray | None, size: tuple[int, int]) -> np.ndarray | None:
+    if mask is None:
+        return None
+    m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask)
+    if m.ndim == 2:
+        m = m[None]
+    if m.ndim != 3:
+        raise ValueError(f"mask must be (H, W) or (K, H, W) (one per object), got shape "
+                         f"{tuple(m.shape)}")
+    m = F.interpolate(m[:, None].float(), size=size, mode="nearest")[:, 0]
+    return m.numpy()
+
+
+def render_discard_sweep(raw_image: Tensor, maps: Tensor, ratios: Sequence[float],
+                         head_fusions: Sequence[str] = HEAD_FUSIONS, *,
+                         mask: Tensor | np.ndarray | None = None, title: str | None = None,
+                         method: str = "rollout", display_size: int | None = 192,
+                         alpha: float = 0.5, cmap: str = "jet", dpi: int = 80
+                         ) -> list[np.ndarray]:
+    """Frames of the sweep: the image, then one overlay per fusion, one frame per ratio.
+
+    Args:
+        raw_image: (3, H, W) in [0, 1], the model's view of the image (no normalisation).
+        maps: (R, F, h, w) from :func:`discard_sweep_maps`.
+        ratios: the R ratios (for the frame titles).
+        head_fusions: the F fusions (for the panel titles).
+        mask: optional ground truth (H, W) or (K, H, W) at the image's resolution; its outline
+            is drawn on every panel and each panel's title gives the share of the map's mass
+            on it (see :func:`mass_on_mask`).
+        title: caption over the image panel. Default: ``"input"``.
+        method: method name for the panel titles. Default: ``"rollout"``.
+        display_size: upscale images smaller than this many pixels (longest side) so the
+            overlays are not tiny; ``None`` keeps the size. Default: 192.
+        alpha, cmap: as :func:`vit_course.viz.overlay`.
+        dpi: figure resolution. Default: 80.
+
+    Returns:
+        R frames, each (H_frame, W_frame, 3) uint8, all the same size. Each map is scaled
+        to [0, 1] on its own (the colours show where the map is high, not absolute values).
+    """
+    raw = _check_image(raw_image, "raw_image").detach().cpu().float()
+    fusions = _check_fusions(head_fusions)
+    values = _check_ratios(ratios)
+    if not isinstance(maps, Tensor) or maps.ndim != 4 \
+            or tuple(maps.shape[:2]) != (len(values), len(fusions)):
+        got = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+        raise ValueError(f"maps must be (R, F, h, w) = ({len(values)}, {len(fusions)}, h, w) "
+                         f"for {len(values)} ratios and {len(fusions)} fusions, got {got}")
+    shares = None
+    if mask is not None:
+        m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask)
+        if m.ndim not in (2, 3):
+            raise ValueError(f"mask must be (H, W) or (K, H, W) (one per object), got shape "
+                             f"{tuple(m.shape)}")
+        union = (m.reshape(-1, *m.shape[-2:]).float() > 0.5).any(dim=0)
+        shares = mass_on_mask(maps.reshape(-1, *maps.shape[-2:]), union).reshape(maps.shape[:2])
+    raw = _resize_image(raw, display_size)
+    H, W = raw.shape[-2:]
+    outlines = _mask_stack(mask, (H, W))
+    R, Fn = maps.shape[:2]
+    heats = upsample(maps.detach().cpu().float().reshape(R * Fn, *maps.shape[-2:]), (H, W),
+                     normalize=True).reshape(R, Fn, H, W)
+
+    fig = Figure(figsize=(2.3 * (Fn + 1), 2.75), dpi=dpi)
+    canvas = FigureCanvasAgg(fig)
+    axes = fig.subplots(1, Fn + 1)
+    axes[0].imshow(raw.permute(1, 2, 0).numpy())
+    axes[0].set_title(title or "input", fontsize=9)
+    artists, panel_titles = [], []
+    for f, ax in enumerate(axes[1:]):
+        artists.append(ax.imshow(overlay(raw, heats[0, f].numpy(), alpha=alpha, cmap=cmap)))
+        panel_titles.append(ax.set_title(f"{method}, {fusions[f]}", fontsize=9))
+    if outlines is not None:
+        for ax in axes:
+            for m in outlines:
+                ax.contour(m, levels=[0.5], colors="white", linewidths=1.0)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    caption = fig.suptitle("", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    frames = []
+    for r, ratio in enumerate(values):
+        for f, artist in enumerate(artists):
+            artist.set_data(overlay(raw, heats[r, f].numpy(), alpha=alpha, cmap=cmap))
+            if shares is not None:
+                panel_titles[f].set_text(f"{method}, {fusions[f]}: {shares[r, f]:.0%} on mask")
+        caption.set_text(f"discard ratio {ratio:.2f}")
+        canvas.draw()
+        frames.append(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+    return frames
+
+
+def mass_on_mask(maps: Tensor, mask: Tensor | np.ndarray) -> Tensor:
+    """Share of each map's positive mass that falls on a mask: Σ max(m, 0)·mask / Σ max(m, 0).
+
+    A map spread evenly scores the mask's area; a map entirely on the mask scores 1. Used for
+    the sweep's panel titles and in notebooks 04-05 with the synthetic data's object masks.
+
+    Args:
+        maps: (B, h, w) patch-grid maps.
+        mask: (H, W) for every map or (B, H, W) one per map; bool or [0, 1]. H and W must be
+            multiples of h and w: each patch counts with the fraction of it the mask covers
+            (as :func:`vit_course.data.synthetic.mask_to_grid`); (h, w) masks are used as is.
+
+    Returns:
+        (B,) in [0, 1]; 0 for a map with no positive mass.
+    """
+    if not isinstance(maps, Tensor) or maps.ndim != 3:
+        raise ValueError(f"maps must be (B, h, w), got "
+                         f"{tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__}")
+    m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask).float()
+    B, h, w = maps.shape
+    if m.ndim == 2:
+        m = m.expand(B, *m.shape)
+    if m.ndim != 3 or m.shape[0] != B or m.shape[1] % h or m.shape[2] % w:
+        raise ValueError(f"mask must be (H, W) or ({B}, H, W) with H, W multiples of the map "
+                         f"grid {(h, w)}, got shape {tuple(torch.as_tensor(mask).shape)}")
+    grid = F.adaptive_avg_pool2d(m[:, None], (h, w))[:, 0].to(maps.device)   # patch coverage
+    pos = maps.detach().float().clamp(min=0)
+    total = pos.sum(dim=(1, 2))
+    return torch.where(total > 0, (pos * grid).sum(dim=(1, 2)) / total.clamp(min=1e-30),
+                       torch.zeros_like(total))
+
+
+# ----------------------------------------------------------------------------- write
+def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, fps: float = 4.0,
+             hold_last: float = 1.5, colors: int = 128) -> Path:
+    """Write frames as a looping GIF, atomically.
+
+    Args:
+        frames: (H, W, 3) uint8 arrays of one size.
+        path: the ``.gif`` file; its folder must exist.
+        fps: frames per second. Default: 4.
+        hold_last: seconds the last frame stays before the loop restarts. Default: 1.5.
+        colors: palette size (2-256), one palette shared by all frames. Default: 128.
+
+    Returns:
+        ``path`` as a ``Path``. The file appears complete or not at all.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".gif":
+        raise ValueError(f"path must end in .gif, got {str(path)!r}")
+    if not path.parent.is_dir():
+        raise ValueError(f"the folder {str(path.parent)!r} does not exist; create it first "
+                         f"(Path({str(path.parent)!r}).mkdir(parents=True)).")
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    if isinstance(hold_last, bool) or not isinstance(hold_last, (int, float)) or hold_last < 0:
+        raise ValueError(f"hold_last must be a number of seconds >= 0, got {hold_last!r}")
+    if isinstance(colors, bool) or not isinstance(colors, int) or not 2 <= colors <= 256:
+        raise ValueError(f"colors must be an int in [2, 256] (GIF palettes), got {colors!r}")
+    frames = list(frames)
+    if not frames:
+        raise ValueError("frames is empty; render at least one frame")
+    shape = frames[0].shape
+    for k, fr in enumerate(frames):
+        if not isinstance(fr, np.ndarray) or fr.dtype != np.uint8 or fr.ndim != 3 \
+                or fr.shape[-1] != 3 or fr.shape != shape:
+            raise ValueError(f"frame {k} must be an (H, W, 3) uint8 array of shape {shape}, got "
+                             f"{getattr(fr, 'dtype', type(fr).__name__)} "
+                             f"{getattr(fr, 'shape', '')}")
+    # One palette for all frames, from a sample of them, and no dithering: a palette per
+    # frame plus dither noise makes the GIF several times larger for no visible gain.
+    sample = np.concatenate(frames[::max(1, len(frames) // 6)], axis=0)
+    palette = Image.fromarray(sample).quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
+    images = [Image.fromarray(fr).quantize(palette=palette, dither=Image.Dither.NONE)
+              for fr in frames]
+    step = int(round(1000 / fps))
+    durations = [step] * len(images)
+    durations[-1] = max(step, int(round(1000 * hold_last)))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            images[0].save(fh, format="GIF", save_all=True, append_images=images[1:],
+                           duration=durations, loop=0)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def discard_sweep_gif(model: nn.Module, image: Tensor, out_path: str | os.PathLike,
+                      head_fusions: Sequence[str] = HEAD_FUSIONS,
+                      ratios: Sequence[float] = DEFAULT_RATIOS, *,
+                      raw_image: Tensor | None = None, method: str = "rollout",
+                      target: int | None = None, start_layer: int = 0,
+                      mask: Tensor | np.ndarray | None = None, title: str | None = None,
+                      fps: float = 4.0, display_size: int | None = 192) -> Path:
+    """Animate one image's maps per head fusion while the discard ratio sweeps; write a GIF.
+
+    One model pass (:func:`discard_sweep_maps`), frames from :func:`render_discard_sweep`,
+    written by :func:`save_gif` (atomically).
+
+    Args:
+        model: a supported ViT.
+        image: (C, H, W) transformed for the model.
+        out_path: the ``.gif`` to write (its folder must exist).
+        head_fusions, ratios, method, target, start_layer: see :func:`discard_sweep_maps`.
+        raw_image: (3, H', W') in [0, 1] to draw under the maps. Default: ``image`` when it
+            lies in [0, 1] (e.g. :func:`vit_course.data.simple_transform`); required for
+            normalised inputs.
+        mask, title, display_size: see :func:`render_discard_sweep`.
+        fps: frames per second. Default: 4.
+
+    Returns:
+        the path written.
+    """
+    image = _check_image(image)
+    if raw_image is None:
+        if image.min() < 0 or image.max() > 1 or image.shape[0] != 3:
+            raise ValueError("image is normalised (values outside [0, 1]) or not RGB, so it "
+                             "cannot be drawn as is; pass raw_image=(x * std + mean).clamp(0, 1).")
+        raw_image = image
+    maps = discard_sweep_maps(model, image, head_fusions, ratios, method=method, target=target,
+                              start_layer=start_layer)
+    frames = render_discard_sweep(raw_image, maps, ratios, head_fusions, mask=mask, title=title,
+                                  method=method, display_size=display_size)
+    return save_gif(frames, out_path, fps=fps)
