@@ -18,6 +18,22 @@ The notebook-06 questions registered here:
   (h, w) map of a 2×2 grid image (h and w even) and ``target_tile`` in 0..3 (row-major:
   0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right); the positive attribution inside
   the target tile divided by the total positive attribution, 0.0 when nothing is positive.
+- ``q3``: ``run_course_suite(model, images, labels, steps) -> SuiteResult``: one
+  ``vit_course.metrics.run_suite`` call scoring ``rollout``, ``grad_rollout`` and ``gradcam``
+  (plus the suite's default controls ``random`` and ``center_gaussian``) with ``steps``
+  deletion/insertion steps, the blur baseline, Chefer's test for images that are *not*
+  normalised (``mean=(0, 0, 0), std=(1, 1, 1)``), the grid game on, every other option at its
+  default. ``check`` and ``autograde`` get ``(run_course_suite, suite, model, images,
+  labels, steps)`` and inspect the ``suite`` the notebook computed: the public cases check the
+  methods, scores per image, curve lengths, maps recomputed for two images and the
+  normalisation; the hidden cases recompute curves, AUCs, Chefer hits, the controls, more
+  maps and the grid game from the suite's own maps with the package's metric functions
+  (cheap: no second suite run). ``suite`` is ``None`` while the function is a stub.
+- ``q4``: ``summary_table(scores) -> list[dict]``: one row per (metric, method), metrics
+  in order of first appearance and methods in the order of ``scores``, each
+  ``{"metric", "method", "mean", "lo", "hi", "n"}`` with ``(mean, lo, hi) =
+  vit_course.metrics.bootstrap_ci(values)`` (defaults: 1000 resamples, 95 %, seed 42) and
+  ``n`` the number of non-NaN values; a method without a metric gets no row for it.
 """
 
 from __future__ import annotations
@@ -216,4 +232,195 @@ register_question(
     _q2_public,
     title="grid_pointing_score(attribution, target_tile) -> float",
     hidden=_lazy_hidden("q2_hidden_cases"),
+)
+
+
+# --------------------------------------------------------------------------- q3: the suite
+
+#: The explainers of q3 (``explain`` method names) and every method the suite must hold.
+Q3_METHODS = ("rollout", "grad_rollout", "gradcam")
+Q3_ALL_METHODS = Q3_METHODS + ("random", "center_gaussian")
+#: The per-image scores ``run_suite`` returns for every method.
+Q3_METRICS = ("deletion_auc", "insertion_auc", "chefer_positive_auc", "chefer_negative_auc", "grid_pointing")
+Q3_MAP_IMAGES = 2  # images whose maps ``check`` recomputes
+Q3_CHEFER_IMAGES = 6  # images whose Chefer hits are recomputed (the two normalisations often agree on one)
+
+
+def _message(got: Any, expected: Any) -> str | None:
+    """``compare`` for cases whose ``call`` returns ``None`` (fine) or a sentence (the problem)."""
+    return got
+
+
+def _q3_case(name: str, inspect: Callable[..., str | None], probe: bool = False) -> Case:
+    """A q3 case; ``probe``: when ``suite`` is None, call the function once so that the stub's
+    NotImplementedError reports "not implemented yet" (give it to the first case only)."""
+
+    def call(fn, suite, model, images, labels, steps):
+        if suite is None:
+            if probe:  # the stub raises at once; a written function runs on one image
+                fn(model, images[:1], labels[:1], 1)
+            return ("`suite` is None: run the q3 cell (it sets suite = run_course_suite(...)) "
+                    "without errors, then run this check again")
+        return inspect(suite, model, images, labels, steps)
+
+    return Case(name, call=call, expected=None, compare=_message)
+
+
+def _q3_methods(suite, model, images, labels, steps) -> str | None:
+    methods = list(getattr(suite, "methods", []))
+    if sorted(methods) != sorted(Q3_ALL_METHODS):
+        return f"expected the methods {list(Q3_ALL_METHODS)}, got {methods}"
+    return None
+
+
+def _q3_scores(suite, model, images, labels, steps) -> str | None:
+    import torch
+
+    for method in Q3_ALL_METHODS:
+        per = suite.scores.get(method, {})
+        missing = [m for m in Q3_METRICS if m not in per]
+        if missing:
+            return (f"suite.scores[{method!r}] has no {missing}; keep the grid game on "
+                    "(run_suite's default) and score every method")
+        for metric in Q3_METRICS[:-1]:
+            n = torch.as_tensor(per[metric]).numel()
+            if n != len(images):
+                return (f"suite.scores[{method!r}][{metric!r}] has {n} values, expected one per "
+                        f"image ({len(images)}): pass all of `images`")
+    return None
+
+
+def _q3_steps(suite, model, images, labels, steps) -> str | None:
+    for method in Q3_ALL_METHODS:
+        for kind in ("deletion", "insertion"):
+            curve = suite.curves.get(method, {}).get(kind)
+            if curve is None:
+                return f"suite.curves[{method!r}] has no {kind!r} curve"
+            if curve.shape[-1] != steps + 1:
+                return (f"the {kind} curve of {method!r} has {curve.shape[-1]} points, expected "
+                        f"steps + 1 = {steps + 1}: pass steps=steps to run_suite")
+    return None
+
+
+def _q3_maps(suite, model, images, labels, steps) -> str | None:
+    import torch
+
+    from vit_course.explain import explain
+
+    k = min(Q3_MAP_IMAGES, len(images))
+    for method in Q3_METHODS:
+        expected = explain(model, images[:k], method=method, target=suite.targets[:k])
+        got = suite.maps[method][:k].to(expected.device)
+        if got.shape != expected.shape or not torch.allclose(got.float(), expected.float(), rtol=1e-4, atol=1e-5):
+            return (f"the maps of {method!r} differ from explain(model, images, method={method!r}, "
+                    f"target=predicted class) on the first {k} images: is {method!r} mapped to "
+                    "that explain method?")
+    return None
+
+
+def _q3_normalisation(suite, model, images, labels, steps) -> str | None:
+    import torch
+
+    from vit_course.metrics import perturbation_test
+
+    k = min(Q3_CHEFER_IMAGES, len(images))
+    maps = suite.maps["rollout"][:k]
+    ref = perturbation_test(model, images[:k], maps, suite.labels[:k], mean=(0.0, 0.0, 0.0),
+                            std=(1.0, 1.0, 1.0), progress=False)
+    for kind in ("positive", "negative"):
+        got = suite.curves["rollout"][f"chefer_{kind}"][:k].to(ref[kind].device)
+        if not torch.equal(got.double(), ref[kind].double()):
+            return ("the Chefer perturbation test does not match one run on un-normalised images: the "
+                    "synthetic images are in [0, 1], so pass mean=(0, 0, 0), std=(1, 1, 1) to run_suite")
+    return None
+
+
+def _q3_public() -> list[Case]:
+    return [
+        _q3_case("the suite holds rollout, grad_rollout, gradcam and both controls", _q3_methods, probe=True),
+        _q3_case("every method has the five scores, one per image", _q3_scores),
+        _q3_case("deletion and insertion curves have steps + 1 points", _q3_steps),
+        _q3_case(f"maps of the first {Q3_MAP_IMAGES} images match explain(...)", _q3_maps),
+        _q3_case("Chefer's test used the synthetic images' scale (mean 0, std 1)", _q3_normalisation),
+    ]
+
+
+register_question(
+    "q3",
+    _q3_public,
+    title="run_course_suite(model, images, labels, steps) -> SuiteResult",
+    hidden=_lazy_hidden("q3_hidden_cases"),
+)
+
+
+# --------------------------------------------------------------------------- q4: the table
+
+Q4_KEYS = ("metric", "method", "mean", "lo", "hi", "n")
+
+
+def compare_rows(got: Any, expected: list[dict]) -> str | None:
+    """``None`` when ``got`` has ``expected``'s rows (same order, keys and values, numbers
+    within 1e-9 absolute / 1e-7 relative, NaN equal to NaN), else what differs."""
+    import math
+
+    if not isinstance(got, (list, tuple)):
+        return f"expected a list of {len(expected)} row dicts, got {type(got).__name__}"
+    if len(got) != len(expected):
+        shown = [(r.get("metric"), r.get("method")) if isinstance(r, dict) else r for r in got][:8]
+        want = [(r["metric"], r["method"]) for r in expected][:8]
+        return f"expected {len(expected)} rows {want}, got {len(got)} rows {shown}"
+    for i, (g, e) in enumerate(zip(got, expected)):
+        if not isinstance(g, dict):
+            return f"row {i}: expected a dict with keys {list(Q4_KEYS)}, got {type(g).__name__}"
+        missing = [k for k in Q4_KEYS if k not in g]
+        if missing:
+            return f"row {i}: missing keys {missing} (a row needs {list(Q4_KEYS)})"
+        where = f"row {i} ({e['metric']}, {e['method']})"
+        for key in ("metric", "method"):
+            if g[key] != e[key]:
+                return f"row {i}: expected {key} {e[key]!r}, got {g[key]!r} (rows go metric by metric, methods in order)"
+        for key in ("mean", "lo", "hi", "n"):
+            try:
+                value = float(g[key])
+            except (TypeError, ValueError):
+                return f"{where}: {key} must be a number, got {g[key]!r}"
+            want = float(e[key])
+            if math.isnan(want) and math.isnan(value):
+                continue
+            if not math.isclose(value, want, rel_tol=1e-7, abs_tol=1e-9):
+                return f"{where}: expected {key} {want:.6g}, got {value:.6g}"
+    return None
+
+
+def _q4_expected(scores: dict) -> list[dict]:
+    from vit_course.metrics import summarise
+
+    return [{k: row[k] for k in Q4_KEYS} for row in summarise(scores)]
+
+
+def _q4_public() -> list[Case]:
+    one = {"rollout": {"deletion_auc": [0.1, 0.2, 0.3, 0.6]}}
+    two = {
+        "rollout": {"deletion_auc": [0.2, 0.4, 0.3, 0.35], "insertion_auc": [0.7, 0.9, 0.8, 0.6]},
+        "random": {"deletion_auc": [0.5, 0.6, 0.4, 0.45], "insertion_auc": [0.5, 0.4, 0.6, 0.55]},
+    }
+    gap = {
+        "gradcam": {"deletion_auc": [0.3, 0.1], "grid_pointing": [0.5, 0.9, 0.7]},
+        "random": {"deletion_auc": [0.6, 0.5]},
+    }
+    const = {"center_gaussian": {"grid_pointing": [0.25, 0.25, 0.25, 0.25]}}
+    cases = [
+        ("one method, one metric", one),
+        ("two methods, two metrics: metric by metric", two),
+        ("a method without one metric gets no row for it", gap),
+        ("constant values: lo = mean = hi", const),
+    ]
+    return [Case(name, (scores,), _q4_expected(scores), compare=compare_rows) for name, scores in cases]
+
+
+register_question(
+    "q4",
+    _q4_public,
+    title="summary_table(scores) -> list of rows {metric, method, mean, lo, hi, n}",
+    hidden=_lazy_hidden("q4_hidden_cases"),
 )

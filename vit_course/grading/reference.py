@@ -79,3 +79,245 @@ def q2_hidden_cases() -> list[Case]:
     cases.append(Case("hidden: single hot spot, tile 0", (m.clone(), 0), 0.0))
     cases.append(Case("hidden: all zero map", (torch.zeros(6, 6), 1), 0.0))
     return cases
+
+
+# --------------------------------------------------------------------------- q3: the suite
+
+
+def explainer(method: str):
+    """``explain_fn(model, images, target)`` for ``run_suite``: ``explain`` with ``method`` bound."""
+    from vit_course.explain import explain
+
+    def explain_fn(model, images, target=None):
+        return explain(model, images, method=method, target=target)
+
+    explain_fn.__name__ = f"explain_{method}"
+    return explain_fn
+
+
+def run_course_suite(model, images: torch.Tensor, labels, steps: int):
+    """The q3 answer: rollout, gradient rollout and Grad-CAM plus both controls, one suite call.
+
+    Args:
+        model: the course ViT trained on synthetic images.
+        images: (B, 3, H, W) synthetic images in [0, 1] (not normalised).
+        labels: (B,) true classes.
+        steps: deletion/insertion steps.
+    Returns:
+        The ``SuiteResult`` of ``vit_course.metrics.run_suite``.
+    """
+    from vit_course.grading.questions import Q3_METHODS
+    from vit_course.metrics import run_suite
+
+    explainers = {method: explainer(method) for method in Q3_METHODS}
+    return run_suite(model, images, labels, explainers, steps=steps, mean=(0.0, 0.0, 0.0),
+                     std=(1.0, 1.0, 1.0), progress=False)
+
+
+# The hidden q3 cases recompute parts of the student's suite from its own maps with the
+# package's metric functions (a second full suite run would double the grading time).
+Q3_CURVE_IMAGES = 2  # images whose deletion/insertion curves are recomputed, every method
+Q3_EXTRA_MAPS = slice(2, 6)  # images whose explainer maps are recomputed (check did 0..1)
+Q3_GRID_MAPS = 3  # grids whose maps are recomputed
+_UNNORMALISED = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+
+
+def _close(got, expected, what: str, rtol: float = 1e-4, atol: float = 1e-5) -> str | None:
+    got = torch.as_tensor(got).detach().double().cpu()
+    expected = torch.as_tensor(expected).detach().double().cpu()
+    if got.shape != expected.shape:
+        return f"{what}: expected shape {tuple(expected.shape)}, got {tuple(got.shape)}"
+    if not torch.allclose(got, expected, rtol=rtol, atol=atol, equal_nan=True):
+        diff = (got - expected).abs().nan_to_num(0.0).flatten()
+        i = int(diff.argmax())
+        return (f"{what}: expected {expected.flatten()[i].item():.6g} at flat index {i}, "
+                f"got {got.flatten()[i].item():.6g}")
+    return None
+
+
+def _q3_curves(suite, model, images, labels, steps) -> str | None:
+    from vit_course.grading.questions import Q3_ALL_METHODS
+    from vit_course.metrics import deletion_curve, insertion_curve
+
+    k = min(Q3_CURVE_IMAGES, len(images))
+    for method in Q3_ALL_METHODS:
+        maps, targets = suite.maps[method][:k], suite.targets[:k]
+        for kind, fn in (("deletion", deletion_curve), ("insertion", insertion_curve)):
+            ref = fn(model, images[:k], maps, targets, steps=steps, baseline="blur", progress=False)
+            problem = _close(suite.curves[method][kind][:k], ref,
+                             f"{kind} curve of {method!r} (blur baseline, steps={steps})")
+            if problem:
+                return problem + "; keep run_suite's default baseline and pass steps=steps"
+    return None
+
+
+def _q3_aucs(suite, model, images, labels, steps) -> str | None:
+    from vit_course.grading.questions import Q3_ALL_METHODS
+    from vit_course.metrics import auc, chefer_auc
+
+    for method in Q3_ALL_METHODS:
+        curves, scores = suite.curves[method], suite.scores[method]
+        for metric, ref in (("deletion_auc", auc(curves["deletion"])), ("insertion_auc", auc(curves["insertion"])),
+                            ("chefer_positive_auc", chefer_auc(curves["chefer_positive"])),
+                            ("chefer_negative_auc", chefer_auc(curves["chefer_negative"]))):
+            problem = _close(scores[metric], ref, f"{method} {metric} vs the area under its curve", atol=1e-9)
+            if problem:
+                return problem
+    return None
+
+
+def _q3_chefer(suite, model, images, labels, steps) -> str | None:
+    from vit_course.grading.questions import Q3_CHEFER_IMAGES
+    from vit_course.metrics import perturbation_test
+
+    k = min(Q3_CHEFER_IMAGES, len(images))
+    for method in ("gradcam", "center_gaussian"):
+        ref = perturbation_test(model, images[:k], suite.maps[method][:k], suite.labels[:k], progress=False,
+                                **_UNNORMALISED)
+        for kind in ("positive", "negative"):
+            problem = _close(suite.curves[method][f"chefer_{kind}"][:k], ref[kind],
+                             f"Chefer {kind} test of {method!r} (un-normalised images)", atol=0)
+            if problem:
+                return problem
+    return None
+
+
+def _q3_controls(suite, model, images, labels, steps) -> str | None:
+    import inspect
+
+    from vit_course.metrics import CenterGaussianExplainer, RandomExplainer, run_suite
+
+    chunk = inspect.signature(run_suite).parameters["explain_batch_size"].default
+    seed = inspect.signature(run_suite).parameters["seed"].default
+    rnd = RandomExplainer(seed)
+    ref = torch.cat([rnd(model, images[i:i + chunk]) for i in range(0, len(images), chunk)])
+    problem = _close(suite.maps["random"], ref, f"random control maps (run_suite's default seed {seed})", atol=0)
+    if problem:
+        return problem
+    return _close(suite.maps["center_gaussian"], CenterGaussianExplainer()(model, images), "centre-Gaussian maps")
+
+
+def _q3_more_maps(suite, model, images, labels, steps) -> str | None:
+    from vit_course.explain import explain
+    from vit_course.grading.questions import Q3_METHODS
+
+    rows = Q3_EXTRA_MAPS
+    if len(images) <= rows.start:
+        return None
+    for method in Q3_METHODS:
+        ref = explain(model, images[rows], method=method, target=suite.targets[rows])
+        problem = _close(suite.maps[method][rows], ref, f"maps of {method!r} on images {rows.start}..")
+        if problem:
+            return problem
+    return None
+
+
+def _q3_grid(suite, model, images, labels, steps) -> str | None:
+    from vit_course.explain import explain
+    from vit_course.grading.questions import Q3_METHODS
+    from vit_course.metrics import grid_pointing_score, make_grid_images
+
+    import inspect
+
+    from vit_course.metrics import run_suite
+
+    seed = inspect.signature(run_suite).parameters["seed"].default
+    correct = (suite.targets == suite.labels).nonzero().flatten()
+    try:
+        ref = make_grid_images(images[correct], suite.labels[correct], None, len(images), seed)
+    except ValueError:
+        return None if suite.grids is None else "expected no grids (too few correct images)"
+    if suite.grids is None:
+        return "the suite has no grids: keep run_suite's grid game on"
+    problem = _close(suite.grids.target_tile, ref.target_tile,
+                     "grid target tiles (grids from the correctly classified images, default n_grids and seed)", atol=0)
+    problem = problem or _close(suite.grids.grids, ref.grids, "grid images", atol=1e-6)
+    if problem:
+        return problem
+    k = min(Q3_GRID_MAPS, len(ref.grids))
+    for method in Q3_METHODS:
+        maps = explain(model, ref.grids[:k], method=method, target=ref.target_class[:k].to(ref.grids.device))
+        problem = _close(suite.grid_maps[method][:k], maps, f"grid maps of {method!r}")
+        problem = problem or _close(suite.scores[method]["grid_pointing"],
+                                    grid_pointing_score(suite.grid_maps[method], suite.grids.target_tile),
+                                    f"grid pointing scores of {method!r}", atol=1e-9)
+        if problem:
+            return problem
+    return None
+
+
+def q3_hidden_cases() -> list[Case]:
+    """Recompute parts of the student's suite with the package's metric functions."""
+    from vit_course.grading.questions import _q3_case
+
+    return [
+        _q3_case(f"hidden: deletion and insertion curves of the first {Q3_CURVE_IMAGES} images", _q3_curves),
+        _q3_case("hidden: every AUC is the area under its own curve", _q3_aucs),
+        _q3_case("hidden: Chefer positive and negative tests recomputed", _q3_chefer),
+        _q3_case("hidden: the random and centre-Gaussian controls are run_suite's defaults", _q3_controls),
+        _q3_case("hidden: maps of images 2-5 match explain(...)", _q3_more_maps),
+        _q3_case("hidden: grid pointing game built and scored with the defaults", _q3_grid),
+    ]
+
+
+# --------------------------------------------------------------------------- q4: the table
+
+
+def summary_table(scores: dict) -> list[dict]:
+    """The q4 answer: one row per (metric, method) with the mean and its 95 % bootstrap interval.
+
+    Args:
+        scores: ``scores[method][metric]`` = per-image values (tensor, array or list).
+    Returns:
+        Rows ``{"metric", "method", "mean", "lo", "hi", "n"}``: metrics in order of first
+        appearance, then methods in the order of ``scores``; ``n`` counts non-NaN values.
+    """
+    import warnings
+
+    import numpy as np
+
+    from vit_course.metrics import bootstrap_ci
+
+    metrics: list[str] = []
+    for per in scores.values():
+        metrics += [m for m in per if m not in metrics]
+    rows = []
+    for metric in metrics:
+        for method, per in scores.items():
+            if metric not in per:
+                continue
+            values = torch.as_tensor(np.asarray(per[metric], dtype=np.float64)).flatten()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean, lo, hi = bootstrap_ci(values)
+            n = int((~torch.isnan(values)).sum())
+            rows.append({"metric": metric, "method": method, "mean": mean, "lo": lo, "hi": hi, "n": n})
+    return rows
+
+
+def q4_hidden_cases() -> list[Case]:
+    """Random score dicts of several sizes and types, with NaN, single values and gaps (seeded)."""
+    import numpy as np
+
+    from vit_course.grading.questions import compare_rows
+
+    g = torch.Generator().manual_seed(6004)
+    methods = ["rollout", "grad_rollout", "gradcam", "random", "center_gaussian"]
+    metrics = ["deletion_auc", "insertion_auc", "chefer_positive_auc", "chefer_negative_auc", "grid_pointing"]
+    full = {m: {k: torch.rand(24, generator=g, dtype=torch.float64) for k in metrics} for m in methods}
+    arrays = {m: {k: np.asarray(torch.rand(7, generator=g)) for k in metrics[:2]} for m in methods[:3]}
+    lists = {m: {"pointing_game": torch.randint(0, 2, (10,), generator=g).double().tolist()} for m in methods[:2]}
+    with_nan = {"rollout": {"relevance_mass_accuracy": torch.tensor([0.2, float("nan"), 0.6, 0.4, 0.9])},
+                "random": {"relevance_mass_accuracy": torch.tensor([0.1, 0.3, float("nan"), float("nan"), 0.2])}}
+    single = {"gradcam": {"deletion_auc": torch.tensor([0.42])}, "random": {"deletion_auc": torch.tensor([0.6, 0.7])}}
+    ragged = {"gradcam": {"grid_pointing": torch.rand(5, generator=g)},
+              "rollout": {"deletion_auc": torch.rand(9, generator=g), "grid_pointing": torch.rand(5, generator=g)}}
+    cases = [
+        ("five methods x five metrics, 24 images (tensors)", full),
+        ("NumPy arrays, three methods", arrays),
+        ("plain lists of 0/1 hits", lists),
+        ("NaN values are dropped and not counted", with_nan),
+        ("a single value: lo = mean = hi", single),
+        ("metric order follows first appearance", ragged),
+    ]
+    return [Case(f"hidden: {name}", (scores,), summary_table(scores), compare=compare_rows) for name, scores in cases]

@@ -1,0 +1,192 @@
+"""Notebook 06's questions q3 (the evaluation suite) and q4 (the results table).
+
+The reference answers must earn every case (public and hidden), and the mistakes the
+questions are written to catch must lose cases. A tiny course ViT on 32-px synthetic images
+(4×4 patch grid) keeps the suite runs to a second or two.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from vit_course.data.synthetic import SyntheticFood
+from vit_course.grading import get_question
+from vit_course.grading.checks import run_cases
+from vit_course.grading.grader import load_assignment
+from vit_course.grading.markers import render_versions
+from vit_course.grading.questions import Q3_ALL_METHODS, Q3_METRICS, compare_rows
+from vit_course.grading.reference import explainer, run_course_suite, summary_table
+from vit_course.metrics import run_suite, summarise
+from vit_course.models import ViT
+from vit_course.runtime import set_seed
+
+STEPS = 3
+
+
+def _all_cases(qid):
+    q = get_question(qid)
+    return q.public_cases() + q.hidden_cases()
+
+
+@pytest.fixture(scope="module")
+def setup():
+    set_seed(1)
+    model = ViT(img_size=32, patch_size=8, num_transformer_layers=2, embedding_dim=32, mlp_size=64,
+                num_heads=2, num_classes=3, attn_dropout=0.0, mlp_dropout=0.0, embedding_dropout=0.0).eval()
+    torch.nn.init.normal_(model.head.weight, std=2.0)  # an untrained model: predict more than one class
+    images = SyntheticFood(9, size=32, split="test").images.float() / 255
+    with torch.inference_mode():
+        predicted = model(images).argmax(dim=1)
+    # Labels: the predictions (so the grid game has correct images), except two images made wrong.
+    labels = predicted.clone()
+    labels[:2] = (labels[:2] + 1) % 3
+    suite = run_course_suite(model, images, labels, STEPS)
+    return model, images, labels, suite
+
+
+def _objects(setup, suite=None, fn=run_course_suite):
+    model, images, labels, reference = setup
+    return (fn, reference if suite is None else suite, model, images, labels, STEPS)
+
+
+def test_reference_suite_is_complete(setup):
+    _, images, _, suite = setup
+    assert suite.methods == list(Q3_ALL_METHODS)
+    assert all(set(suite.scores[m]) == set(Q3_METRICS) for m in Q3_ALL_METHODS)
+    assert suite.grids is not None, "the fixture must give the grid game enough correct images"
+    assert suite.curves["rollout"]["deletion"].shape == (len(images), STEPS + 1)
+
+
+def test_q3_reference_earns_every_case(setup):
+    cases = _all_cases("q3")
+    assert len(cases) == 11
+    result = run_cases("q3", cases, _objects(setup))
+    assert result.fraction == 1.0, result.report()
+
+
+def _suite(setup, **changes):
+    model, images, labels, _ = setup
+    explainers = changes.pop("explainers", {m: explainer(m) for m in ("rollout", "grad_rollout", "gradcam")})
+    options = dict(steps=STEPS, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), progress=False)
+    options.update(changes)
+    return run_suite(model, images, labels, explainers, **options)
+
+
+def test_q3_imagenet_normalisation_is_caught(setup):
+    suite = _suite(setup, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    result = run_cases("q3", _all_cases("q3"), _objects(setup, suite))
+    failed = {c.name for c in result.cases if not c.passed}
+    assert "Chefer's test used the synthetic images' scale (mean 0, std 1)" in failed
+    assert "hidden: Chefer positive and negative tests recomputed" in failed
+    assert "mean=(0, 0, 0), std=(1, 1, 1)" in result.report()
+
+
+def test_q3_missing_control_wrong_steps_and_swapped_methods_are_caught(setup):
+    no_controls = _suite(setup, controls=())
+    result = run_cases("q3", get_question("q3").public_cases(), _objects(setup, no_controls))
+    assert not result.cases[0].passed and "expected the methods" in result.cases[0].message
+
+    wrong_steps = _suite(setup, steps=STEPS + 2)
+    result = run_cases("q3", _all_cases("q3"), _objects(setup, wrong_steps))
+    assert [c.name for c in result.cases if not c.passed] == [
+        "deletion and insertion curves have steps + 1 points",
+        "hidden: deletion and insertion curves of the first 2 images",
+    ]
+
+    swapped = _suite(setup, explainers={"rollout": explainer("grad_rollout"), "grad_rollout": explainer("rollout"),
+                                        "gradcam": explainer("gradcam")})
+    result = run_cases("q3", _all_cases("q3"), _objects(setup, swapped))
+    failed = [c for c in result.cases if not c.passed]
+    assert any("maps of 'rollout' differ" in c.message for c in failed)
+    assert result.fraction < 1.0
+
+    other_baseline = _suite(setup, baseline="mean")
+    result = run_cases("q3", _all_cases("q3"), _objects(setup, other_baseline))
+    assert [c.name for c in result.cases if not c.passed] == [
+        "hidden: deletion and insertion curves of the first 2 images"]
+
+
+@pytest.mark.filterwarnings("ignore:grid pointing game skipped")
+def test_q3_stub_is_not_implemented_and_a_failed_run_says_so(setup):
+    def stub(model, images, labels, steps):
+        raise NotImplementedError("q3: write your code here")
+
+    result = run_cases("q3", _all_cases("q3"), (stub, None) + _objects(setup)[2:])
+    assert result.not_implemented and result.fraction == 0.0
+    result = run_cases("q3", get_question("q3").public_cases(), (run_course_suite, None) + _objects(setup)[2:])
+    assert not result.not_implemented and result.fraction == 0.0
+    assert all("`suite` is None: run the q3 cell" in c.message for c in result.cases)
+
+
+# ----------------------------------------------------------------------------- q4
+
+
+def _strip(rows):
+    return [{k: r[k] for k in ("metric", "method", "mean", "lo", "hi", "n")} for r in rows]
+
+
+def test_q4_reference_matches_summarise_and_earns_every_case():
+    cases = _all_cases("q4")
+    assert len(cases) == 10
+    assert run_cases("q4", cases, (summary_table,)).fraction == 1.0
+    assert run_cases("q4", cases, (lambda scores: summarise(scores),)).fraction == 1.0  # extra keys are fine
+    scores = {"a": {"x": [0.1, float("nan"), 0.5]}, "b": {"y": [1.0, 2.0], "x": [0.3, 0.4]}}
+    assert summary_table(scores) == _strip(summarise(scores))
+    assert [(r["metric"], r["method"], r["n"]) for r in summary_table(scores)] == [("x", "a", 2), ("x", "b", 2),
+                                                                                   ("y", "b", 2)]
+
+
+def test_q4_mistakes_are_caught():
+    cases = _all_cases("q4")
+
+    def method_major(scores):  # rows method by method instead of metric by metric
+        rows = summary_table(scores)
+        order = list(scores)
+        return sorted(rows, key=lambda r: order.index(r["method"]))
+
+    def counts_nan(scores):
+        rows = summary_table(scores)
+        for r in rows:
+            per = scores[r["method"]][r["metric"]]
+            r["n"] = len(per)
+        return rows
+
+    def plain_mean_only(scores):  # no interval: lo = hi = mean
+        return [{**r, "lo": r["mean"], "hi": r["mean"]} for r in summary_table(scores)]
+
+    assert run_cases("q4", cases, (method_major,)).fraction < 1.0
+    nan_result = run_cases("q4", cases, (counts_nan,))
+    assert [c.name for c in nan_result.cases if not c.passed] == ["hidden: NaN values are dropped and not counted"]
+    assert run_cases("q4", cases, (plain_mean_only,)).n_passed == 1  # only the constant-values case
+
+
+def test_compare_rows_messages():
+    expected = [{"metric": "m", "method": "a", "mean": 0.5, "lo": 0.4, "hi": 0.6, "n": 3}]
+    assert compare_rows(expected, expected) is None
+    assert "expected a list" in compare_rows({"m": 1}, expected)
+    assert "missing keys ['n']" in compare_rows([{k: v for k, v in expected[0].items() if k != "n"}], expected)
+    assert "expected lo 0.4, got 0.3" in compare_rows([{**expected[0], "lo": 0.3}], expected)
+    nan = [{**expected[0], "mean": math.nan, "lo": math.nan, "hi": math.nan}]
+    assert compare_rows(nan, nan) is None
+
+
+# ----------------------------------------------------------------------------- the notebook
+
+SOURCE = Path(__file__).resolve().parents[1] / "notebooks" / "source" / "06_evaluation_source.ipynb"
+
+
+@pytest.mark.skipif(not SOURCE.is_file(), reason="notebook 06's source is not in this checkout")
+def test_notebook06_questions_points_and_hidden_tests():
+    assignment = load_assignment(SOURCE)
+    assert [(q.qid, q.kind, q.points) for q in assignment.questions] == [
+        ("q1", "auto", 2), ("q2", "auto", 2), ("q3", "auto", 2), ("q4", "auto", 2), ("q5", "manual", 3)]
+    for cell in assignment.hidden_cells:  # each hidden cell grades its own, registered question
+        qid = assignment.cells[cell["id"]].question
+        assert f'autograde("{qid}", ' in cell["source"]
+        get_question(qid)
+    student, _ = render_versions(SOURCE)
+    assert "autograde" not in student and "Example answer" not in student
