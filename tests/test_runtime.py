@@ -48,3 +48,15 @@ def test_artifacts_dir_honours_env(monkeypatch, tmp_path):
 
 def test_get_device_prefers_argument():
     assert runtime.get_device("cpu").type == "cpu"
+
+
+def test_eval_mode_restores_mixed_flags_even_on_error():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    model.train()
+    model[0].eval()                                   # a mixed state must come back exactly
+    before = [m.training for m in model.modules()]
+    with pytest.raises(RuntimeError, match="boom"):
+        with runtime.eval_mode(model):
+            assert not any(m.training for m in model.modules())
+            raise RuntimeError("boom")
+    assert [m.training for m in model.modules()] == before

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import torch
+from torch import nn
 
 SEED = 42
 PROFILE_ENV = "VIT_COURSE_PROFILE"
@@ -110,3 +113,16 @@ def artifacts_dir() -> Path:
         path = Path.home() / ".cache" / "vit_course" / "artifacts"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode for the block and restore every module's training flag
+    afterwards, also when the block raises (a mixed train/eval state comes back exactly)."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag

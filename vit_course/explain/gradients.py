@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
@@ -53,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..runtime import eval_mode  # re-exported: gradcam imports it from here
 from .capture import Capture, ModelInfo, check_images, describe_model, resolve_targets
 from .methods import Explainer, register_method
 
@@ -81,21 +81,6 @@ IG_RULES: tuple[str, ...] = ("gausslegendre", "riemann_left", "riemann_right",
 
 
 # ----------------------------------------------------------------------------- model handling
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the block; restore every module's flag afterwards.
-
-    Restores also when the block raises, so a mixed train/eval state comes back exactly.
-    """
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
 def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     p = next(model.parameters(), None)
     return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)

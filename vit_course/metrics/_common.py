@@ -7,13 +7,14 @@ Letters: B images, C channels, H×W pixels, h×w patch grid, N = h·w tokens, p_
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from ..runtime import eval_mode
 
 #: ImageNet normalisation (torchvision's ``Normalize`` values), the default for
 #: ``mean``/``std`` arguments. Pass ``mean=(0, 0, 0), std=(1, 1, 1)`` for images that were
@@ -198,18 +199,6 @@ def grid_to_pixels(mask: Tensor, grid: tuple[int, int], size: tuple[int, int]) -
 
 
 # ----------------------------------------------------------------------------- forward engine
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run ``model`` in eval mode and restore every module's training flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
 def forward_logits(model: nn.Module, build: Callable[[Tensor], Tensor], n: int, batch_size: int,
                    progress: bool = False, desc: str = "forward") -> Tensor:
     """Logits of ``n`` images produced on demand, ``batch_size`` per forward pass.
