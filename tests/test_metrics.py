@@ -172,6 +172,34 @@ def test_curves_do_not_depend_on_batch_size_and_restore_train_mode():
     assert model.training and all(m.training for m in model.modules())
 
 
+def _head_dtypes(model: nn.Module) -> list[torch.dtype]:
+    """Record the dtype the classification head computes in, on every forward."""
+    seen: list[torch.dtype] = []
+    model.heads.head.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    return seen
+
+
+def test_bfloat16_precision_runs_forwards_in_bfloat16_and_stays_close():
+    model = tiny_vit()
+    seen = _head_dtypes(model)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 3, 32, 32, generator=g)
+    maps = torch.rand(3, 4, 4, generator=g)
+    full = M.deletion_curve(model, x, maps, steps=4, progress=False)
+    assert set(seen) == {torch.float32}
+    seen.clear()
+    fast = M.deletion_curve(model, x, maps, steps=4, progress=False, precision="bfloat16")
+    assert set(seen) == {torch.bfloat16}
+    assert fast.dtype == torch.float32 and fast.shape == full.shape
+    assert not torch.equal(fast, full)                  # really a different arithmetic ...
+    assert (fast - full).abs().max() < 0.05             # ... giving nearly the same curve
+    seen.clear()
+    chef = M.perturbation_test(model, x, maps, [0, 1, 2], progress=False, precision="bfloat16")
+    assert set(seen) == {torch.bfloat16} and chef["positive"].shape == (3, 10)
+    with pytest.raises(ValueError, match=r"precision.*\['float32', 'bfloat16'\]"):
+        M.insertion_curve(model, x, maps, progress=False, precision="float16")
+
+
 # ----------------------------------------------------------------------------- baselines, auc
 def test_baselines():
     g = torch.Generator().manual_seed(0)
@@ -589,6 +617,27 @@ def test_run_suite_scores_explainers_and_controls_consistently():
     assert res.forwards == 24 + 3 * 12 * 24
     rows = res.table(n_boot=50)
     assert len(rows) == 15 and "channel" in res.format(n_boot=50)
+
+
+def test_run_suite_in_bfloat16_is_close_to_float32():
+    model = tiny_vit()
+    seen = _head_dtypes(model)
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(6, 3, 32, 32, generator=g)
+    labels = model(x).argmax(1)
+    fns = {"grad": lambda m, images, target=None: images.abs().mean(1).unfold(1, 8, 8).unfold(2, 8, 8).mean((-1, -2))}
+    kw = dict(steps=4, grid_game=False, controls=("random",), progress=False)
+    full = M.run_suite(model, x, labels, fns, **kw)
+    seen.clear()
+    fast = M.run_suite(model, x, labels, fns, precision="bfloat16", **kw)
+    assert set(seen) == {torch.bfloat16}
+    assert (full.precision, fast.precision) == ("float32", "bfloat16")
+    assert fast.forwards == full.forwards
+    for name in full.methods:
+        for metric in ("deletion_auc", "insertion_auc"):
+            assert (fast.scores[name][metric] - full.scores[name][metric]).abs().max() < 0.05
+    with pytest.raises(ValueError, match="precision"):
+        M.run_suite(model, x, labels, fns, precision="half", **kw)
 
 
 # ----------------------------------------------------------------------------- bad input

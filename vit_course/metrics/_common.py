@@ -7,7 +7,8 @@ Letters: B images, C channels, H×W pixels, h×w patch grid, N = h·w tokens, p_
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -199,8 +200,27 @@ def grid_to_pixels(mask: Tensor, grid: tuple[int, int], size: tuple[int, int]) -
 
 
 # ----------------------------------------------------------------------------- forward engine
+#: Arithmetic of the metrics' forward passes. ``"float32"`` (default) gives the same numbers
+#: as a plain loop over the model. ``"bfloat16"`` runs each forward under
+#: ``torch.autocast(dtype=torch.bfloat16)``: much faster on CPUs with bfloat16 instructions
+#: (AVX512-BF16 or AMX) and on recent GPUs, possibly slower on CPUs without them, and the
+#: numbers are no longer exactly those of float32 (docs/BENCHMARKS.md measures both).
+#: Explainers are not affected: their maps are computed as before.
+PRECISIONS = ("float32", "bfloat16")
+
+
+def check_precision(precision: Any) -> str:
+    return check_choice(precision, "precision", PRECISIONS)
+
+
+def _autocast(precision: str, device: torch.device) -> Any:
+    if precision == "float32":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
 def forward_logits(model: nn.Module, build: Callable[[Tensor], Tensor], n: int, batch_size: int,
-                   progress: bool = False, desc: str = "forward") -> Tensor:
+                   progress: bool = False, desc: str = "forward", precision: str = "float32") -> Tensor:
     """Logits of ``n`` images produced on demand, ``batch_size`` per forward pass.
 
     Args:
@@ -209,17 +229,22 @@ def forward_logits(model: nn.Module, build: Callable[[Tensor], Tensor], n: int, 
         n: number of rows.
         batch_size: images per forward pass.
         progress: show a tqdm bar over the forward passes.
+        precision: one of :data:`PRECISIONS`. Default: ``"float32"``.
 
     Returns:
-        (n, K) float logits, on the device of the built images.
+        (n, K) float32 logits, on the device of the built images.
     """
     batch_size = check_positive_int(batch_size, "batch_size")
+    precision = check_precision(precision)
     chunks = []
     with eval_mode(model), torch.inference_mode():
         for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress or n == 0,
                           leave=False):
             rows = torch.arange(start, min(start + batch_size, n))
-            chunks.append(model(build(rows)).float())
+            x = build(rows)
+            with _autocast(precision, x.device):
+                logits = model(x)
+            chunks.append(logits.float())
     if not chunks:
         return torch.empty(0, 0)
     return torch.cat(chunks)
@@ -229,19 +254,21 @@ class LogitCache:
     """Logits of whole batches that several metrics share (the clean images, a full baseline).
 
     ``run_suite`` passes one cache to every metric, so the unperturbed images and the fully
-    perturbed ones are run once for all explainers instead of once per curve.
+    perturbed ones are run once for all explainers instead of once per curve. The cache also
+    holds the ``precision`` of every forward that uses it (see :data:`PRECISIONS`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, precision: str = "float32") -> None:
         self._store: dict[str, Tensor] = {}
         self.forwards = 0       # images run through the model via this cache (for reports)
+        self.precision = check_precision(precision)
 
     def get(self, key: str, model: nn.Module, images: Callable[[], Tensor], batch_size: int,
             progress: bool = False) -> Tensor:
         if key not in self._store:
             x = images()
             self._store[key] = forward_logits(model, lambda r: x[r.to(x.device)], x.shape[0],
-                                              batch_size, progress, desc=key)
+                                              batch_size, progress, desc=key, precision=self.precision)
             self.forwards += x.shape[0]
         return self._store[key]
 
@@ -287,7 +314,8 @@ def perturbed_logits(model: nn.Module, src_off: Tensor, src_on: Tensor, masks: T
         x = torch.where(pix, src_on[b.to(src_on.device)], src_off[b.to(src_off.device)])
         return impute(x, pix, flat) if impute is not None else x
 
-    computed = forward_logits(model, build, todo.numel(), batch_size, progress, desc)
+    computed = forward_logits(model, build, todo.numel(), batch_size, progress, desc,
+                              precision=cache.precision)
     cache.forwards += todo.numel()
     K = next(iter(parts.values())).shape[1] if parts else computed.shape[1]
     out = torch.empty(B * S, K, device=computed.device if todo.numel() else

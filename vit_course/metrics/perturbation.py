@@ -104,12 +104,12 @@ def make_baseline(images: Tensor, baseline: str = "blur") -> Tensor:
 # ----------------------------------------------------------------------------- deletion / insertion
 def _curve(model: nn.Module, images: Tensor, maps: Tensor, target: Any, steps: int, baseline: str,
            batch_size: int, progress: bool, insertion: bool, cache: LogitCache | None = None,
-           baseline_images: Tensor | None = None) -> tuple[Tensor, Tensor]:
+           baseline_images: Tensor | None = None, precision: str = "float32") -> tuple[Tensor, Tensor]:
     images = check_images(images)
     maps = check_maps(maps, images)
     steps = check_steps(steps)
     check_choice(baseline, "baseline", BASELINES)
-    cache = cache or LogitCache()
+    cache = cache or LogitCache(precision)
     base = baseline_images if baseline_images is not None else make_baseline(images, baseline)
     clean = cache.get("clean", model, lambda: images, batch_size)
     t = resolve_target(target, clean)
@@ -128,7 +128,7 @@ def _curve(model: nn.Module, images: Tensor, maps: Tensor, target: Any, steps: i
 
 def deletion_curve(model: nn.Module, images: Tensor, maps: Tensor, target: Any = None, *,
                    steps: int = 20, baseline: str = "blur", batch_size: int = 64,
-                   progress: bool = True) -> Tensor:
+                   progress: bool = True, precision: str = "float32") -> Tensor:
     """Deletion curve (RISE): remove the most relevant tokens first, watch the class probability.
 
     Tokens are ranked by ``maps`` (descending; equal values by token index). At step k the
@@ -144,6 +144,9 @@ def deletion_curve(model: nn.Module, images: Tensor, maps: Tensor, target: Any =
         baseline: ``"blur"`` | ``"mean"`` | ``"zero"``, see :func:`make_baseline`. Default: blur.
         batch_size: perturbed images per forward pass. Default: 64.
         progress: tqdm bar over forward passes. Default: True.
+        precision: ``"float32"`` or ``"bfloat16"`` (faster forwards on CPUs with bfloat16
+            instructions, numbers a little different), see
+            :data:`vit_course.metrics.PRECISIONS`. Default: ``"float32"``.
 
     Returns:
         (B, steps+1) softmax probability of the target class; column 0 is the unperturbed image,
@@ -154,23 +157,26 @@ def deletion_curve(model: nn.Module, images: Tensor, maps: Tensor, target: Any =
         curve = deletion_curve(model, images, maps, steps=10)   # (B, 11)
         auc(curve)                                               # (B,), lower is better
     """
-    return _curve(model, images, maps, target, steps, baseline, batch_size, progress, insertion=False)[0]
+    return _curve(model, images, maps, target, steps, baseline, batch_size, progress, insertion=False,
+                  precision=precision)[0]
 
 
 def insertion_curve(model: nn.Module, images: Tensor, maps: Tensor, target: Any = None, *,
                     steps: int = 20, baseline: str = "blur", batch_size: int = 64,
-                    progress: bool = True) -> Tensor:
+                    progress: bool = True, precision: str = "float32") -> Tensor:
     """Insertion curve (RISE): reveal the most relevant tokens first on top of the baseline.
 
     Same ranking and step counts as :func:`deletion_curve`; at step k the top
     ``ceil(k·N/steps)`` tokens show the image and every other token shows the baseline. A
-    faithful map makes the probability rise fast (high :func:`auc`).
+    faithful map makes the probability rise fast (high :func:`auc`). Arguments as for
+    :func:`deletion_curve`.
 
     Returns:
         (B, steps+1) target-class probabilities; column 0 is the full baseline, column S the
         unperturbed image.
     """
-    return _curve(model, images, maps, target, steps, baseline, batch_size, progress, insertion=True)[0]
+    return _curve(model, images, maps, target, steps, baseline, batch_size, progress, insertion=True,
+                  precision=precision)[0]
 
 
 def auc(curve: Any) -> Tensor:
@@ -220,11 +226,11 @@ def chefer_auc(accuracy: Any) -> Tensor:
 
 
 def _chefer_curves(model: nn.Module, images: Tensor, maps: Tensor, labels: Any, mean: Any, std: Any,
-                   batch_size: int, progress: bool, cache: LogitCache | None = None
-                   ) -> dict[str, Tensor]:
+                   batch_size: int, progress: bool, cache: LogitCache | None = None,
+                   precision: str = "float32") -> dict[str, Tensor]:
     images = check_images(images)
     maps = check_maps(maps, images)
-    cache = cache or LogitCache()
+    cache = cache or LogitCache(precision)
     B, C = images.shape[:2]
     m = channel_stats(mean, C, "mean", images)
     s = channel_stats(std, C, "std", images)
@@ -248,7 +254,8 @@ def _chefer_curves(model: nn.Module, images: Tensor, maps: Tensor, labels: Any, 
 
 def perturbation_test(model: nn.Module, images: Tensor, maps: Tensor, labels: Any = None, *,
                       mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                      batch_size: int = 64, progress: bool = True) -> dict[str, Tensor]:
+                      batch_size: int = 64, progress: bool = True, precision: str = "float32"
+                      ) -> dict[str, Tensor]:
     """Positive and negative perturbation test of Chefer et al. (2021), at token level.
 
     For fractions f = 0 %, 10 %, …, 90 %, the ``floor(f·N)`` most relevant tokens
@@ -272,10 +279,11 @@ def perturbation_test(model: nn.Module, images: Tensor, maps: Tensor, labels: An
             ``mean=(0, 0, 0), std=(1, 1, 1)``. (The authors' own ViT used 0.5/0.5.)
         batch_size: perturbed images per forward pass. Default: 64.
         progress: tqdm bars. Default: True.
+        precision: ``"float32"`` or ``"bfloat16"``, as in :func:`deletion_curve`.
 
     Returns:
         dict with ``"fractions"`` (10,), ``"positive"`` and ``"negative"`` (B, 10) hits (1.0
         if the perturbed image is classified as the label), ``"positive_auc"`` and
         ``"negative_auc"`` (B,) from :func:`chefer_auc`.
     """
-    return _chefer_curves(model, images, maps, labels, mean, std, batch_size, progress)
+    return _chefer_curves(model, images, maps, labels, mean, std, batch_size, progress, precision=precision)

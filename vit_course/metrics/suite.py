@@ -27,6 +27,7 @@ from ._common import (
     check_images,
     check_maps,
     check_positive_int,
+    check_precision,
     check_steps,
     resolve_labels,
 )
@@ -56,6 +57,7 @@ class SuiteResult:
         grid_maps: method → (G, h, w) maps of the grids for their target class.
         timings: seconds per stage (``"<method>/explain"``, ``"<method>/deletion"``, …).
         forwards: images run through the model by the metrics (explainers not counted).
+        precision: arithmetic of those forwards, ``"float32"`` or ``"bfloat16"``.
     """
 
     methods: list[str]
@@ -68,6 +70,7 @@ class SuiteResult:
     grid_maps: dict[str, Tensor] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     forwards: int = 0
+    precision: str = "float32"
 
     def table(self, n_boot: int = 1000, ci: float = 0.95, seed: int = SEED) -> list[dict[str, Any]]:
         """Rows of mean and bootstrap interval per metric and method (see :func:`summarise`)."""
@@ -91,7 +94,8 @@ def run_suite(model: nn.Module, images: Tensor, labels: Any, explainers: Mapping
               steps: int = 20, baseline: str = "blur", mean: Sequence[float] = IMAGENET_MEAN,
               std: Sequence[float] = IMAGENET_STD, controls: Sequence[str] = CONTROLS,
               grid_game: bool = True, n_grids: int | None = None, batch_size: int = 64,
-              explain_batch_size: int = 16, seed: int = SEED, progress: bool = True) -> SuiteResult:
+              explain_batch_size: int = 16, seed: int = SEED, progress: bool = True,
+              precision: str = "float32") -> SuiteResult:
     """Score every explainer (and the controls) with deletion, insertion, Chefer's
     perturbation test and the grid pointing game.
 
@@ -118,6 +122,11 @@ def run_suite(model: nn.Module, images: Tensor, labels: Any, explainers: Mapping
         explain_batch_size: images per explainer call. Default: 16.
         seed: seed of the random control and the grid construction. Default: SEED.
         progress: tqdm bars. Default: True.
+        precision: ``"float32"`` (default; the same numbers as a loop over the model) or
+            ``"bfloat16"``: the metrics' forward passes run under bfloat16 autocast, several
+            times faster on CPUs with bfloat16 instructions, numbers slightly different (see
+            :data:`vit_course.metrics.PRECISIONS` and docs/BENCHMARKS.md). Explainers always
+            run as they are.
 
     Returns:
         :class:`SuiteResult`; ``result.format()`` prints the table.
@@ -128,6 +137,7 @@ def run_suite(model: nn.Module, images: Tensor, labels: Any, explainers: Mapping
     check_choice(baseline, "baseline", BASELINES)
     check_positive_int(batch_size, "batch_size")
     check_positive_int(explain_batch_size, "explain_batch_size")
+    precision = check_precision(precision)
     if not isinstance(explainers, Mapping) or not all(callable(f) for f in explainers.values()):
         raise TypeError("explainers must be a dict name -> explain_fn(model, images, target); "
                         f"got {type(explainers).__name__}.")
@@ -143,13 +153,13 @@ def run_suite(model: nn.Module, images: Tensor, labels: Any, explainers: Mapping
     if not all_fns:
         raise ValueError("nothing to score: pass at least one explainer or control.")
 
-    cache = LogitCache()
+    cache = LogitCache(precision)
     t0 = time.perf_counter()
     clean = cache.get("clean", model, lambda: images, batch_size)
     y = resolve_labels(labels, B, clean.shape[1]).to(clean.device)
     targets = clean.argmax(dim=1)
     base = make_baseline(images, baseline)
-    res = SuiteResult(methods=list(all_fns), targets=targets, labels=y)
+    res = SuiteResult(methods=list(all_fns), targets=targets, labels=y, precision=precision)
     res.timings["clean+baseline"] = time.perf_counter() - t0
 
     grids = None
