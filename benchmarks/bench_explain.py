@@ -23,7 +23,7 @@ Usage::
     python benchmarks/bench_explain.py [--batch 16] [--overhead-batch 16] [--repeats 3]
                                        [--loop-images 16] [--no-write]
 
-Writes docs/_bench_explain.md (the "Explanations" section of docs/BENCHMARKS.md).
+Updates its section ("Explanations") of docs/BENCHMARKS.md; ``--no-write`` only prints it.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +41,7 @@ import torch
 from torch import nn
 from torchvision.models import vit_b_16
 
+from _common import publish
 from vit_course.explain import (
     AttentionMap,
     AttentionRecorder,
@@ -57,7 +57,6 @@ from vit_course.explain import (
 from vit_course.runtime import SEED, set_seed
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "docs" / "_bench_explain.md"
 NUM_CLASSES = 3
 GRAD_OPTS = dict(head_fusion="mean", discard_ratio=0.9)      # vit-explain's usual discard
 
@@ -325,18 +324,6 @@ def shared_note(before: str, after: str) -> str:
             "one.")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch", type=int, default=16, help="images for the all-class benchmark")
@@ -370,11 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     print(allc, flush=True)
     run_args = f" --threads {args.threads}" if args.threads else ""
     text = report(slider, over, allc, before, machine(), run_args)
-    if not args.no_write:
-        write_atomic(OUT, text)
-        print(f"wrote {OUT}")
-    else:
-        print(text)
+    publish(text, args.no_write)
     return 0
 
 

@@ -37,18 +37,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from _common import DOC, load_note, splice_section
 from vit_course import engine, pretrained, standin
 from vit_course.runtime import SEED, set_seed
 
-ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "BENCHMARKS.md"
 SECTION = "## Head training: cached features vs frozen backbone"
-DOC_INTRO = """# Benchmarks
-
-Measured speeds of the course's heavier steps, each produced by a script in `benchmarks/`
-(the section says which and how to rerun it). Figures are from the machine named in each
-section; they are meant for relative comparisons, not as absolute numbers for your laptop.
-"""
 
 
 def _data(transform, batch_size: int):
@@ -166,24 +159,9 @@ Feature extraction costs about one image epoch, once, so caching pays off from t
 epoch on (notebook 03 trains 10 epochs in the full profile).
 
 Machine: {cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__} with {r['threads']}
-threads, no GPU. The CPU was shared with other jobs running at the same time (1-minute load
-average {r['load'][0]:.1f} at the start, {r['load'][1]:.1f} at the end, on {os.cpu_count()} cores),
-so both times are slower than on an idle machine by an unknown factor; both sides ran under
-that load, and the per-epoch ratio is far beyond the 10× the course promises.
+threads, no GPU; 1-minute load average {r['load'][0]:.1f} at the start, {r['load'][1]:.1f} at the end.
+{load_note(*r['load'])}
 """
-
-
-def write_section(text: str, doc: Path = DOC) -> None:
-    old = doc.read_text() if doc.is_file() else DOC_INTRO
-    if SECTION in old:
-        start = old.index(SECTION)
-        nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text.rstrip() + "\n" + (old[nxt:] if nxt != -1 else "")
-    else:
-        new = old.rstrip() + "\n\n" + text.rstrip() + "\n"
-    tmp = doc.with_name(doc.name + ".partial")
-    tmp.write_text(new)
-    os.replace(tmp, doc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     r = run(args.image_batches, args.head_epochs, args.batch_size)
     print(table(r))
     if not args.no_write:
-        write_section(section(r))
-        print(f"wrote section to {DOC}")
+        heading = splice_section(section(r))
+        print(f"updated {heading!r} in {DOC}")
     return 0
 
 

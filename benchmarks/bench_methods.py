@@ -18,7 +18,7 @@ Usage::
     python benchmarks/bench_methods.py [--batch 16] [--repeats 2] [--samples 4]
                                        [--steps 4] [--flow-images 1] [--no-write]
 
-Writes docs/_bench_methods.md (the "Explanation methods" section of docs/BENCHMARKS.md).
+Updates its section ("Explanation methods") of docs/BENCHMARKS.md; ``--no-write`` only prints it.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch
 from torch import nn
 from torchvision.models import vit_b_16
 
+from _common import load_note, publish
 import vit_course.explain.flow  # noqa: F401  (registers attention_flow)
 import vit_course.explain.gae  # noqa: F401  (registers gae)
 import vit_course.explain.gradcam  # noqa: F401  (registers gradcam, attention_gradcam)
@@ -47,7 +47,6 @@ from vit_course.models import build_vit
 from vit_course.runtime import SEED, set_seed
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "docs" / "_bench_methods.md"
 NUM_CLASSES = 3
 
 
@@ -215,23 +214,8 @@ the 4-layer graph more than the 12-layer one (its flows stay further below that 
 so more excess has to be pushed back before the solver can stop).
 
 Machine: {machine()}; load average {before:.1f} at the start, {after:.1f} at the end.
-The 2 CPU cores were shared with other jobs (other helpers' tests and notebooks) during
-the run, so each method ran once: absolute times are pessimistic and noisy, the ratios
-less so.
+{load_note(before, after)} Each method ran once.
 """
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)                     # mkstemp makes it private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,11 +237,7 @@ def main(argv: list[str] | None = None) -> int:
            if args.skip_methods else
            bench_methods(model, x, args.repeats, args.samples, args.steps))
     text = report(res, flows, args.batch, args.repeats, start_load, load())
-    if args.no_write:
-        print(text)
-    else:
-        write_atomic(OUT, text)
-        print(f"wrote {OUT}")
+    publish(text, args.no_write)
     return 0
 
 

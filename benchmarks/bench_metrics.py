@@ -35,7 +35,7 @@ Usage::
         [--steps 20] [--batch-size 64] [--threads 2] [--loop-threads 1] [--no-probe]
         [--probe-rounds 3] [--no-write]
 
-Writes docs/_bench_metrics.md (the "Metrics suite" section of docs/BENCHMARKS.md).
+Updates its section ("Metrics suite") of docs/BENCHMARKS.md; ``--no-write`` only prints it.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from _common import fmt_s, publish
 from vit_course.metrics import (
     CHEFER_FRACTIONS,
     IMAGENET_MEAN,
@@ -68,7 +69,6 @@ from vit_course.metrics import (
 from vit_course.runtime import SEED, set_seed
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "docs" / "_bench_metrics.md"
 WANTED = ("rollout", "grad_rollout", "gradcam")
 
 
@@ -324,10 +324,6 @@ def throughput(model: nn.Module, configs: list[tuple[int, int]], rounds: int = 3
     return {c: statistics.median(v) for c, v in runs.items()}
 
 
-def fmt_s(s: float) -> str:
-    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.2f} h"
-
-
 def report(results: list[dict], missing: list[str], data: str, args) -> str:
     n = results[0]["n_total"]
     th = torch.get_num_threads()
@@ -446,10 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(results, missing, data, args)
     for r in results:
         print(f"\n{r['model']} (random weights) summary:\n{r['table']}")
-    print(text)
-    if not args.no_write:
-        OUT.write_text(text)
-        print(f"wrote {OUT.relative_to(ROOT)}")
+    publish(text, args.no_write)
     return 0
 
 

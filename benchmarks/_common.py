@@ -1,0 +1,69 @@
+"""Scaffolding the benchmark scripts share: writing their docs section, machine load, times."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "BENCHMARKS.md"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so a crash leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)                     # mkstemp makes it private
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def splice_section(text: str, doc: Path = DOC) -> str:
+    """Put ``text`` (a section starting with its ``## `` heading) into ``doc``: over the
+    section with the same heading (up to the next ``## ``), or at the end. Returns the heading."""
+    heading = text.lstrip().splitlines()[0]
+    if not heading.startswith("## "):
+        raise ValueError(f"a benchmark section must start with a '## ' heading, got {heading!r}")
+    old = doc.read_text() if doc.is_file() else "# Benchmarks\n"
+    start = old.find(heading + "\n")
+    if start == -1:
+        new = old.rstrip() + "\n\n" + text.strip() + "\n"
+    else:
+        nxt = old.find("\n## ", start + len(heading))
+        new = old[:start] + text.strip() + "\n" + ("\n" + old[nxt + 1:] if nxt != -1 else "")
+    write_atomic(doc, new)
+    return heading
+
+
+def publish(text: str, no_write: bool, doc: Path = DOC) -> None:
+    """Print a benchmark's report section and, unless ``no_write``, splice it into ``doc``."""
+    print(text)
+    if not no_write:
+        heading = splice_section(text, doc)
+        print(f"updated {heading!r} in {doc.relative_to(ROOT) if doc.is_relative_to(ROOT) else doc}")
+
+
+def load_average() -> float:
+    """1-minute load average (NaN where the OS has none)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def load_note(*loads: float) -> str:
+    """One sentence on what the 1-minute load averages of a run mean for its figures."""
+    cores = os.cpu_count() or 1
+    seen = [x for x in loads if x == x]                      # drop NaN
+    if seen and max(seen) > cores + 0.5:
+        return (f"A load above {cores} means other jobs shared the {cores} cores during the run: "
+                "absolute times are inflated by an unknown factor, ratios are steadier.")
+    return f"The load stayed at or below the {cores} cores: the machine was otherwise idle."
+
+
+def fmt_s(s: float) -> str:
+    """Seconds as s, min or h, whichever reads best."""
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.2f} h"
