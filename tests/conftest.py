@@ -18,6 +18,13 @@ Models:
 - ``tiny_tv_vit`` (function): a factory for small torchvision ``VisionTransformer`` models
   (image 32, patch 8, 2 layers, width 32) with a *random* head (torchvision zero-initialises
   heads, which makes logits and gradients all zero). Call ``tiny_tv_vit(seed=0, num_classes=3)``.
+  Modules that test several model kinds use ``tests/_tiny.py`` instead.
+
+Threads:
+
+- ``one_thread`` (function): torch on one thread for the test, restored after. Tiny tensors
+  gain nothing from a second thread, and on a busy shared CPU thread hand-offs make each
+  call many times slower. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
 """
 
 from __future__ import annotations
@@ -91,3 +98,11 @@ def tiny_tv_vit() -> Callable[..., nn.Module]:
         return model.eval()
 
     return make
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

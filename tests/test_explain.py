@@ -29,48 +29,16 @@ from vit_course.explain import (
     gradients_for_targets,
     register_method,
 )
+from _tiny import MODEL_KINDS, assert_rejected_before_any_forward, images, make_model
 from vit_course.models import ViT
 from vit_course.runtime import set_seed
 
-MODEL_KINDS = ["torchvision", "course", "timm", "timm_distilled"]
 TINY = dict(img=32, patch=8, layers=2, heads=2, dim=32, mlp=64, classes=3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids waiting on a busy second core (restored after)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make_model(kind: str, seed: int = 0) -> nn.Module:
-    set_seed(seed)
-    if kind == "torchvision":
-        from torchvision.models import VisionTransformer
-        model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
-                                  hidden_dim=32, mlp_dim=64, num_classes=3)
-        head = model.heads.head
-    elif kind == "course":
-        model = ViT(img_size=32, patch_size=8, num_transformer_layers=2, embedding_dim=32,
-                    mlp_size=64, num_heads=2, num_classes=3)
-        head = model.head
-    else:
-        timm = pytest.importorskip("timm", reason="timm not installed (optional extra)")
-        name = "vit_tiny_patch16_224" if kind == "timm" else "deit_tiny_distilled_patch16_224"
-        model = timm.create_model(name, pretrained=False, img_size=32, patch_size=8, depth=2,
-                                  num_heads=2, embed_dim=32, num_classes=3)
-        head = model.head
-    # torchvision zero-initialises the head: random weights so logits/gradients are not 0.
-    nn.init.normal_(head.weight, std=0.5)
-    nn.init.normal_(head.bias, std=0.5)
-    return model.eval()
-
-
-def images(B: int = 3, seed: int = 1, size: int = 32) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(B, 3, size, size, generator=g)
 
 
 def snapshot(model: nn.Module) -> dict:
@@ -387,14 +355,8 @@ def test_bad_targets(target, exc, message):
 ])
 def test_bad_options_fail_before_any_forward(method, options, exc, message):
     model = make_model("torchvision")
-    calls = []
-    handle = model.register_forward_pre_hook(lambda *_: calls.append(1))
-    try:
-        with pytest.raises(exc, match=message):
-            explain(model, images(1), method, **options)
-    finally:
-        handle.remove()
-    assert calls == []
+    assert_rejected_before_any_forward(model, lambda: explain(model, images(1), method, **options),
+                                       exc, message)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -37,7 +37,7 @@ from vit_course.explain.gradients import (
     make_baseline,
     pool_to_grid,
 )
-from vit_course.models import ViT
+from _tiny import assert_rejected_before_any_forward, images, make_model
 from vit_course.runtime import set_seed
 
 NEW_METHODS = ["gae", "gradcam", "attention_gradcam", "attention_flow", "attention_norm",
@@ -47,26 +47,6 @@ CLASS_SPECIFIC = ["gae", "gradcam", "attention_gradcam", "saliency", "smoothgrad
 FAST = {"smoothgrad": {"n_samples": 4}, "integrated_gradients": {"steps": 8}}
 
 
-def make_model(kind: str, seed: int = 0) -> nn.Module:
-    set_seed(seed)
-    if kind == "torchvision":
-        from torchvision.models import VisionTransformer
-        model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
-                                  hidden_dim=32, mlp_dim=64, num_classes=3)
-        head = model.heads.head
-    else:
-        model = ViT(img_size=32, patch_size=8, num_transformer_layers=2, embedding_dim=32,
-                    mlp_size=64, num_heads=2, num_classes=3)
-        head = model.head
-    # torchvision zero-initialises its head (logits and gradients would all be 0).
-    nn.init.normal_(head.weight, std=0.5)
-    nn.init.normal_(head.bias, std=0.5)
-    return model.eval()
-
-
-def images(B: int = 3, seed: int = 1, size: int = 32) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(B, 3, size, size, generator=g)
 
 
 @pytest.fixture(params=["torchvision", "course"])
@@ -525,14 +505,8 @@ def test_frozen_backbone_still_gets_gradients():
 ])
 def test_bad_options_fail_before_any_forward(method, options, exc, message):
     model = make_model("torchvision")
-    calls = []
-    handle = model.register_forward_pre_hook(lambda *_: calls.append(1))
-    try:
-        with pytest.raises(exc, match=message):
-            explain(model, images(1), method, **options)
-    finally:
-        handle.remove()
-    assert calls == []
+    assert_rejected_before_any_forward(model, lambda: explain(model, images(1), method, **options),
+                                       exc, message)
 
 
 @pytest.mark.parametrize("method", NEW_METHODS)

@@ -38,7 +38,8 @@ from vit_course.explain.lrp_layers import (
     relprop_patch_embedding,
     safe_divide,
 )
-from vit_course.models import ViT
+from _tiny import images
+from _tiny import make_model as tiny_model
 from vit_course.runtime import set_seed
 
 F64 = dict(rtol=1e-12, atol=1e-12)
@@ -46,24 +47,8 @@ EXACT = dict(eps=0.0)                   # no stabiliser: exact sums (zero denomi
 
 
 def make_model(kind: str, seed: int = 0) -> nn.Module:
-    set_seed(seed)
-    if kind == "torchvision":
-        from torchvision.models import VisionTransformer
-        model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
-                                  hidden_dim=32, mlp_dim=64, num_classes=3)
-        head = model.heads.head
-        nn.init.normal_(model.class_token, std=0.5)      # zero by default: give it relevance
-    else:
-        model = ViT(img_size=32, patch_size=8, num_transformer_layers=2, embedding_dim=32,
-                    mlp_size=64, num_heads=2, num_classes=3)
-        head = model.head
-    nn.init.normal_(head.weight, std=0.5)
-    nn.init.normal_(head.bias, std=0.5)
-    return model.eval()
-
-
-def images(B: int = 3, seed: int = 1) -> torch.Tensor:
-    return torch.rand(B, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    """The shared tiny model; torchvision's zero class token is redrawn to carry relevance."""
+    return tiny_model(kind, seed, class_token_std=0.5 if kind == "torchvision" else None)
 
 
 def gen(seed: int = 0) -> torch.Generator:

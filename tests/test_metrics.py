@@ -26,14 +26,7 @@ P = 2          # patch size of the hand-made models
 G = 4          # their grid is 4×4 on 8×8 images, N = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy shared CPU thread hand-offs make
-    each forward ~10× slower; run this module's tests on one thread and restore after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- models

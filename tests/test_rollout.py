@@ -28,13 +28,7 @@ from vit_course.explain.rollout import _rollout_cls
 from vit_course.runtime import set_seed
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids waiting on a busy second core (restored after)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def t(rows) -> torch.Tensor:
