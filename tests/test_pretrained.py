@@ -477,6 +477,34 @@ def test_save_and_load_head_round_trip(vit_b16, standin_torch_home, tmp_path, ca
         torch.testing.assert_close(loaded(x), model(x))
 
 
+def test_load_or_rebuild_classifier_rebuilds_without_a_head_then_loads_it(
+        standin_torch_home, image_folders, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VIT_COURSE_ARTIFACTS", str(tmp_path / "artifacts"))   # feature cache
+    train, test = image_folders
+    head_path = tmp_path / "03_vit_b16_head.pt"
+    model, _, names = pretrained.load_or_rebuild_classifier(head_path, train, test,
+                                                            max_per_class=4, epochs=2)
+    assert "03_vit_b16_head.pt not found: rebuilding" in capsys.readouterr().out
+    assert not head_path.exists()                        # rebuilding saves nothing
+    assert names == list(CLASSES)
+    head = pretrained.head_of(model)
+    assert head.out_features == 3
+    assert not torch.equal(head.weight, pretrained.new_head(768, 3).weight)   # it was trained
+    assert pretrained.frozen_trainable_counts(model)["trainable"] == 768 * 3 + 3
+
+    pretrained.save_head(model, head_path, class_names=names)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a saved head must be loaded, not retrained")
+
+    monkeypatch.setattr(pretrained, "train_head", no_training)
+    monkeypatch.setattr(pretrained, "extract_features", no_training)
+    loaded, _, loaded_names = pretrained.load_or_rebuild_classifier(head_path, train, test)
+    assert "rebuilding" not in capsys.readouterr().out
+    assert loaded_names == names
+    assert torch.equal(pretrained.head_of(loaded).weight, head.weight)
+
+
 def test_save_bare_head_needs_weights_name(tmp_path):
     with pytest.raises(ValueError, match="weights"):
         pretrained.save_head(nn.Linear(768, 3), tmp_path / "h.pt")

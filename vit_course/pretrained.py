@@ -711,6 +711,42 @@ def load_pretrained_classifier(path: str | os.PathLike, *, freeze: bool = True,
     return model, transform, meta
 
 
+def load_or_rebuild_classifier(head_path: str | os.PathLike, train_dir: str | os.PathLike,
+                               test_dir: str | os.PathLike, *, max_per_class: int | None = None,
+                               epochs: int = 10, progress: bool = False
+                               ) -> tuple[nn.Module, Callable, list[str]]:
+    """Notebook 03's classifier for the notebooks after it: load the saved head if it is
+    there, else rebuild it the way notebook 03 does (frozen ViT-B/16, a new head trained on
+    the backbone's cached CLS features of ``train_dir``). Nothing is saved: run notebook 03
+    for that.
+
+    Args:
+        head_path: the file notebook 03 saves (``artifacts_dir() / "03_vit_b16_head.pt"``).
+        train_dir, test_dir: the image folders (one subfolder per class).
+        max_per_class: training images per class when rebuilding (``None`` = all).
+        epochs: head epochs when rebuilding. Default: 10.
+        progress: progress bars while rebuilding. Default: False.
+
+    Returns:
+        ``(model, transform, class_names)``; ``model.pretrained_info`` tells whether the
+        backbone is the real pretrained one or a stand-in.
+    """
+    head_path = Path(head_path)
+    if head_path.is_file():
+        model, transform, meta = load_pretrained_classifier(head_path, progress=progress)
+        return model, transform, list(meta["class_names"])
+    from .data import create_dataloaders
+
+    print(f"{head_path.name} not found: rebuilding notebook 03's model (run 03 to skip this).")
+    model, transform = build_pretrained_vit(progress=progress)
+    train_dl, _, class_names = create_dataloaders(train_dir, test_dir, transform=transform,
+                                                  max_per_class=max_per_class)
+    head, _ = train_head(*extract_features(model, train_dl, progress=progress),
+                         num_classes=len(class_names), epochs=epochs, progress=progress)
+    attach_head(model, head)
+    return model, transform, list(class_names)
+
+
 # --------------------------------------------------------------------------- inspection
 
 
@@ -744,7 +780,8 @@ __all__: Sequence[str] = [
     "backbone_fingerprint", "build_pretrained_vit", "checkpoint_status", "cls_features", "data_fingerprint",
     "default_feature_dir", "ensure_weights", "extract_features", "feature_cache_key",
     "feature_loader", "file_sha256", "frozen_trainable_counts", "head_of", "load_head_file",
-    "load_pretrained_classifier", "new_head", "position_embedding_similarity",
+    "load_or_rebuild_classifier", "load_pretrained_classifier", "new_head",
+    "position_embedding_similarity",
     "resolve_weights", "save_head", "standin_notice", "train_head", "weights_file",
     "weights_status",
 ]
