@@ -641,3 +641,45 @@ def test_inference_mode_is_a_clear_error(method):
     model = make_model("torchvision")
     with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
         explain(model, images(1), method, **FAST.get(method, {}))
+
+
+# ----------------------------------------------------------------------------- all classes at once
+@pytest.mark.parametrize("method", ["grad_rollout", "gae", "gradcam", "rollout"])
+def test_explain_classes_equals_one_explain_per_class(model, method):
+    from vit_course.explain import explain_classes
+
+    x = images(5)
+    want = torch.stack([explain(model, x, method, target=c) for c in range(3)], dim=1)
+    for chunk in (1, 2, 5):
+        got = explain_classes(model, x, method, chunk_size=chunk)
+        assert got.shape == (5, 3, 4, 4)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    if method != "rollout":                       # class-specific: the classes differ
+        assert not torch.allclose(want[:, 0], want[:, 1])
+    sub = explain_classes(model, x, method, classes=[2, 0])
+    torch.testing.assert_close(sub, want[:, [2, 0]], rtol=1e-5, atol=1e-6)
+
+
+def test_explain_classes_uses_one_forward_per_chunk_for_attention_gradients(model):
+    from vit_course.explain import explain_classes
+
+    calls = []
+    handle = model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        explain_classes(model, images(5), "grad_rollout", chunk_size=2)
+    finally:
+        handle.remove()
+    assert len(calls) == 3                        # chunks of 2, 2, 1; no pass per class
+
+
+def test_explain_classes_rejects_bad_input(model):
+    from vit_course.explain import explain_classes
+
+    with pytest.raises(ValueError, match="chunk_size"):
+        explain_classes(model, images(2), chunk_size=0)
+    with pytest.raises(ValueError, match="classes is empty"):
+        explain_classes(model, images(2), classes=[])
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        explain_classes(model, images(2), discard_ratio=1.0)
+    with pytest.raises(ValueError, match="class"):
+        explain_classes(model, images(2), classes=[0, 7])
