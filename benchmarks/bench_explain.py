@@ -21,6 +21,7 @@ head): timings do not depend on the values, and nothing here needs pretrained kn
 Usage::
 
     python benchmarks/bench_explain.py [--batch 16] [--overhead-batch 16] [--repeats 3]
+                                       [--overhead-repeats 7]
                                        [--loop-images 16] [--no-write]
 
 Updates its section ("Explanations") of docs/BENCHMARKS.md; ``--no-write`` only prints it.
@@ -50,8 +51,8 @@ from vit_course.explain import (
     capture,
     cls_row_to_grid,
     explain,
+    explain_classes,
     grad_rollout,
-    gradients_for_targets,
     rollout,
 )
 from vit_course.runtime import SEED, set_seed
@@ -188,18 +189,16 @@ def bench_all_classes(model: nn.Module, x: torch.Tensor, loop_images: int, repea
                       ) -> dict:
     classes = list(range(NUM_CLASSES))
 
-    def batched() -> torch.Tensor:
-        cap = capture(model, x, keep_graph=True)
-        per_class = gradients_for_targets(cap, classes)
-        cap_maps = [GradRollout(model).from_capture(cap.with_gradients(g, c), **GRAD_OPTS)
-                    for c, g in zip(classes, per_class)]
-        cap.release()
-        return torch.stack(cap_maps, dim=1)                     # (B, K, h, w)
+    def batched(chunk: int) -> torch.Tensor:                    # (B, K, h, w)
+        return explain_classes(model, x, "grad_rollout", classes, chunk_size=chunk, **GRAD_OPTS)
 
-    t_batched = []                                             # kernels warm from 1. and 2.
-    for _ in range(repeats):
-        dt, maps = timed(batched)
+    t_batched, t_one_chunk = [], []                            # kernels warm from 1. and 2.
+    for _ in range(repeats):                                   # interleaved
+        dt, maps = timed(lambda: batched(4))
         t_batched.append(dt)
+        dt, one = timed(lambda: batched(x.shape[0]))
+        t_one_chunk.append(dt)
+    torch.testing.assert_close(one, maps, rtol=1e-4, atol=1e-6)
     n = loop_images
     t_loop, loop_maps = timed(lambda: torch.stack([
         torch.cat([explain(model, x[b:b + 1], "grad_rollout", target=c, **GRAD_OPTS)
@@ -218,6 +217,7 @@ def bench_all_classes(model: nn.Module, x: torch.Tensor, loop_images: int, repea
     scale_up = x.shape[0] / n                                  # loops extrapolated if n < B
     b = statistics.median(t_batched)
     return {"batch": x.shape[0], "loop_images": n, "batched_s": b,
+            "one_chunk_s": statistics.median(t_one_chunk),
             "loop_s": t_loop * scale_up, "vx_s": t_vx * scale_up,
             "loop_per_call_ms": 1000 * t_loop / per_pair, "vx_per_call_ms": 1000 * t_vx / per_pair,
             "speedup_loop": t_loop * scale_up / b, "speedup_vx": t_vx * scale_up / b,
@@ -279,13 +279,17 @@ operations.
 Target: ≤ 10 %. The overhead is the explicit attention path (the softmax matrix is formed
 and kept) plus the rollout maths. Runs were interleaved (plain, rollout, plain, …); all
 times: plain {', '.join(f'{t:.2f}' for t in over['plain_all'])} s; rollout
-{', '.join(f'{t:.2f}' for t in over['rollout_all'])} s.{overhead_note(over)}
+{', '.join(f'{t:.2f}' for t in over['rollout_all'])} s.{overhead_note(over)} The explicit path writes
+and reads the 197×197 attention matrices of every layer, so its cost follows the memory
+bandwidth the machine has free at the time; on a shared virtual machine separate runs of
+this comparison differ by tens of percent, so rerun before reading much into one figure.
 
 ### Gradient rollout for all {NUM_CLASSES} classes of {allc['batch']} images
 
 | | time | per image × class |
 |---|---:|---:|
-| batched: 1 forward (graph kept) + 1 vectorised backward for the 3 classes | **{allc['batched_s']:.1f} s** | {1000 * allc['batched_s'] / (NUM_CLASSES * allc['batch']):.0f} ms |
+| batched: `explain_classes`, chunks of 4 images, each 1 forward (graph kept) + 1 vectorised backward for the 3 classes | **{allc['batched_s']:.1f} s** | {1000 * allc['batched_s'] / (NUM_CLASSES * allc['batch']):.0f} ms |
+| the same in one chunk of {allc['batch']} images | {allc['one_chunk_s']:.1f} s | {1000 * allc['one_chunk_s'] / (NUM_CLASSES * allc['batch']):.0f} ms |
 | loop: `explain(..., target=c)` per image and class (forward + backward each) | {allc['loop_s']:.1f} s | {allc['loop_per_call_ms']:.0f} ms |
 | loop, vit-explain's structure (`output.backward()` incl. parameter gradients) | {allc['vx_s']:.1f} s | {allc['vx_per_call_ms']:.0f} ms |
 | **speed-up vs loop** / vs vit-explain's structure | **{allc['speedup_loop']:.1f}×** / **{allc['speedup_vx']:.1f}×** | |
@@ -293,12 +297,15 @@ times: plain {', '.join(f'{t:.2f}' for t in over['plain_all'])} s; rollout
 Target: ≥ 2× against the per-image, per-class loop of vit-explain's structure. The maps
 are the same (largest difference relative to the largest map value:
 {allc['diff_loop']:.1e} vs the loop, {allc['diff_vx']:.1e} vs vit-explain's structure;
-the script fails above 1e-3){extrap}. Batched time: median of {allc['repeats']}; loops:
-one run each. Reading: batching shares the forward pass, but every class still needs its
-own backward pass through the network (about as costly as a forward pass: gradients
-with respect to activations only, none for the parameters). Against a loop that already
-skips parameter gradients the bound is about (F + B) / (F/3 + B) ≈ 1.5× for B ≈ F;
-vit-explain's `output.backward()` also computes every parameter's gradient on each call.
+the script fails above 1e-3){extrap}. Batched times: median of {allc['repeats']}, the two chunk
+sizes interleaved; loops: one run each. Reading: batching shares the forward pass, but every
+class still needs its own backward pass through the network (about as costly as a forward
+pass: gradients with respect to activations only, none for the parameters). Against a loop
+that already skips parameter gradients the bound is about (F + B) / (F/3 + B) ≈ 1.5× for
+B ≈ F; vit-explain's `output.backward()` also computes every parameter's gradient on each
+call. A graph for all {allc['batch']} images keeps the activations and attention matrices of
+every image alive at once and ran slower per image on this CPU than graphs of 4 images,
+whose smaller working set stays closer to the cache; hence the chunks.
 
 Machine: {machine_before} at the start, {machine_after.split('; ')[-1]} at the end.
 {shared_note(machine_before, machine_after)}
@@ -329,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=16, help="images for the all-class benchmark")
     p.add_argument("--overhead-batch", type=int, default=16, help="batch for the overhead test")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats (interleaved)")
+    p.add_argument("--overhead-repeats", type=int, default=7,
+                   help="interleaved plain/rollout pairs for the overhead (a few %% against "
+                        "run-to-run noise of 10-20 %% on a shared VM needs more than 3)")
     p.add_argument("--loop-images", type=int, default=None,
                    help="images the per-image loops run on (default: all of --batch)")
     p.add_argument("--threads", type=int, default=None,
@@ -349,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     slider = bench_slider(model, x[:1], alt_threads)
     print({k: round(v, 2) if isinstance(v, float) else v for k, v in slider.items()}, flush=True)
     print("2/3 rollout overhead ...", flush=True)
-    over = bench_overhead(model, x[:args.overhead_batch], args.repeats)
+    over = bench_overhead(model, x[:args.overhead_batch], args.overhead_repeats)
     print({k: v for k, v in over.items() if not k.endswith("_all")}, flush=True)
     print("3/3 all classes ...", flush=True)
     allc = bench_all_classes(model, x[:args.batch], args.loop_images or args.batch,
