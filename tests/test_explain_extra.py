@@ -683,3 +683,14 @@ def test_explain_classes_rejects_bad_input(model):
         explain_classes(model, images(2), discard_ratio=1.0)
     with pytest.raises(ValueError, match="class"):
         explain_classes(model, images(2), classes=[0, 7])
+
+
+def test_explain_classes_counts_classes_of_a_replaced_head():
+    """pretrained.attach_head puts a bare Linear where torchvision had Sequential(head=...)."""
+    from vit_course.explain import explain_classes
+    from vit_course.pretrained import attach_head
+
+    model = make_model("torchvision")
+    attach_head(model, nn.Linear(32, 5))
+    assert describe_model(model).num_classes == 5
+    assert explain_classes(model, images(2), "grad_rollout").shape == (2, 5, 4, 4)

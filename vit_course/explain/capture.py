@@ -158,7 +158,9 @@ def describe_model(model: nn.Module) -> ModelInfo:
         stem = model.conv_proj
         first_conv = stem if isinstance(stem, nn.Conv2d) else next(
             m for m in stem.modules() if isinstance(m, nn.Conv2d))
-        head = list(model.heads.children())[-1] if len(list(model.heads.children())) else None
+        heads = model.heads        # Sequential(head=Linear), or a bare head put there later
+        head = heads if isinstance(heads, nn.Linear) else (
+            list(heads.children())[-1] if len(list(heads.children())) else None)
         return ModelInfo(family, len(blocks), blocks[0].self_attention.num_heads, 1,
                          first_conv.in_channels, (model.image_size, model.image_size),
                          _pair(model.patch_size),
