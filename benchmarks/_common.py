@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
+import time
 from pathlib import Path
+
+import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "BENCHMARKS.md"
@@ -47,6 +52,50 @@ def publish(text: str, no_write: bool, doc: Path = DOC) -> None:
     if not no_write:
         heading = splice_section(text, doc)
         print(f"updated {heading!r} in {doc.relative_to(ROOT) if doc.is_relative_to(ROOT) else doc}")
+
+
+def random_vit_b16(num_classes: int = 3) -> nn.Module:
+    """torchvision ViT-B/16 with random weights and a random (not zero) head, in eval mode.
+
+    torchvision zero-initialises the head, which makes every logit and gradient 0; timings do
+    not depend on the values, but the maps and the predicted classes should not be degenerate.
+    """
+    from torchvision.models import vit_b_16
+
+    from vit_course.runtime import SEED, set_seed
+
+    set_seed(SEED)
+    model = vit_b_16(weights=None, num_classes=num_classes)
+    nn.init.normal_(model.heads.head.weight, std=0.02)
+    nn.init.normal_(model.heads.head.bias, std=0.02)
+    return model.eval()
+
+
+def forward_rates(model: nn.Module, x: torch.Tensor, configs: list[tuple[int, int, str]],
+                  rounds: int = 3, seconds: float = 5.0) -> dict[tuple[int, int, str], float]:
+    """Forward images/s per ``(threads, batch, precision)``, inference mode, median of ``rounds``.
+
+    ``x[:batch]`` is the input; precision is ``"float32"`` or ``"bfloat16"`` (autocast). The
+    configurations are measured in turn, round after round, so a change in the machine's load
+    hits all of them alike. Torch's thread count is restored afterwards.
+    """
+    old = torch.get_num_threads()
+    runs: dict[tuple[int, int, str], list[float]] = {c: [] for c in configs}
+    try:
+        for _ in range(rounds):
+            for threads, bs, precision in configs:
+                torch.set_num_threads(threads)
+                with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16,
+                                                            enabled=precision == "bfloat16"):
+                    model(x[:bs])                                   # warm-up
+                    n, t0 = 0, time.perf_counter()
+                    while n == 0 or time.perf_counter() - t0 < seconds:
+                        model(x[:bs])
+                        n += bs
+                runs[(threads, bs, precision)].append(n / (time.perf_counter() - t0))
+    finally:
+        torch.set_num_threads(old)
+    return {c: statistics.median(v) for c, v in runs.items()}
 
 
 def load_average() -> float:

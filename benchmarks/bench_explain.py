@@ -40,9 +40,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import vit_b_16
 
-from _common import publish
+from _common import publish, random_vit_b16
 from vit_course.explain import (
     AttentionMap,
     AttentionRecorder,
@@ -55,20 +54,11 @@ from vit_course.explain import (
     grad_rollout,
     rollout,
 )
-from vit_course.runtime import SEED, set_seed
+from vit_course.runtime import SEED
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 3
 GRAD_OPTS = dict(head_fusion="mean", discard_ratio=0.9)      # vit-explain's usual discard
-
-
-def build_model() -> nn.Module:
-    """torchvision ViT-B/16 with random weights and a random (not zero) 3-class head."""
-    set_seed(SEED)
-    model = vit_b_16(weights=None, num_classes=NUM_CLASSES)
-    nn.init.normal_(model.heads.head.weight, std=0.02)
-    nn.init.normal_(model.heads.head.bias, std=0.02)
-    return model.eval()
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, object]:
@@ -350,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     alt_threads = default_threads if torch.get_num_threads() != default_threads else 1
-    model = build_model()
+    model = random_vit_b16(NUM_CLASSES)
     before = machine()
     g = torch.Generator().manual_seed(SEED)
     x = torch.rand(max(args.batch, args.overhead_batch), 3, 224, 224, generator=g)

@@ -34,9 +34,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import vit_b_16
 
-from _common import load_note, publish
+from _common import load_note, publish, random_vit_b16
 import vit_course.explain.flow  # noqa: F401  (registers attention_flow)
 import vit_course.explain.gae  # noqa: F401  (registers gae)
 import vit_course.explain.gradcam  # noqa: F401  (registers gradcam, attention_gradcam)
@@ -48,15 +47,6 @@ from vit_course.runtime import SEED, set_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 3
-
-
-def build_model() -> nn.Module:
-    """torchvision ViT-B/16 with random weights and a random (not zero) 3-class head."""
-    set_seed(SEED)
-    model = vit_b_16(weights=None, num_classes=NUM_CLASSES)
-    nn.init.normal_(model.heads.head.weight, std=0.02)
-    nn.init.normal_(model.heads.head.bias, std=0.02)
-    return model.eval()
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -229,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-write", action="store_true", help="print only")
     args = p.parse_args(argv)
     start_load = load()
-    model = build_model()
+    model = random_vit_b16(NUM_CLASSES)
     g = torch.Generator().manual_seed(SEED)
     x = torch.rand(args.batch, 3, 224, 224, generator=g)
     flows = bench_flow(model, x, args.flow_images)

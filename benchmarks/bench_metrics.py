@@ -45,7 +45,6 @@ import functools
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -54,7 +53,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from _common import fmt_s, publish
+from _common import fmt_s, forward_rates, publish, random_vit_b16
 from vit_course.metrics import (
     CHEFER_FRACTIONS,
     IMAGENET_MEAN,
@@ -100,12 +99,7 @@ def build(name: str) -> nn.Module:
         from vit_course.models import build_vit
 
         return build_vit("vit_course_small", num_classes=3).eval()
-    from torchvision.models import vit_b_16
-
-    model = vit_b_16(weights=None, num_classes=3)
-    nn.init.normal_(model.heads.head.weight, std=0.02)
-    nn.init.normal_(model.heads.head.bias, std=0.02)
-    return model.eval()
+    return random_vit_b16(3)
 
 
 def explainers() -> tuple[dict[str, Callable], list[str]]:
@@ -276,7 +270,10 @@ def bench_model(name: str, images: torch.Tensor, labels: torch.Tensor, fns: dict
         big = min(args.batch_size, 64 if name == "small" else 16)
         threads = torch.get_num_threads()
         cfgs = [(th, bs) for th in sorted({1, threads}) for bs in (1, big)]
-        probe = throughput(model, cfgs, rounds=args.probe_rounds)
+        x = torch.randn(big, 3, 224, 224)
+        rates = forward_rates(model, x, [(th, bs, "float32") for th, bs in cfgs],
+                              rounds=args.probe_rounds, seconds=10.0)
+        probe = {(th, bs): v for (th, bs, _), v in rates.items()}
         print(f"[{name}] forward img/s (threads, batch): {probe}", flush=True)
         n_methods = len(loop_fns)
         f_batched = res.forwards / nb
@@ -298,30 +295,6 @@ def bench_model(name: str, images: torch.Tensor, labels: torch.Tensor, fns: dict
         "timings": res.timings, "load": (load0, load_average()), "labels": grid_note,
         "table": res.format(n_boot=1000),
     }
-
-
-def throughput(model: nn.Module, configs: list[tuple[int, int]], rounds: int = 3, seconds: float = 10.0
-               ) -> dict[tuple[int, int], float]:
-    """Forward images/s per (threads, batch), inference mode, median of ``rounds``.
-
-    The configurations are measured in turn, round after round, so a change in the machine's
-    load hits all of them alike.
-    """
-    old = torch.get_num_threads()
-    runs: dict[tuple[int, int], list[float]] = {c: [] for c in configs}
-    x = torch.randn(max(b for _, b in configs), 3, 224, 224)
-    with torch.inference_mode():
-        for _ in range(rounds):
-            for th, bs in configs:
-                torch.set_num_threads(th)
-                model(x[:bs])                                   # warm-up
-                n, t0 = 0, time.perf_counter()
-                while n == 0 or time.perf_counter() - t0 < seconds:
-                    model(x[:bs])
-                    n += bs
-                runs[(th, bs)].append(n / (time.perf_counter() - t0))
-    torch.set_num_threads(old)
-    return {c: statistics.median(v) for c, v in runs.items()}
 
 
 def report(results: list[dict], missing: list[str], data: str, args) -> str:

@@ -29,14 +29,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from _common import fmt_s, publish
+from _common import fmt_s, forward_rates, publish
 from bench_metrics import build, explainers, load_average, load_images
 from vit_course.metrics import PRECISIONS, run_suite
 from vit_course.runtime import SEED, set_seed
@@ -53,27 +52,6 @@ def course_data(n: int):
     model, _ = load_or_train_synthetic_vit(setting="full")
     test = SyntheticFood(n, split="test")
     return model.eval(), test.images.float() / 255, test.labels, dict(mean=(0, 0, 0), std=(1, 1, 1))
-
-
-def throughput(model: torch.nn.Module, x: torch.Tensor, rounds: int = 3, seconds: float = 3.0
-               ) -> dict[tuple[str, int], float]:
-    """Forward images/s per (precision, batch) for batch 1 and ``len(x)``, inference mode.
-
-    Median of ``rounds``; the four settings are measured in turn, round after round, so a
-    change in the machine's load hits all of them alike.
-    """
-    runs: dict[tuple[str, int], list[float]] = {(p, b): [] for p in PRECISIONS for b in (1, x.shape[0])}
-    for _ in range(rounds):
-        for precision, bs in runs:
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16,
-                                                        enabled=precision == "bfloat16"):
-                model(x[:bs])                                   # warm-up
-                n, t0 = 0, time.perf_counter()
-                while n == 0 or time.perf_counter() - t0 < seconds:
-                    model(x[:bs])
-                    n += bs
-            runs[(precision, bs)].append(n / (time.perf_counter() - t0))
-    return {k: statistics.median(v) for k, v in runs.items()}
 
 
 def compare(a, b) -> dict:
@@ -112,7 +90,10 @@ def bench(name: str, args, fns) -> dict:
         images, labels, _ = load_images(args.b16_images)
         model, x, y, norm = build("vit_b_16"), images, labels, {}
         probe_x = images[:16]
-    rates = throughput(model, probe_x)
+    threads = torch.get_num_threads()
+    rates = {(p, bs): v for (_, bs, p), v in forward_rates(
+        model, probe_x, [(threads, bs, p) for p in PRECISIONS for bs in (1, len(probe_x))],
+        seconds=3.0).items()}
     runs, secs, load = {}, {}, [load_average()]
     for precision in PRECISIONS:
         print(f"[{name}] suite on {x.shape[0]} images, {precision} ...", flush=True)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from _common import fmt_s, splice_section  # noqa: E402
+import torch  # noqa: E402
+from _common import fmt_s, forward_rates, splice_section  # noqa: E402
 
 
 def test_splice_replaces_only_its_own_section_and_appends_new_ones(tmp_path):
@@ -33,3 +34,24 @@ def test_splice_needs_a_heading(tmp_path):
 
 def test_fmt_s_units():
     assert (fmt_s(5), fmt_s(300), fmt_s(9000)) == ("5.0 s", "5.0 min", "2.50 h")
+
+
+def test_forward_rates_runs_each_setting_in_its_precision_and_restores_threads():
+    seen: list[tuple[int, torch.dtype]] = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            out = self.lin(x)
+            seen.append((x.shape[0], out.dtype))
+            return out
+
+    before = torch.get_num_threads()
+    configs = [(1, 1, "float32"), (1, 3, "bfloat16")]
+    rates = forward_rates(Probe(), torch.randn(3, 4), configs, rounds=2, seconds=0.01)
+    assert set(rates) == set(configs) and all(v > 0 for v in rates.values())
+    assert set(seen) == {(1, torch.float32), (3, torch.bfloat16)}
+    assert torch.get_num_threads() == before

@@ -180,7 +180,7 @@ def explain_classes(model: nn.Module, images: Tensor, method: str = "grad_rollou
     from_attention_grads = (explainer.needs_grad and explainer.supports_capture
                             and type(explainer).from_capture is Explainer.from_capture)
     if classes is None:
-        K = describe_model(model).num_classes
+        K = explainer.info.num_classes
         if K is None:
             raise ValueError("the model does not say how many classes it has; pass classes=[...].")
         classes = range(K)
