@@ -20,17 +20,17 @@ import torch
 from vit_course.grading import Case, check, get_question, register_question
 from vit_course.grading.__main__ import main as grading_cli
 from vit_course.grading.checks import GRADE_MIME, compare_values, run_cases
-from vit_course.grading.executor import execute_notebook
-from vit_course.grading.markers import (
+from vit_course.grading.questions import unregister_question
+from vit_course.tools.grading.executor import execute_notebook
+from vit_course.tools.grading.markers import (
     default_output_paths,
     graded_cells,
     make_versions,
     render_versions,
     versions_out_of_sync,
 )
-from vit_course.grading.questions import unregister_question
-from vit_course.grading.reference import deletion_auc as ref_deletion_auc
-from vit_course.grading.reference import grid_pointing_score as ref_grid_pointing_score
+from vit_course.tools.grading.reference import deletion_auc as ref_deletion_auc
+from vit_course.tools.grading.reference import reference_q2_pointing as ref_grid_pointing_score
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
@@ -293,7 +293,7 @@ def test_check_reports_expected_and_got_without_solution_code(capsys):
     assert "tensor([1. , 0.2, 0.1, 0. ])" in out
     for line in Q1_SOLUTION.splitlines():
         assert line.strip() not in out
-    ref_lines = [ln.strip() for ln in open(ROOT / "vit_course/grading/reference.py") if "return float" in ln]
+    ref_lines = [ln.strip() for ln in open(ROOT / "vit_course/tools/grading/reference.py") if "return float" in ln]
     assert ref_lines and all(line not in out for line in ref_lines)
 
 

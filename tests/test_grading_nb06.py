@@ -16,10 +16,10 @@ import torch
 from vit_course.data.synthetic import SyntheticFood
 from vit_course.grading import get_question
 from vit_course.grading.checks import run_cases
-from vit_course.grading.grader import load_assignment
-from vit_course.grading.markers import render_versions
 from vit_course.grading.questions import Q3_ALL_METHODS, Q3_METRICS, compare_rows
-from vit_course.grading.reference import explainer, run_course_suite, summary_table
+from vit_course.tools.grading.assignment import load_assignment
+from vit_course.tools.grading.markers import render_versions
+from vit_course.tools.grading.reference import explainer, run_course_suite, summary_table
 from vit_course.metrics import run_suite, summarise
 from vit_course.models import ViT
 from vit_course.runtime import set_seed

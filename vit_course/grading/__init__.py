@@ -1,19 +1,21 @@
-"""Exercise checks and the batch grader for the graded notebook (06).
+"""Exercise checks for the graded notebook (06).
 
 In a notebook::
 
     from vit_course.grading import check
     check("q1", deletion_auc)      # public cases: which failed, expected vs got
 
-For instructors (see docs/GRADING.md)::
+Modules: ``questions`` (case registry, public cases), ``checks`` (``check``, and
+``autograde``, the entry point of the hidden-test cells).
+
+The instructor's tools live in ``vit_course.tools.grading`` (see docs/GRADING.md):
+``markers`` (source → student/solution versions), ``reference`` (reference answers, hidden
+cases; grader only), ``executor`` (run a notebook in a fresh kernel in its own process),
+``grader`` (batch grading), ``feedback`` (CSV, feedback files), ``cli``. The commands
+still start from here::
 
     python -m vit_course.grading generate notebooks/source/06_evaluation_source.ipynb
     python -m vit_course.grading grade submissions/ --source notebooks/source/06_evaluation_source.ipynb --out grades.csv
-
-Modules: ``markers`` (source → student/solution versions), ``questions`` (case registry),
-``checks`` (``check``, ``autograde``), ``reference`` (reference answers, hidden cases;
-grader only), ``executor`` (run a notebook in a fresh kernel in its own process),
-``grader`` (batch grading, CSV, feedback).
 """
 
 from vit_course.grading.checks import CheckResult, autograde, check

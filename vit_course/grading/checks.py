@@ -9,6 +9,7 @@ the student version starts with) is reported as "not implemented yet", without a
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 import numbers
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,9 @@ from vit_course.grading.questions import Case, get_question
 
 GRADE_MIME = "application/vnd.vit-course.grade+json"
 MAX_SHOWN_FAILURES = 5
+#: Reference answers and hidden cases of the course questions (instructor side). Importing it
+#: attaches the hidden cases to the registry; ``autograde`` does, ``check`` never does.
+HIDDEN_CASES_MODULE = "vit_course.tools.grading.reference"
 
 
 @dataclass
@@ -260,8 +264,12 @@ def autograde(qid: str, *objects: Any) -> CheckResult:
     from the hidden-test cell's outputs) with a text summary, then raises ``AssertionError``
     when a case failed, so running the solution notebook under nbval fails loudly if the
     reference answer stops passing.
+
+    The hidden cases come from ``HIDDEN_CASES_MODULE``, imported here (it attaches them to
+    the registered questions), so ``autograde`` needs the instructor's copy of the package.
     """
     question = get_question(qid)
+    importlib.import_module(HIDDEN_CASES_MODULE)
     cases = question.public_cases() + question.hidden_cases()
     result = run_cases(qid, cases, objects, question.title)
     bundle = {"text/plain": result.report(), GRADE_MIME: result.to_dict()}

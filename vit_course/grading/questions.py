@@ -1,10 +1,12 @@
 """Question registry: the public test cases ``check`` runs and the hidden ones the grader runs.
 
 A question is registered once with its public cases (shown to students through ``check``)
-and, optionally, a ``hidden`` callable that returns more cases for the grader. Hidden cases
-and reference implementations live in ``vit_course.grading.reference`` and are imported only
-when the grader asks for them, so that module can be left out of a student distribution
-without breaking ``check``.
+and, optionally, a ``hidden`` callable that returns more cases for the grader. The hidden
+cases and reference implementations of the questions below live in
+``vit_course.tools.grading.reference``, which imports this module and attaches them
+(``set_hidden_cases``) when it is imported. This module never imports it: ``autograde``
+does (see ``checks.HIDDEN_CASES_MODULE``), ``check`` does not, so that module can be left
+out of a student distribution without breaking ``check``.
 
 Cases may be given lazily (a zero-argument callable returning cases) so that importing the
 registry does not import torch.
@@ -38,7 +40,6 @@ The notebook-06 questions registered here:
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -49,6 +50,7 @@ __all__ = [
     "register_question",
     "get_question",
     "registered_questions",
+    "set_hidden_cases",
     "unregister_question",
 ]
 
@@ -112,7 +114,7 @@ class Question:
         return _resolve(self._public)
 
     def hidden_cases(self) -> list[Case]:
-        """The grader's extra cases (empty when none are registered)."""
+        """The grader's extra cases (empty when none are registered or attached)."""
         return _resolve([self._hidden]) if self._hidden is not None else []
 
 
@@ -176,12 +178,25 @@ def registered_questions() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _lazy_hidden(name: str) -> Callable[[], Iterable[Case]]:
-    def load() -> Iterable[Case]:
-        module = importlib.import_module("vit_course.grading.reference")
-        return getattr(module, name)()
+def set_hidden_cases(qid: str, hidden: Callable[[], Iterable[Case]] | None) -> Question:
+    """Attach the grader's extra cases to the registered question ``qid`` (``None`` detaches them).
 
-    return load
+    ``vit_course.tools.grading.reference`` attaches the hidden cases of the course questions
+    this way when it is imported, so the registry (all ``check`` needs) never imports them.
+
+    Args:
+        qid: a registered question id.
+        hidden: zero-argument callable returning the extra cases, or ``None``.
+    Returns:
+        The ``Question``.
+    Raises:
+        ValueError: when ``qid`` is not registered.
+    """
+    if hidden is not None and not callable(hidden):
+        raise TypeError(f"question {qid!r}: hidden must be a zero-argument callable or None, got {hidden!r}")
+    question = get_question(qid)
+    question._hidden = hidden
+    return question
 
 
 # --------------------------------------------------------------------------- notebook 06
@@ -225,13 +240,11 @@ register_question(
     "q1",
     _q1_public,
     title="deletion_auc(curve) -> float",
-    hidden=_lazy_hidden("q1_hidden_cases"),
 )
 register_question(
     "q2",
     _q2_public,
     title="grid_pointing_score(attribution, target_tile) -> float",
-    hidden=_lazy_hidden("q2_hidden_cases"),
 )
 
 
@@ -349,7 +362,6 @@ register_question(
     "q3",
     _q3_public,
     title="run_course_suite(model, images, labels, steps) -> SuiteResult",
-    hidden=_lazy_hidden("q3_hidden_cases"),
 )
 
 
@@ -422,5 +434,4 @@ register_question(
     "q4",
     _q4_public,
     title="summary_table(scores) -> list of rows {metric, method, mean, lo, hi, n}",
-    hidden=_lazy_hidden("q4_hidden_cases"),
 )

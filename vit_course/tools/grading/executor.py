@@ -1,6 +1,6 @@
 """Run one notebook in a fresh kernel, in its own process, with time, memory and output limits.
 
-``execute_notebook`` starts ``python -m vit_course.grading._run_one`` in a new session
+``execute_notebook`` starts ``python -m vit_course.tools.grading._run_one`` in a new session
 (process group), waits for it with a hard wall-clock limit, and reads the JSON-lines events
 it wrote. Afterwards every process that carries this run's token in its environment (the
 child, the kernel, anything the submission started) is killed, so nothing outlives the
@@ -239,7 +239,7 @@ def execute_notebook(
         kernel_groups: list[int] = []
         with open(log, "wb") as log_fh:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "vit_course.grading._run_one", str(tmpdir / "job.json")],
+                [sys.executable, "-m", "vit_course.tools.grading._run_one", str(tmpdir / "job.json")],
                 cwd=tmpdir,
                 env=env,
                 stdin=subprocess.DEVNULL,

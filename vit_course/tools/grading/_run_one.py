@@ -1,13 +1,13 @@
 """Child process of the grader: run one submission in a fresh kernel, report as JSON lines.
 
-``python -m vit_course.grading._run_one JOB.json``. The parent (``executor.py``) starts this
+``python -m vit_course.tools.grading._run_one JOB.json``. The parent (``executor.py``) starts this
 in its own process group, with a hard wall-clock limit, and reads the events file even when
 it had to kill us, so every finished step is on disk the moment it finishes.
 
 What happens here:
 
 1. A kernelspec in a temporary folder runs the chosen kernel (default: this interpreter's
-   ``ipykernel``) under ``vit_course.grading._limit`` (memory cap).
+   ``ipykernel``) under ``vit_course.tools.grading._limit`` (memory cap).
 2. The submission's code cells run in order with ``allow_errors``; a cell that raises is
    recorded and the next one runs. The submission's cells share one time budget; on
    overrun the kernel is interrupted (SIGINT), and killed if it does not stop; cells after
@@ -178,7 +178,7 @@ def _make_kernelspec(job: dict, root: Path) -> Path:
     if job.get("kernel_name"):
         spec = KernelSpecManager().get_kernel_spec(job["kernel_name"])
         base_argv, env = list(spec.argv), dict(spec.env or {})
-    argv = [sys.executable, "-m", "vit_course.grading._limit", "--memory-mb", str(int(job["memory_mb"])), "--"]
+    argv = [sys.executable, "-m", "vit_course.tools.grading._limit", "--memory-mb", str(int(job["memory_mb"])), "--"]
     spec_dir = root / SPEC_NAME
     spec_dir.mkdir(parents=True, exist_ok=True)
     spec_json = {"argv": argv + base_argv, "display_name": "vit-course grading", "language": "python", "env": env}
@@ -288,7 +288,7 @@ class Runner:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m vit_course.grading._run_one JOB.json", file=sys.stderr)
+        print("usage: python -m vit_course.tools.grading._run_one JOB.json", file=sys.stderr)
         return 2
     job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     runner = Runner(job)

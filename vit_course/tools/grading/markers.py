@@ -33,6 +33,8 @@ from pathlib import Path
 
 import nbformat
 
+from vit_course.tools.grading._io import write_atomic
+
 METADATA_KEY = "vit_course"
 KINDS = ("solution", "check", "hidden_test", "manual")
 POINT_KINDS = ("hidden_test", "manual")
@@ -305,18 +307,11 @@ def render_versions(source: str | Path) -> tuple[str, str]:
     return dumps_notebook(student), dumps_notebook(solution)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def generate_versions(source: str | Path, student: str | Path, solution: str | Path) -> None:
     """Write the student and solution versions of ``source`` (each file replaced atomically)."""
     student_text, solution_text = render_versions(source)
-    _write_atomic(Path(student), student_text)
-    _write_atomic(Path(solution), solution_text)
+    write_atomic(Path(student), student_text)
+    write_atomic(Path(solution), solution_text)
 
 
 def versions_out_of_sync(source: str | Path, student: str | Path, solution: str | Path) -> list[Path]:

@@ -1,15 +1,25 @@
-"""Reference answers and hidden test cases for the notebook-06 questions.
+"""Reference answers and hidden test cases for the notebook-06 questions (grader only).
 
-The grader imports this module inside the grading kernel (through
-``Question.hidden_cases``); student notebooks never import it. It can be left out of a
-student distribution: ``check`` only needs ``questions.py``.
+Importing this module attaches the hidden cases to the questions registered in
+``vit_course.grading.questions`` (``set_hidden_cases``, at the end of this file). The
+hidden-test cells' ``autograde`` imports it inside the grading kernel (and under nbval, in
+the solution version); student notebooks never import it. It can be left out of a student
+distribution: ``check`` only needs ``vit_course.grading.questions``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from vit_course.grading.questions import Case
+from vit_course.grading.questions import (
+    Q3_ALL_METHODS,
+    Q3_CHEFER_IMAGES,
+    Q3_METHODS,
+    Case,
+    _q3_case,
+    compare_rows,
+    set_hidden_cases,
+)
 
 
 def deletion_auc(curve: torch.Tensor) -> float:
@@ -27,8 +37,11 @@ def deletion_auc(curve: torch.Tensor) -> float:
     return float(((curve[1:] + curve[:-1]) / 2).sum() / steps)
 
 
-def grid_pointing_score(attribution: torch.Tensor, target_tile: int) -> float:
-    """Share of positive attribution inside the target tile of a 2×2 grid.
+def reference_q2_pointing(attribution: torch.Tensor, target_tile: int) -> float:
+    """The q2 answer: share of positive attribution inside the target tile of a 2×2 grid.
+
+    Not ``vit_course.metrics.grid_pointing_score``: that one scores a map with no positive
+    value 0.25 (chance), q2 asks for 0.0.
 
     Args:
         attribution: (h, w) map, h and w even.
@@ -70,9 +83,9 @@ def q2_hidden_cases() -> list[Case]:
     cases = []
     for tile in range(4):
         m = torch.randn(14, 14, generator=g, dtype=torch.float64)
-        cases.append(Case(f"hidden: signed 14x14 map, tile {tile}", (m, tile), grid_pointing_score(m, tile)))
+        cases.append(Case(f"hidden: signed 14x14 map, tile {tile}", (m, tile), reference_q2_pointing(m, tile)))
     m = torch.rand(8, 6, generator=g, dtype=torch.float64)
-    cases.append(Case("hidden: positive 8x6 map, tile 2", (m, 2), grid_pointing_score(m, 2)))
+    cases.append(Case("hidden: positive 8x6 map, tile 2", (m, 2), reference_q2_pointing(m, 2)))
     m = torch.zeros(14, 14)
     m[10, 12] = 3.0  # one hot spot in tile 3
     cases.append(Case("hidden: single hot spot, tile 3", (m, 3), 1.0))
@@ -106,7 +119,6 @@ def run_course_suite(model, images: torch.Tensor, labels, steps: int):
     Returns:
         The ``SuiteResult`` of ``vit_course.metrics.run_suite``.
     """
-    from vit_course.grading.questions import Q3_METHODS
     from vit_course.metrics import run_suite
 
     explainers = {method: explainer(method) for method in Q3_METHODS}
@@ -136,7 +148,6 @@ def _close(got, expected, what: str, rtol: float = 1e-4, atol: float = 1e-5) -> 
 
 
 def _q3_curves(suite, model, images, labels, steps) -> str | None:
-    from vit_course.grading.questions import Q3_ALL_METHODS
     from vit_course.metrics import deletion_curve, insertion_curve
 
     k = min(Q3_CURVE_IMAGES, len(images))
@@ -152,7 +163,6 @@ def _q3_curves(suite, model, images, labels, steps) -> str | None:
 
 
 def _q3_aucs(suite, model, images, labels, steps) -> str | None:
-    from vit_course.grading.questions import Q3_ALL_METHODS
     from vit_course.metrics import auc, chefer_auc
 
     for method in Q3_ALL_METHODS:
@@ -167,7 +177,6 @@ def _q3_aucs(suite, model, images, labels, steps) -> str | None:
 
 
 def _q3_chefer(suite, model, images, labels, steps) -> str | None:
-    from vit_course.grading.questions import Q3_CHEFER_IMAGES
     from vit_course.metrics import perturbation_test
 
     k = min(Q3_CHEFER_IMAGES, len(images))
@@ -199,7 +208,6 @@ def _q3_controls(suite, model, images, labels, steps) -> str | None:
 
 def _q3_more_maps(suite, model, images, labels, steps) -> str | None:
     from vit_course.explain import explain
-    from vit_course.grading.questions import Q3_METHODS
 
     rows = Q3_EXTRA_MAPS
     if len(images) <= rows.start:
@@ -214,7 +222,6 @@ def _q3_more_maps(suite, model, images, labels, steps) -> str | None:
 
 def _q3_grid(suite, model, images, labels, steps) -> str | None:
     from vit_course.explain import explain
-    from vit_course.grading.questions import Q3_METHODS
     from vit_course.metrics import grid_pointing_score, make_grid_images
 
     import inspect
@@ -248,8 +255,6 @@ def _q3_grid(suite, model, images, labels, steps) -> str | None:
 
 def q3_hidden_cases() -> list[Case]:
     """Recompute parts of the student's suite with the package's metric functions."""
-    from vit_course.grading.questions import _q3_case
-
     return [
         _q3_case(f"hidden: deletion and insertion curves of the first {Q3_CURVE_IMAGES} images", _q3_curves),
         _q3_case("hidden: every AUC is the area under its own curve", _q3_aucs),
@@ -299,8 +304,6 @@ def q4_hidden_cases() -> list[Case]:
     """Random score dicts of several sizes and types, with NaN, single values and gaps (seeded)."""
     import numpy as np
 
-    from vit_course.grading.questions import compare_rows
-
     g = torch.Generator().manual_seed(6004)
     methods = ["rollout", "grad_rollout", "gradcam", "random", "center_gaussian"]
     metrics = ["deletion_auc", "insertion_auc", "chefer_positive_auc", "chefer_negative_auc", "grid_pointing"]
@@ -321,3 +324,12 @@ def q4_hidden_cases() -> list[Case]:
         ("metric order follows first appearance", ragged),
     ]
     return [Case(f"hidden: {name}", (scores,), summary_table(scores), compare=compare_rows) for name, scores in cases]
+
+
+# --------------------------------------------------------------------------- attach
+
+
+set_hidden_cases("q1", q1_hidden_cases)
+set_hidden_cases("q2", q2_hidden_cases)
+set_hidden_cases("q3", q3_hidden_cases)
+set_hidden_cases("q4", q4_hidden_cases)

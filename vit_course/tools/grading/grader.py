@@ -11,148 +11,28 @@ For each ``*.ipynb`` (student name = file name without ``.ipynb``):
    questions are left blank and counted in ``manual_pending``.
 
 The CSV is written atomically once every submission is graded; the batch always finishes.
+The source notebook is read in ``assignment``; the CSV rows and feedback files are built
+in ``feedback``.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import os
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 
-from vit_course.grading.executor import ExecutionReport, execute_notebook, stop_all
-from vit_course.grading.markers import CellInfo, cell_info, graded_cells, make_versions, read_notebook
-
-STATUS_ORDER = (
-    "invalid_notebook",
-    "cells_deleted",
-    "cells_reordered",
-    "cell_errors",
-    "timeout",
-    "kernel_died",
-    "memory_limit",
-    "output_truncated",
-    "grader_error",
-)
-STATUS_HELP = {
-    "ok": "the notebook ran without problems",
-    "invalid_notebook": "the file is not a valid Jupyter notebook (not JSON, or not nbformat 4); nothing could be graded",
-    "cells_deleted": "graded cells are missing from your notebook",
-    "cells_reordered": "graded cells are not in their original order",
-    "cell_errors": "some cells raised an error",
-    "timeout": "the notebook ran out of time; cells after that point were not run",
-    "kernel_died": "the Python kernel died (os._exit, a crash, or too much memory); it was restarted without that cell",
-    "memory_limit": "a cell ran out of memory",
-    "output_truncated": "your notebook printed too much; the extra output was dropped",
-    "grader_error": "the grader could not run your notebook; your instructor will look at it",
-}
-CSV_FIXED = ("total", "max_total", "status", "manual_pending")
-
-
-@dataclass
-class QuestionSpec:
-    """A CSV column: a question with automatic (hidden-test) or manual points."""
-
-    qid: str
-    kind: str  # "auto" | "manual"
-    points: float
-    hidden: list[CellInfo] = field(default_factory=list)
-
-
-@dataclass
-class Assignment:
-    """What the grader needs from the source notebook."""
-
-    source: Path
-    questions: list[QuestionSpec]
-    expected_ids: list[str]  # graded cells a submission must keep, in order
-    hidden_cells: list[dict]  # {"id", "source"} for the executor
-    template: dict[str, str]  # student-version source of each graded cell, by id
-    cells: dict[str, CellInfo] = field(default_factory=dict)  # every graded cell, by id
-
-    @property
-    def max_total(self) -> float:
-        return sum(q.points for q in self.questions)
-
-
-def load_assignment(source: str | Path) -> Assignment:
-    """Read the source notebook and collect questions, graded-cell ids and hidden tests.
-
-    Raises:
-        ValueError: when the source is not a valid notebook or its grading metadata is wrong.
-    """
-    source = Path(source)
-    nb = read_notebook(source)
-    infos = graded_cells(nb)
-    student, _ = make_versions(nb, source.name)
-    questions: dict[str, QuestionSpec] = {}
-    hidden_cells = []
-    by_id = {cell_info(c).id: c for c in nb.cells if cell_info(c) is not None}
-    for info in infos:
-        if info.kind in ("hidden_test", "manual"):
-            kind = "auto" if info.kind == "hidden_test" else "manual"
-            spec = questions.setdefault(info.question, QuestionSpec(info.question, kind, 0.0))
-            spec.points += info.points
-            if info.kind == "hidden_test":
-                spec.hidden.append(info)
-                hidden_cells.append({"id": info.id, "source": _text(by_id[info.id])})
-    template = {}
-    for cell in student["cells"]:
-        info = cell_info(cell)
-        if info is not None:
-            template[info.id] = _text(cell)
-    return Assignment(
-        source=source,
-        questions=list(questions.values()),
-        expected_ids=[i.id for i in infos if i.kind != "hidden_test"],
-        hidden_cells=hidden_cells,
-        template=template,
-        cells={i.id: i for i in infos},
-    )
-
-
-def _text(cell: dict) -> str:
-    source = cell.get("source", "")
-    return "".join(source) if isinstance(source, list) else str(source)
-
-
-@dataclass
-class SubmissionGrade:
-    """One CSV row plus the notes that go into the student's feedback file."""
-
-    student: str
-    points: dict[str, float | None]  # None: manual, pending
-    statuses: list[str]
-    manual_pending: float = 0.0
-    question_notes: dict[str, list[str]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def total(self) -> float:
-        return round(sum(p for p in self.points.values() if p is not None), 2)
-
-    @property
-    def status(self) -> str:
-        ordered = [s for s in STATUS_ORDER if s in self.statuses]
-        return ";".join(ordered) if ordered else "ok"
-
-
-def _fmt(x: float | None) -> str:
-    if x is None:
-        return ""
-    text = f"{round(x, 2):.2f}".rstrip("0").rstrip(".")
-    return "0" if text in ("", "-0") else text
+from vit_course.tools.grading._io import write_atomic
+from vit_course.tools.grading.assignment import Assignment, cell_text, load_assignment
+from vit_course.tools.grading.executor import ExecutionReport, execute_notebook, stop_all
+from vit_course.tools.grading.feedback import SubmissionGrade, csv_text, render_feedback
+from vit_course.tools.grading.markers import cell_info, read_notebook
 
 
 def _cell_label(nb: dict, index: int) -> str:
-    first = next((line.strip() for line in _text(nb["cells"][index]).splitlines() if line.strip()), "")
+    first = next((line.strip() for line in cell_text(nb["cells"][index]).splitlines() if line.strip()), "")
     first = first if len(first) <= 60 else first[:57] + "..."
     return f"cell {index + 1} (`{first}`)"
 
@@ -348,59 +228,10 @@ def grade_submission(path: str | Path, assignment: Assignment, options: GradeOpt
                 except ValueError:
                     info = None
                 if info is not None and info.question == qid and info.kind == "manual":
-                    by_id.setdefault(info.id, _text(cell))
+                    by_id.setdefault(info.id, cell_text(cell))
             if by_id and all(assignment.template.get(i, "").strip() == t.strip() for i, t in by_id.items()):
                 spec_notes.append("Your answer cell looks unchanged from the template.")
     return grade
-
-
-def render_feedback(grade: SubmissionGrade, assignment: Assignment) -> str:
-    """Markdown feedback for one student: points, failed cases (expected vs got), statuses."""
-    auto_max = sum(q.points for q in assignment.questions if q.kind == "auto")
-    out = io.StringIO()
-    out.write(f"# Feedback: {grade.student}\n\n")
-    out.write(f"Assignment: `{assignment.source.name.replace('_source', '')}`\n\n")
-    out.write(f"Automatically graded: **{_fmt(grade.total)} / {_fmt(auto_max)}** points")
-    if grade.manual_pending:
-        out.write(f" (+ {_fmt(grade.manual_pending)} graded by hand)")
-    out.write("\n\n")
-    out.write(f"Status: `{grade.status}`")
-    for status in grade.status.split(";"):
-        out.write(f"\n- `{status}`: {STATUS_HELP[status]}")
-    out.write("\n")
-    for q in assignment.questions:
-        got = grade.points.get(q.qid)
-        shown = "pending" if got is None else _fmt(got)
-        out.write(f"\n## {q.qid}: {shown} / {_fmt(q.points)}\n\n")
-        for note in grade.question_notes.get(q.qid, []):
-            out.write(f"- {note}\n")
-    if grade.notes:
-        out.write("\n## Notes\n\n")
-        for note in grade.notes:
-            out.write(f"- {note}\n")
-    return out.getvalue()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
-def csv_text(grades: list[SubmissionGrade], assignment: Assignment) -> str:
-    """The CSV: ``student, q1, q2, …, total, max_total, status, manual_pending``."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    qids = [q.qid for q in assignment.questions]
-    writer.writerow(["student", *qids, *CSV_FIXED])
-    for g in sorted(grades, key=lambda g: g.student):
-        writer.writerow(
-            [g.student, *(_fmt(g.points.get(q)) for q in qids), _fmt(g.total), _fmt(assignment.max_total),
-             g.status, _fmt(g.manual_pending)]
-        )
-    return buffer.getvalue()
 
 
 def grade_folder(
@@ -441,7 +272,7 @@ def grade_folder(
             grade = grade_submission(path, assignment, options)
         except Exception as exc:  # pragma: no cover - last line of defence
             grade = _zero(assignment, path.stem, "grader_error", f"Grader error: {type(exc).__name__}: {exc}")
-        _write_atomic(feedback_dir / f"{grade.student}.md", render_feedback(grade, assignment))
+        write_atomic(feedback_dir / f"{grade.student}.md", render_feedback(grade, assignment))
         if progress is not None:
             progress(grade)
         return grade
@@ -455,10 +286,7 @@ def grade_folder(
         raise
     pool.shutdown()
     grades.sort(key=lambda g: g.student)
-    _write_atomic(out, csv_text(grades, assignment))
+    write_atomic(out, csv_text(grades, assignment))
     return grades
 
 
-def print_progress(grade: SubmissionGrade) -> None:
-    """Default progress line on stderr."""
-    print(f"{grade.student}: {_fmt(grade.total)} points, {grade.status} ({grade.seconds:.1f} s)", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Exec a command under a memory limit: ``python -m vit_course.grading._limit --memory-mb N -- CMD...``.
+"""Exec a command under a memory limit: ``python -m vit_course.tools.grading._limit --memory-mb N -- CMD...``.
 
 Used as the kernel's launcher so only the grading kernel (and what it starts) is capped.
 The cap is ``RLIMIT_DATA`` (heap and private writable mappings, Linux ≥ 4.7): torch alone
@@ -14,7 +14,7 @@ import sys
 
 def main(argv: list[str]) -> None:
     if len(argv) < 4 or argv[0] != "--memory-mb" or argv[2] != "--":
-        raise SystemExit("usage: python -m vit_course.grading._limit --memory-mb N -- CMD [ARGS...]")
+        raise SystemExit("usage: python -m vit_course.tools.grading._limit --memory-mb N -- CMD [ARGS...]")
     memory_mb, command = int(argv[1]), argv[3:]
     if memory_mb > 0 and sys.platform.startswith("linux"):
         import resource
