@@ -13,7 +13,7 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from vit_course import viz  # noqa: E402
-from vit_course.models import ViT  # noqa: E402
+from vit_course.imaging import normalize_maps, upsample  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -77,22 +77,23 @@ def test_plot_patches_cuts_the_image_into_the_grid():
         viz.plot_patches(image(40), patch_size=16)
 
 
-def test_upsample_map_shapes_and_modes():
+def test_upsample_for_display_shapes_and_modes():
+    """plot_maps and overlay take maps brought to pixels by vit_course.imaging.upsample."""
     maps = torch.arange(2 * 2 * 2, dtype=torch.float32).reshape(2, 2, 2)
-    up = viz.upsample_map(maps, size=(8, 8), mode="nearest")
+    up = upsample(maps, size=(8, 8), mode="nearest")
     assert up.shape == (2, 8, 8)
     # nearest: each patch becomes a constant 4x4 block with the patch's value
     assert torch.equal(up[1, :4, 4:], torch.full((4, 4), maps[1, 0, 1].item()))
-    bil = viz.upsample_map(maps, size=16)
+    bil = upsample(maps, size=16)
     assert bil.shape == (2, 16, 16)
     assert bil.min() >= maps.min() and bil.max() <= maps.max()
-    single = viz.upsample_map(torch.ones(4, 4) * 0.3, size=(32, 32))
+    single = upsample(torch.ones(1, 4, 4) * 0.3, size=(32, 32))[0]
     assert single.shape == (32, 32)
     torch.testing.assert_close(single, torch.full((32, 32), 0.3))
-    with pytest.raises(ValueError, match="mode must be one of"):
-        viz.upsample_map(maps, mode="area")
+    with pytest.raises(ValueError, match="mode must be"):
+        upsample(maps, 8, mode="area")
     with pytest.raises(ValueError, match=r"\(B, h, w\)"):
-        viz.upsample_map(torch.ones(1, 1, 2, 2))
+        upsample(torch.ones(1, 1, 2, 2), 8)
 
 
 def test_overlay_blends_image_and_colormap():
@@ -108,7 +109,7 @@ def test_overlay_blends_image_and_colormap():
 
 
 def test_overlay_bad_inputs_say_what_to_do():
-    with pytest.raises(ValueError, match="upsample_map"):
+    with pytest.raises(ValueError, match="imaging.upsample"):
         viz.overlay(image(32), torch.rand(4, 4))
     with pytest.raises(ValueError, match=r"heat values must lie in \[0, 1\]"):
         viz.overlay(image(8), torch.full((8, 8), 2.0))
@@ -127,8 +128,9 @@ def test_plot_maps_grid_has_one_axes_per_map():
         assert np.asarray(ax.images[0].get_array()).shape == (32, 32, 3)
         assert ax.get_title() == f"m{i}"
     # the panel is the overlay of the upsampled, min-max scaled map
-    heat = viz.upsample_map(maps, size=(32, 32))[2].numpy()
+    heat = upsample(maps, size=(32, 32))[2].numpy()
     heat = (heat - heat.min()) / (heat.max() - heat.min())
+    np.testing.assert_allclose(normalize_maps(upsample(maps, 32))[2].numpy(), heat, atol=1e-6)
     np.testing.assert_allclose(np.asarray(fig.axes[2].images[0].get_array()),
                                viz.overlay(imgs[2], heat), atol=1e-5)
 
@@ -144,20 +146,14 @@ def test_plot_maps_one_image_many_maps_and_errors():
         viz.plot_maps(image(32), torch.rand(2, 4, 4), titles=["a"])
 
 
-def test_predict_and_plot_single_image_file(tmp_path):
-    data = pytest.importorskip("vit_course.data", reason="vit_course.data not importable yet")
+def test_plot_prediction_shows_the_image_and_the_top_class():
     from PIL import Image
 
-    path = tmp_path / "dish.png"
-    Image.fromarray((np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)).save(path)
-    torch.manual_seed(0)
-    model = ViT(img_size=32, patch_size=8, num_transformer_layers=1, embedding_dim=16,
-                mlp_size=32, num_heads=2, num_classes=3)
-    fig = viz.predict_and_plot(model, path, ["pizza", "steak", "sushi"],
-                               transform=data.simple_transform(32))
+    photo = Image.fromarray((np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8))
+    probs = torch.tensor([0.2, 0.7, 0.1])
+    fig = viz.plot_prediction(photo, probs, ["pizza", "steak", "sushi"])
     assert len(fig.axes) == 1
-    title = fig.axes[0].get_title()
-    assert title.startswith("Pred: ") and any(c in title for c in ("pizza", "steak", "sushi"))
+    assert fig.axes[0].get_title() == "Pred: steak | Prob: 0.700"
     assert np.asarray(fig.axes[0].images[0].get_array()).shape == (40, 50, 3)
     with pytest.raises(ValueError, match="3 classes but 2 class_names"):
-        viz.predict_and_plot(model, path, ["a", "b"], transform=data.simple_transform(32))
+        viz.plot_prediction(photo, probs, ["a", "b"])

@@ -14,16 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from vit_course.explain import METHODS, Explainer, explain, register_method
+from vit_course.explain import METHODS, Explainer, explain, get_method, register_method
+from vit_course.imaging import to_display
 from vit_course.models import ViT
-from vit_course.widgets import (
-    AttentionExplorer,
-    ExplanationCache,
-    display_images,
-    is_class_specific,
-    method_options,
-    supports_capture,
-)
+from vit_course.widgets import AttentionExplorer, ExplanationCache, method_options
 
 CLASSES = ["pizza", "steak", "sushi"]
 
@@ -220,28 +214,25 @@ def extra_methods():
     class ColumnSum(Explainer):
         defaults = {"start_layer": 0}
 
-        def token_scores(self, cap, start_layer):
+        def compute(self, cap, target, start_layer):
             return torch.stack(list(cap.attentions))[start_layer:].sum(dim=(0, 2, 3))
 
     class PixelMean(Explainer):
         supports_capture = False
+        class_specific = True
         defaults = {"discard_ratio": 0.0}
 
-        def attribute(self, images, target=None, **options):
-            opts = self._merge(options)
+        def compute(self, images, target, discard_ratio):
             logits = self.model(images)
             t = logits.argmax(1) if target is None else torch.as_tensor(target).expand(len(images))
             h, w = self.info.grid(*images.shape[-2:])
             base = torch.nn.functional.adaptive_avg_pool2d(images.mean(1, keepdim=True), (h, w))
-            return base[:, 0] * (1 + opts["discard_ratio"]) + t.view(-1, 1, 1)
-
-        def from_capture(self, cap, **options):
-            raise TypeError("needs the images")
+            return base[:, 0] * (1 + discard_ratio) + t.view(-1, 1, 1)
 
     class FailsAtOne(Explainer):
         defaults = {"start_layer": 0}
 
-        def token_scores(self, cap, start_layer):
+        def compute(self, cap, target, start_layer):
             if start_layer == 1:
                 raise ValueError("start_layer=1 is not supported by this test method")
             return cap.attentions[0].mean(1)[:, 0]
@@ -291,20 +282,27 @@ def test_errors_show_in_the_status_line_from_controls_and_raise_from_set(
         ex.set(start_layer=1)
 
 
-def test_a_method_can_declare_whether_it_is_class_specific(extra_methods) -> None:
-    assert is_class_specific("_test_pixel_mean")              # no capture: assumed specific
-    assert not is_class_specific("_test_declared_agnostic")   # unless it says otherwise
-    assert not supports_capture("_test_declared_agnostic")
+def test_a_method_can_declare_whether_it_is_class_specific(model: nn.Module,
+                                                          extra_methods) -> None:
+    ex = AttentionExplorer(model, batch(), CLASSES, method="_test_pixel_mean")
+    assert not ex.controls["target"].disabled             # declared class-specific
+    ex.set(method="_test_declared_agnostic")               # declared agnostic
+    assert ex.controls["target"].disabled
+    assert not get_method("_test_declared_agnostic").supports_capture
+    assert "class-agnostic" in ex.status.value
 
 
-def test_method_option_helpers() -> None:
+def test_method_option_helpers(model: nn.Module) -> None:
     values = dict(discard_ratio=0.5, head_fusion="max", start_layer=1, layer=0, head=None)
     assert method_options("rollout", values) == dict(discard_ratio=0.5, head_fusion="max",
                                                      start_layer=1)
     assert method_options("attention", values) == dict(head_fusion="max", layer=0, head=None)
-    assert supports_capture("rollout") and supports_capture("grad_rollout")
-    assert is_class_specific("grad_rollout")
-    assert not is_class_specific("rollout") and not is_class_specific("attention")
+    assert get_method("rollout").supports_capture and get_method("grad_rollout").supports_capture
+    ex = AttentionExplorer(model, batch(), CLASSES, method="grad_rollout")
+    assert not ex.controls["target"].disabled              # grad_rollout is class-specific
+    for agnostic in ("rollout", "attention"):
+        ex.set(method=agnostic)
+        assert ex.controls["target"].disabled, agnostic
 
 
 def test_controls_that_do_not_apply_are_disabled(model: nn.Module) -> None:
@@ -321,11 +319,15 @@ def test_controls_that_do_not_apply_are_disabled(model: nn.Module) -> None:
 
 # ----------------------------------------------------------------------------- display
 def test_display_images_and_raw_images(model: nn.Module) -> None:
+    from torchvision.transforms import Normalize
+
     x = batch()
-    torch.testing.assert_close(display_images(x), x)
+    torch.testing.assert_close(AttentionExplorer(model, x, CLASSES).raw_images, x)
     normalised = (x - 0.5) / 0.25
-    shown = display_images(normalised)
-    assert shown.min() >= 0 and shown.max() <= 1
+    ex = AttentionExplorer(model, normalised, CLASSES, transform=Normalize([0.5] * 3, [0.25] * 3))
+    torch.testing.assert_close(ex.raw_images, to_display(normalised, mean=[0.5] * 3,
+                                                         std=[0.25] * 3))
+    torch.testing.assert_close(ex.raw_images, x, rtol=0, atol=1e-6)   # the photo is back
     raw = torch.rand(3, 3, 64, 64)
     ex = AttentionExplorer(model, x, CLASSES, raw_images=raw, titles=["a", "b", "c"])
     assert ex.overlay_artist.get_array().shape[:2] == (64, 64)
@@ -348,7 +350,7 @@ def test_bad_input_raises_clear_errors(model: nn.Module) -> None:
     x = batch()
     with pytest.raises(ValueError, match="class_names has 2 names"):
         AttentionExplorer(model, x, ["a", "b"])
-    with pytest.raises(ValueError, match="raw_images must lie in"):
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
         AttentionExplorer(model, x, CLASSES, raw_images=x * 3)
     with pytest.raises(ValueError, match="one image per model input"):
         AttentionExplorer(model, x, CLASSES, raw_images=x[:2])
@@ -358,9 +360,9 @@ def test_bad_input_raises_clear_errors(model: nn.Module) -> None:
         AttentionExplorer(model, x, CLASSES, methods=["rollout", "nope"])
     with pytest.raises(ValueError, match="discard_ratio must be"):
         AttentionExplorer(model, x, CLASSES, discard_ratio=1.0)
-    with pytest.raises(ValueError, match="target must be None"):
+    with pytest.raises(ValueError, match="target class 3 is out of range"):
         AttentionExplorer(model, x, CLASSES, target=3)
-    with pytest.raises(ValueError, match="layer must be an int"):
+    with pytest.raises(ValueError, match=r"layer must be in \[-2, 1\]"):
         AttentionExplorer(model, x, CLASSES, layer=5)
     with pytest.raises(TypeError, match="images must be a torch.Tensor"):
         AttentionExplorer(model, x.numpy(), CLASSES)
@@ -371,5 +373,5 @@ def test_bad_input_raises_clear_errors(model: nn.Module) -> None:
         ex.set(discard=0.5)
     with pytest.raises(ValueError, match="not a value this control offers"):
         ex.set(method="nope")
-    with pytest.raises(ValueError, match="index must be"):
+    with pytest.raises(ValueError, match=r"index must be in \[-3, 2\]"):
         ex.cache.map(7, "rollout")

@@ -14,8 +14,8 @@ Three steps, each usable on its own:
 - :func:`save_gif` (write): the frames as a looping GIF, written atomically (a temporary
   file in the same folder, renamed when complete; nothing is left behind on failure).
 
-With a ground-truth mask (synthetic data), :func:`mass_on_mask` puts a number on each panel:
-the share of the map's mass on the object.
+With a ground-truth mask (synthetic data), each panel's title gives the share of the map's
+mass on the object (:func:`vit_course.metrics.mass_on_mask`).
 """
 
 from __future__ import annotations
@@ -27,24 +27,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor, nn
 
-from .explain import capture, get_method, upsample
-from .explain.rollout import HEAD_FUSIONS
+from .checks import HEAD_FUSIONS, check_fractions, check_fusion, check_images
+from .explain import capture, explain, get_method
+from .imaging import upsample
+from .metrics import mass_on_mask
 from .viz import overlay
 
-__all__ = [
-    "DEFAULT_RATIOS",
-    "discard_sweep_maps",
-    "render_discard_sweep",
-    "mass_on_mask",
-    "save_gif",
-    "discard_sweep_gif",
-]
+__all__ = ["DEFAULT_RATIOS", "discard_sweep_maps", "render_discard_sweep", "save_gif",
+           "discard_sweep_gif"]
 
 #: Ratios of the default sweep: coarse at first, fine near the end where maps change most.
 DEFAULT_RATIOS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9,
@@ -52,39 +47,22 @@ DEFAULT_RATIOS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8
 
 
 # ----------------------------------------------------------------------------- checks
-def _check_fusions(head_fusions: object) -> tuple[str, ...]:
+def _fusions(head_fusions: object) -> tuple[str, ...]:
     if isinstance(head_fusions, str) or not isinstance(head_fusions, Sequence) \
             or not head_fusions:
         raise ValueError(f"head_fusions must be a non-empty sequence drawn from "
                          f"{list(HEAD_FUSIONS)}, e.g. ('mean', 'max', 'min'); got {head_fusions!r}")
-    bad = [f for f in head_fusions if f not in HEAD_FUSIONS]
-    if bad:
-        raise ValueError(f"unknown head fusion(s) {bad}; choose from {list(HEAD_FUSIONS)}")
-    return tuple(head_fusions)
+    return tuple(check_fusion(f) for f in head_fusions)
 
 
-def _check_ratios(ratios: object) -> tuple[float, ...]:
-    if isinstance(ratios, (str, bytes)) or not isinstance(ratios, (Sequence, np.ndarray, Tensor)):
-        raise ValueError(f"ratios must be a sequence of discard ratios in [0, 1), got {ratios!r}")
-    values = [float(r) for r in ratios]
-    if not values:
-        raise ValueError("ratios is empty; pass at least one discard ratio, e.g. (0.0, 0.5, 0.9)")
-    bad = [r for r in values if not 0.0 <= r < 1.0]
-    if bad:
-        raise ValueError(f"discard ratios must lie in [0, 1), got {bad}; 1.0 would discard "
-                         "everything (use at most 0.99).")
-    return tuple(values)
-
-
-def _check_image(image: object, name: str = "image") -> Tensor:
-    if not isinstance(image, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor (C, H, W), got {type(image).__name__}")
-    if image.ndim == 4 and image.shape[0] == 1:
-        image = image[0]
-    if image.ndim != 3:
+def _one_image(image: object, name: str = "image") -> Tensor:
+    """One image (C, H, W) (or a batch of one) → (1, C, H, W)."""
+    x = check_images(image.unsqueeze(0) if isinstance(image, Tensor) and image.ndim == 3
+                     else image, name)
+    if x.shape[0] != 1:
         raise ValueError(f"{name} must be one image (C, H, W) (or (1, C, H, W)), got shape "
-                         f"{tuple(image.shape)}; pick one image of the batch, e.g. x[0].")
-    return image
+                         f"{tuple(x.shape)}; pick one image of the batch, e.g. x[0].")
+    return x
 
 
 # ----------------------------------------------------------------------------- compute
@@ -93,6 +71,9 @@ def discard_sweep_maps(model: nn.Module, image: Tensor,
                        ratios: Sequence[float] = DEFAULT_RATIOS, *, method: str = "rollout",
                        target: int | None = None, start_layer: int = 0) -> Tensor:
     """One image's maps for every (discard ratio, head fusion) from a single model pass.
+
+    The image is captured once; every map is then ``explain(..., capture=cap)`` (zero
+    model passes).
 
     Args:
         model: a supported ViT (see :data:`vit_course.explain.SUPPORTED_MODELS`).
@@ -108,48 +89,19 @@ def discard_sweep_maps(model: nn.Module, image: Tensor,
         (R, F, h, w): ``[r, f]`` is the map for ``ratios[r]`` and ``head_fusions[f]``,
         as the method returns it (not normalised).
     """
-    fusions = _check_fusions(head_fusions)
-    values = _check_ratios(ratios)
-    image = _check_image(image)
+    fusions, values = _fusions(head_fusions), check_fractions(ratios, "ratios")
+    x = _one_image(image)
     cls = get_method(method)
-    if not {"discard_ratio", "head_fusion"} <= set(cls.defaults) \
-            or not getattr(cls, "supports_capture", True):
+    if not {"discard_ratio", "head_fusion"} <= set(cls.defaults) or not cls.supports_capture:
         raise ValueError(f"method {method!r} has no discard_ratio/head_fusion options or cannot "
                          "work from a capture; use 'rollout' or 'grad_rollout'.")
-    explainer = cls(model)
-    cap = capture(model, image.unsqueeze(0), target=target, with_grad=cls.needs_grad)
-    per_fusion = []
-    for fusion in fusions:               # fusion outside: the fused layers are reused per ratio
-        per_fusion.append(torch.stack([
-            explainer.from_capture(cap, head_fusion=fusion, discard_ratio=r,
-                                   start_layer=start_layer)[0] for r in values]))
-    return torch.stack(per_fusion, dim=1)                     # (R, F, h, w)
+    cap = capture(model, x, target=target, with_grad=cls.needs_grad)
+    return torch.stack([torch.stack([
+        explain(model, x, method, target, capture=cap, head_fusion=f, discard_ratio=r,
+                start_layer=start_layer)[0] for f in fusions]) for r in values])   # (R, F, h, w)
 
 
 # ----------------------------------------------------------------------------- plot
-def _resize_image(raw: Tensor, size: int | None) -> Tensor:
-    if size is None or max(raw.shape[-2:]) >= size:
-        return raw
-    H, W = raw.shape[-2:]
-    scale = size / max(H, W)
-    out = F.interpolate(raw[None], size=(round(H * scale), round(W * scale)), mode="bilinear",
-                        align_corners=False)[0]
-    return out.clamp(0, 1)
-
-
-def _mask_stack(mask: Tensor | np.ndarray | None, size: tuple[int, int]) -> np.ndarray | None:
-    if mask is None:
-        return None
-    m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask)
-    if m.ndim == 2:
-        m = m[None]
-    if m.ndim != 3:
-        raise ValueError(f"mask must be (H, W) or (K, H, W) (one per object), got shape "
-                         f"{tuple(m.shape)}")
-    m = F.interpolate(m[:, None].float(), size=size, mode="nearest")[:, 0]
-    return m.numpy()
-
-
 def render_discard_sweep(raw_image: Tensor, maps: Tensor, ratios: Sequence[float],
                          head_fusions: Sequence[str] = HEAD_FUSIONS, *,
                          mask: Tensor | np.ndarray | None = None, title: str | None = None,
@@ -165,7 +117,7 @@ def render_discard_sweep(raw_image: Tensor, maps: Tensor, ratios: Sequence[float
         head_fusions: the F fusions (for the panel titles).
         mask: optional ground truth (H, W) or (K, H, W) at the image's resolution; its outline
             is drawn on every panel and each panel's title gives the share of the map's mass
-            on it (see :func:`mass_on_mask`).
+            on it (see :func:`vit_course.metrics.mass_on_mask`).
         title: caption over the image panel. Default: ``"input"``.
         method: method name for the panel titles. Default: ``"rollout"``.
         display_size: upscale images smaller than this many pixels (longest side) so the
@@ -177,28 +129,31 @@ def render_discard_sweep(raw_image: Tensor, maps: Tensor, ratios: Sequence[float
         R frames, each (H_frame, W_frame, 3) uint8, all the same size. Each map is scaled
         to [0, 1] on its own (the colours show where the map is high, not absolute values).
     """
-    raw = _check_image(raw_image, "raw_image").detach().cpu().float()
-    fusions = _check_fusions(head_fusions)
-    values = _check_ratios(ratios)
-    if not isinstance(maps, Tensor) or maps.ndim != 4 \
-            or tuple(maps.shape[:2]) != (len(values), len(fusions)):
+    raw = _one_image(raw_image, "raw_image")[0].detach().cpu().float()
+    fusions, values = _fusions(head_fusions), check_fractions(ratios, "ratios")
+    R, Fn = len(values), len(fusions)
+    if not isinstance(maps, Tensor) or maps.ndim != 4 or tuple(maps.shape[:2]) != (R, Fn):
         got = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
-        raise ValueError(f"maps must be (R, F, h, w) = ({len(values)}, {len(fusions)}, h, w) "
-                         f"for {len(values)} ratios and {len(fusions)} fusions, got {got}")
-    shares = None
+        raise ValueError(f"maps must be (R, F, h, w) = ({R}, {Fn}, h, w) "
+                         f"for {R} ratios and {Fn} fusions, got {got}")
+    maps = maps.detach().cpu().float().flatten(0, 1)                  # (R·F, h, w)
+    outlines = shares = None
     if mask is not None:
         m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask)
-        if m.ndim not in (2, 3):
+        m = m[None] if m.ndim == 2 else m
+        if m.ndim != 3:
             raise ValueError(f"mask must be (H, W) or (K, H, W) (one per object), got shape "
                              f"{tuple(m.shape)}")
-        union = (m.reshape(-1, *m.shape[-2:]).float() > 0.5).any(dim=0)
-        shares = mass_on_mask(maps.reshape(-1, *maps.shape[-2:]), union).reshape(maps.shape[:2])
-    raw = _resize_image(raw, display_size)
+        union = (m.float() > 0.5).any(dim=0)
+        shares = mass_on_mask(maps, union).reshape(R, Fn)
     H, W = raw.shape[-2:]
-    outlines = _mask_stack(mask, (H, W))
-    R, Fn = maps.shape[:2]
-    heats = upsample(maps.detach().cpu().float().reshape(R * Fn, *maps.shape[-2:]), (H, W),
-                     normalize=True).reshape(R, Fn, H, W)
+    if display_size is not None and max(H, W) < display_size:
+        scale = display_size / max(H, W)
+        H, W = round(H * scale), round(W * scale)
+        raw = upsample(raw, (H, W)).clamp(0, 1)
+    if mask is not None:
+        outlines = upsample(m.float(), (H, W), mode="nearest").numpy()
+    heats = upsample(maps, (H, W), normalize=True).reshape(R, Fn, H, W)
 
     fig = Figure(figsize=(2.3 * (Fn + 1), 2.75), dpi=dpi)
     canvas = FigureCanvasAgg(fig)
@@ -214,8 +169,7 @@ def render_discard_sweep(raw_image: Tensor, maps: Tensor, ratios: Sequence[float
             for m in outlines:
                 ax.contour(m, levels=[0.5], colors="white", linewidths=1.0)
     for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set(xticks=[], yticks=[])
     caption = fig.suptitle("", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.9))
     frames = []
@@ -228,38 +182,6 @@ def render_discard_sweep(raw_image: Tensor, maps: Tensor, ratios: Sequence[float
         canvas.draw()
         frames.append(np.asarray(canvas.buffer_rgba())[..., :3].copy())
     return frames
-
-
-def mass_on_mask(maps: Tensor, mask: Tensor | np.ndarray) -> Tensor:
-    """Share of each map's positive mass that falls on a mask: Σ max(m, 0)·mask / Σ max(m, 0).
-
-    A map spread evenly scores the mask's area; a map entirely on the mask scores 1. Used for
-    the sweep's panel titles and in notebooks 04-05 with the synthetic data's object masks.
-
-    Args:
-        maps: (B, h, w) patch-grid maps.
-        mask: (H, W) for every map or (B, H, W) one per map; bool or [0, 1]. H and W must be
-            multiples of h and w: each patch counts with the fraction of it the mask covers
-            (as :func:`vit_course.data.synthetic.mask_to_grid`); (h, w) masks are used as is.
-
-    Returns:
-        (B,) in [0, 1]; 0 for a map with no positive mass.
-    """
-    if not isinstance(maps, Tensor) or maps.ndim != 3:
-        raise ValueError(f"maps must be (B, h, w), got "
-                         f"{tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__}")
-    m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask).float()
-    B, h, w = maps.shape
-    if m.ndim == 2:
-        m = m.expand(B, *m.shape)
-    if m.ndim != 3 or m.shape[0] != B or m.shape[1] % h or m.shape[2] % w:
-        raise ValueError(f"mask must be (H, W) or ({B}, H, W) with H, W multiples of the map "
-                         f"grid {(h, w)}, got shape {tuple(torch.as_tensor(mask).shape)}")
-    grid = F.adaptive_avg_pool2d(m[:, None], (h, w))[:, 0].to(maps.device)   # patch coverage
-    pos = maps.detach().float().clamp(min=0)
-    total = pos.sum(dim=(1, 2))
-    return torch.where(total > 0, (pos * grid).sum(dim=(1, 2)) / total.clamp(min=1e-30),
-                       torch.zeros_like(total))
 
 
 # ----------------------------------------------------------------------------- write
@@ -347,7 +269,7 @@ def discard_sweep_gif(model: nn.Module, image: Tensor, out_path: str | os.PathLi
     Returns:
         the path written.
     """
-    image = _check_image(image)
+    image = _one_image(image)[0]
     if raw_image is None:
         if image.min() < 0 or image.max() > 1 or image.shape[0] != 3:
             raise ValueError("image is normalised (values outside [0, 1]) or not RGB, so it "

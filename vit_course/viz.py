@@ -1,7 +1,8 @@
 """Plotting: takes finished arrays or tensors and returns a matplotlib ``Figure``.
 
-Nothing here trains or explains; the only arithmetic is for display (upsampling a patch
-map to pixels, blending a heat map over an image, min-max scaling a map for its colours).
+Nothing here trains, runs a model or explains; the only arithmetic is for display
+(upsampling a patch map to pixels and min-max scaling it with :mod:`vit_course.imaging`,
+blending a heat map over an image).
 Figures are created with ``matplotlib.figure.Figure`` through ``plt.subplots`` so they show
 inline in notebooks; close them with ``plt.close(fig)`` in loops and tests.
 """
@@ -13,17 +14,11 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-__all__ = [
-    "plot_loss_curves",
-    "plot_confusion_matrix",
-    "predict_and_plot",
-    "plot_patches",
-    "upsample_map",
-    "overlay",
-    "plot_maps",
-]
+from .imaging import normalize_maps, upsample
+
+__all__ = ["plot_loss_curves", "plot_confusion_matrix", "plot_prediction", "plot_patches",
+           "overlay", "plot_maps"]
 
 
 def _plt():
@@ -32,7 +27,7 @@ def _plt():
     return plt
 
 
-def _to_numpy(x: Any, name: str) -> np.ndarray:
+def _array(x: Any, name: str) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().float().numpy()
     if isinstance(x, np.ndarray):
@@ -45,7 +40,7 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
 
 def _image_hwc(image: Any, name: str = "image") -> np.ndarray:
     """(3, H, W) tensor/array in [0, 1] → (H, W, 3) float array."""
-    arr = _to_numpy(image, name).astype(np.float32)
+    arr = _array(image, name).astype(np.float32)
     if arr.ndim != 3 or arr.shape[0] != 3:
         raise ValueError(f"{name} must be (3, H, W) (channels first, as ToTensor gives), got "
                          f"shape {arr.shape}; for an (H, W, 3) array pass arr.transpose(2, 0, 1)")
@@ -98,7 +93,7 @@ def plot_confusion_matrix(cm: Any, class_names: Sequence[str], normalize: bool =
     Returns:
         a Figure with one axes whose image data is the (K, K) matrix shown.
     """
-    mat = _to_numpy(cm, "cm").astype(np.float64)
+    mat = _array(cm, "cm").astype(np.float64)
     K = len(class_names)
     if mat.shape != (K, K):
         raise ValueError(f"cm must be ({K}, {K}) for {K} class names, got shape {mat.shape}")
@@ -123,33 +118,30 @@ def plot_confusion_matrix(cm: Any, class_names: Sequence[str], normalize: bool =
     return fig
 
 
-def predict_and_plot(model: torch.nn.Module, image_path: Any, class_names: Sequence[str],
-                     transform: Any, device: Any = None):
-    """Predict one image file and show it with the predicted class and probability.
+def plot_prediction(image: Any, probs: Any, class_names: Sequence[str]):
+    """Show one image with its predicted class and probability.
+
+    The model runs elsewhere, e.g. ``probs = vit_course.engine.predict(model,
+    transform(image))[0]``.
 
     Args:
-        model: a classifier returning logits (1, K).
-        image_path: path to an image file (loaded RGB by ``vit_course.data.load_image``).
+        image: what ``imshow`` draws: a PIL image (e.g. from ``vit_course.data.load_image``)
+            or an (H, W, 3) array.
+        probs: (K,) class probabilities.
         class_names: the K names.
-        transform: the model's transform, PIL image → (3, H, W) tensor.
-        device: Default: the model's device.
 
     Returns:
-        a Figure with one axes showing the original image; the title holds the prediction.
+        a Figure with one axes showing the image; the title holds the prediction.
     """
-    from .data import load_image  # lazy: data imports are heavier and optional here
-    from .engine import predict
-
-    image = load_image(image_path)
-    probs = predict(model, transform(image), device=device)[0]
-    if probs.numel() != len(class_names):
-        raise ValueError(f"model gives {probs.numel()} classes but {len(class_names)} "
+    p = _array(probs, "probs").reshape(-1)
+    if p.size != len(class_names):
+        raise ValueError(f"probs has {p.size} classes but {len(class_names)} "
                          f"class_names were given: {list(class_names)}")
-    k = int(probs.argmax())
+    k = int(p.argmax())
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.imshow(image)
-    ax.set_title(f"Pred: {class_names[k]} | Prob: {probs[k]:.3f}")
+    ax.set_title(f"Pred: {class_names[k]} | Prob: {p[k]:.3f}")
     ax.axis("off")
     fig.tight_layout()
     return fig
@@ -198,41 +190,13 @@ def plot_patches(image: Any, patch_size: int, gap: int = 2):
 
 
 # ----------------------------------------------------------------------------- maps
-def upsample_map(maps: torch.Tensor, size: int | tuple[int, int] = (224, 224),
-                 mode: str = "bilinear") -> torch.Tensor:
-    """Resize patch-grid maps to pixels.
-
-    Args:
-        maps: (B, h, w) or a single (h, w) map.
-        size: output (H, W), or one int for a square. Default: (224, 224).
-        mode: ``"bilinear"``, ``"bicubic"`` or ``"nearest"`` (blocky, one colour per patch).
-            Default: ``"bilinear"`` (``align_corners=False``).
-
-    Returns:
-        (B, H, W) float tensor, or (H, W) for a single map; not renormalised (bicubic
-        may overshoot the input range slightly).
-    """
-    modes = ("bilinear", "bicubic", "nearest")
-    if mode not in modes:
-        raise ValueError(f"mode must be one of {modes}, got {mode!r}")
-    if not isinstance(maps, torch.Tensor):
-        maps = torch.as_tensor(np.asarray(maps))
-    if maps.ndim not in (2, 3):
-        raise ValueError(f"maps must be (B, h, w) or (h, w), got shape {tuple(maps.shape)}")
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    single = maps.ndim == 2
-    x = maps.float().unsqueeze(1) if not single else maps.float()[None, None]   # (B, 1, h, w)
-    kwargs = {} if mode == "nearest" else {"align_corners": False}
-    out = F.interpolate(x, size=size, mode=mode, **kwargs)[:, 0]                # (B, H, W)
-    return out[0] if single else out
-
-
 def overlay(image: Any, heat: Any, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
     """Blend a heat map over an image: ``(1 − alpha)·image + alpha·cmap(heat)``.
 
     Args:
         image: (3, H, W) in [0, 1].
-        heat: (H, W) in [0, 1] at the image's resolution (use :func:`upsample_map` first).
+        heat: (H, W) in [0, 1] at the image's resolution (use
+            :func:`vit_course.imaging.upsample` first).
         alpha: heat-map weight in [0, 1]. Default: 0.5.
         cmap: a matplotlib colormap name. Default: ``"jet"`` (as vit-explain).
 
@@ -242,11 +206,11 @@ def overlay(image: Any, heat: Any, alpha: float = 0.5, cmap: str = "jet") -> np.
     import matplotlib
 
     img = _image_hwc(image)
-    hm = _to_numpy(heat, "heat").astype(np.float32)
+    hm = _array(heat, "heat").astype(np.float32)
     if hm.shape != img.shape[:2]:
         raise ValueError(f"heat must be (H, W) = {img.shape[:2]} like the image, got shape "
                          f"{hm.shape}; upsample a patch-grid map with "
-                         "vit_course.viz.upsample_map(maps, size=(H, W))")
+                         "vit_course.imaging.upsample(maps, size=(H, W)).")
     if not np.isfinite(hm).all() or hm.min() < -1e-4 or hm.max() > 1 + 1e-4:
         raise ValueError(f"heat values must lie in [0, 1], got [{np.nanmin(hm):.3f}, "
                          f"{np.nanmax(hm):.3f}]; scale it first, e.g. "
@@ -255,11 +219,6 @@ def overlay(image: Any, heat: Any, alpha: float = 0.5, cmap: str = "jet") -> np.
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     colours = matplotlib.colormaps[cmap](np.clip(hm, 0, 1))[..., :3].astype(np.float32)
     return (1 - alpha) * img + alpha * colours
-
-
-def _minmax(m: np.ndarray) -> np.ndarray:
-    lo, hi = float(m.min()), float(m.max())
-    return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
 
 
 def plot_maps(images: Any, maps: Any, titles: Sequence[str] | None = None, ncols: int = 4,
@@ -296,18 +255,18 @@ def plot_maps(images: Any, maps: Any, titles: Sequence[str] | None = None, ncols
     if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols <= 0:
         raise ValueError(f"ncols must be a positive int, got {ncols!r}")
     H, W = imgs.shape[-2:]
+    maps_t = maps_t.detach().cpu().float()
     if tuple(maps_t.shape[-2:]) != (H, W):
-        maps_t = upsample_map(maps_t.detach().cpu().float(), size=(H, W))
+        maps_t = upsample(maps_t, (H, W))
+    if normalize:
+        maps_t = normalize_maps(maps_t)
     ncols = min(ncols, B)
     nrows = math.ceil(B / ncols)
     plt = _plt()
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.2 * nrows), squeeze=False)
     flat = axes.ravel()
     for b in range(B):
-        heat = maps_t[b].detach().cpu().float().numpy()
-        if normalize:
-            heat = _minmax(heat)
-        flat[b].imshow(overlay(imgs[b], heat, alpha=alpha, cmap=cmap))
+        flat[b].imshow(overlay(imgs[b], maps_t[b].numpy(), alpha=alpha, cmap=cmap))
         flat[b].axis("off")
         if titles is not None:
             flat[b].set_title(str(titles[b]))

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .metrics._common import IMAGENET_MEAN, IMAGENET_STD
+from .imaging import IMAGENET_MEAN, IMAGENET_STD, to_display, upsample
+from .viz import overlay
 
 __all__ = ["plot_deletion_insertion", "plot_grid_examples", "plot_summary"]
 
@@ -75,7 +76,7 @@ def plot_grid_examples(grids: Any, maps: Mapping[str, Any] | Any, target_tile: A
         maps: ``{method: (G, h, w)}`` or one (G, h, w) tensor.
         target_tile: (G,) tile index 0..3.
         n: examples (rows) to show. Default: 4.
-        mean, std: to undo the normalisation for display.
+        mean, std: to undo the normalisation for display (:func:`vit_course.imaging.to_display`).
         class_names, target_class: optional, for row titles.
 
     Returns:
@@ -84,8 +85,6 @@ def plot_grid_examples(grids: Any, maps: Mapping[str, Any] | Any, target_tile: A
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    from .viz import overlay, upsample_map
-
     g = torch.as_tensor(grids).detach().cpu().float()
     if g.ndim != 4 or g.shape[1] != 3:
         raise ValueError(f"grids must be (G, 3, H, W), got shape {tuple(g.shape)}.")
@@ -93,9 +92,7 @@ def plot_grid_examples(grids: Any, maps: Mapping[str, Any] | Any, target_tile: A
     tiles = torch.as_tensor(target_tile).long().flatten()
     G, _, H, W = g.shape
     n = min(n, G)
-    m = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    pix = (g[:n] * s + m).clamp(0, 1)
+    pix = to_display(g[:n], mean=mean, std=std)
     fig, axes = plt.subplots(n, 1 + len(maps), figsize=(2.4 * (1 + len(maps)), 2.4 * n), squeeze=False)
     for i in range(n):
         r, c = divmod(int(tiles[i]), 2)
@@ -108,11 +105,8 @@ def plot_grid_examples(grids: Any, maps: Mapping[str, Any] | Any, target_tile: A
             title = f"target: {class_names[int(torch.as_tensor(target_class).flatten()[i])]}"
         axes[i, 0].set_title(title, fontsize=9)
         for j, (name, mp) in enumerate(maps.items(), start=1):
-            mm = torch.as_tensor(mp)[i].detach().cpu().float()
-            heat = upsample_map(mm, (H, W))
-            lo, hi = heat.min(), heat.max()
-            heat = (heat - lo) / (hi - lo) if hi > lo else torch.zeros_like(heat)
-            axes[i, j].imshow(overlay(pix[i], heat))
+            mm = torch.as_tensor(mp)[i:i + 1].detach().cpu().float()
+            axes[i, j].imshow(overlay(pix[i], upsample(mm, (H, W), normalize=True)[0]))
             axes[i, j].add_patch(Rectangle(**box))
             if i == 0:
                 axes[i, j].set_title(name, fontsize=9)

@@ -2,27 +2,28 @@
 
 ::
 
-    explorer = AttentionExplorer(model, images, class_names, raw_images)
+    explorer = AttentionExplorer(model, images, class_names, transform=transform)
     explorer                     # in a notebook cell: sliders, dropdowns and the figure
 
 Moving a control must not run the model again. So the work is split in two:
 
 - :class:`ExplanationCache` runs the model **once per image**: one forward pass that keeps
   its autograd graph, then one batched backward pass giving ∂y_c/∂A_l for every class c
-  (when the model has at most ``max_classes_upfront`` classes; otherwise one forward and
-  backward pass per new (image, class)), then the graph is dropped. What is left is a
-  :class:`~vit_course.explain.Capture` per image and gradients per (image, class).
-- Maps come from the capture through the method's ``from_capture`` (pure tensor
-  functions: fuse heads, discard, add I, normalise, multiply). A discard-ratio,
-  head-fusion, start-layer, layer, head or class change costs milliseconds and zero model
-  passes. Methods that cannot work from a capture (``supports_capture = False``: input
-  gradients, LRP, Grad-CAM on token features) are computed with
-  :func:`vit_course.explain.explain` and their maps cached per option set.
+  (:func:`vit_course.explain.gradients_for_targets`; when the model has at most
+  ``max_classes_upfront`` classes, otherwise one forward and backward pass per new
+  (image, class)), then the graph is dropped. What is left is a
+  :class:`~vit_course.explain.Capture` per (image, class).
+- Every map is one call of the one dispatcher, ``explain(model, image, method, target=t,
+  capture=cap, **options)``: methods that work from a capture (``supports_capture``)
+  recompute from it with zero model passes (fuse heads, discard, add I, normalise,
+  multiply: milliseconds). Methods that cannot (input gradients, LRP, Grad-CAM on token
+  features) are called without a capture and their maps cached per option set.
 
 The method list is read from :data:`vit_course.explain.METHODS`, so methods registered
 later appear in the dropdown. Each control feeds the method option of the same name
 (``discard_ratio``, ``head_fusion``, ``start_layer``, ``layer``, ``head``) when the method
-has that option; the other controls are greyed out.
+has that option; the other controls are greyed out, and so is the target dropdown for
+methods whose ``class_specific`` flag is false.
 
 Callbacks hold no maths: they read the controls, call :meth:`ExplanationCache.map` and
 :func:`vit_course.viz.overlay`, and put the new arrays into the figure. Sliders update
@@ -39,31 +40,25 @@ from __future__ import annotations
 import io
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import ipywidgets as widgets
 import numpy as np
-from PIL import Image
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 from torch import Tensor, nn
 
-from .explain import METHODS, Capture, capture, describe_model, explain, get_method, upsample
-from .explain.capture import gradients_for_targets
-from .explain.rollout import HEAD_FUSIONS
+from .checks import (HEAD_FUSIONS, check_fusion, check_head_index, check_images, check_index,
+                     check_layer_index, check_ratio, check_targets)
+from .explain import (METHODS, Capture, capture, describe_model, explain, get_method,
+                      gradients_for_targets)
+from .imaging import to_display, upsample
 from .viz import overlay
 
-__all__ = [
-    "CONTROL_OPTIONS",
-    "ExplanationCache",
-    "AttentionExplorer",
-    "method_options",
-    "supports_capture",
-    "is_class_specific",
-    "display_images",
-]
+__all__ = ["CONTROL_OPTIONS", "ExplanationCache", "AttentionExplorer", "method_options"]
 
 #: Explorer controls that feed a method option of the same name.
 CONTROL_OPTIONS: tuple[str, ...] = ("discard_ratio", "head_fusion", "start_layer", "layer", "head")
@@ -77,30 +72,7 @@ _NULLABLE = ("target", "head")
 _PREFERRED_ORDER = ("rollout", "grad_rollout", "attention")
 
 
-# ----------------------------------------------------------------------------- method helpers
-def supports_capture(method: str) -> bool:
-    """Whether ``method`` can compute maps from a cached :class:`Capture` (no model pass).
-
-    Read from the class attribute ``supports_capture``; methods that do not set it use the
-    base class's ``from_capture`` and count as supporting it.
-    """
-    return bool(getattr(get_method(method), "supports_capture", True))
-
-
-def is_class_specific(method: str) -> bool:
-    """Whether ``method``'s map depends on the target class.
-
-    A method class may say so itself with a boolean ``class_specific`` attribute. Otherwise
-    (the rule the CLI uses too): gradient methods (``needs_grad``) and methods that need the
-    model itself (input gradients) are; rollout, raw attention and attention flow are not.
-    """
-    cls = get_method(method)
-    declared = getattr(cls, "class_specific", None)
-    if isinstance(declared, bool):
-        return declared
-    return bool(cls.needs_grad) or not supports_capture(method)
-
-
+# ----------------------------------------------------------------------------- helpers
 def method_options(method: str, values: Mapping[str, Any]) -> dict[str, Any]:
     """The explorer values that ``method`` takes as options.
 
@@ -116,15 +88,10 @@ def method_options(method: str, values: Mapping[str, Any]) -> dict[str, Any]:
         option name → value, ready for ``explain(..., **options)``.
     """
     defaults = get_method(method).defaults
-    out: dict[str, Any] = {}
-    for name in CONTROL_OPTIONS:
-        if name not in defaults or name not in values:
-            continue
-        default = defaults[name]
-        if name == "layer" and (isinstance(default, bool) or not isinstance(default, int)):
-            continue
-        out[name] = values[name]
-    return out
+    return {name: values[name] for name in CONTROL_OPTIONS
+            if name in defaults and name in values
+            and not (name == "layer" and (isinstance(defaults[name], bool)
+                                          or not isinstance(defaults[name], int)))}
 
 
 def _method_names(methods: Sequence[str] | None) -> list[str]:
@@ -140,75 +107,16 @@ def _method_names(methods: Sequence[str] | None) -> list[str]:
     return list(methods)
 
 
-# ----------------------------------------------------------------------------- inputs
-def _check_batch(images: object, name: str = "images") -> Tensor:
-    if not isinstance(images, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor (B, C, H, W), got "
-                        f"{type(images).__name__}; stack transformed images with torch.stack.")
-    if images.ndim == 3:
+def _batch(images: Any, name: str = "images") -> Tensor:
+    """(B, C, H, W) float images; one (C, H, W) image becomes a batch of one."""
+    if isinstance(images, Tensor) and images.ndim == 3:
         images = images.unsqueeze(0)
-    if images.ndim != 4 or images.shape[0] == 0:
-        raise ValueError(f"{name} must be (B, C, H, W) with B >= 1 (or one (C, H, W) image), "
-                         f"got shape {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise TypeError(f"{name} must be floating point, got {images.dtype}; use ToTensor "
-                        "or images.float() / 255.")
-    return images
-
-
-def display_images(images: Tensor, raw_images: Tensor | None = None) -> Tensor:
-    """Images to draw under the maps, (B, 3, H', W') in [0, 1].
-
-    Args:
-        images: (B, C, H, W) the model's inputs.
-        raw_images: the same images for display, (B, 3, H', W') in [0, 1] (e.g. the
-            model's view with ImageNet normalisation undone). Default: ``images`` when they
-            lie in [0, 1]; otherwise each image min-max scaled to [0, 1] (colours then only
-            approximate the photo: pass ``raw_images`` for the true colours).
-
-    Returns:
-        (B, 3, H', W') float32 on the CPU.
-    """
-    images = _check_batch(images)
-    if raw_images is None:
-        x = images.detach().cpu().float()
-        if x.min() < 0 or x.max() > 1:
-            flat = x.reshape(x.shape[0], -1)
-            lo = flat.min(1).values.view(-1, 1, 1, 1)
-            hi = flat.max(1).values.view(-1, 1, 1, 1)
-            x = (x - lo) / (hi - lo).clamp(min=1e-12)
-        raw = x
-    else:
-        raw = _check_batch(raw_images, "raw_images").detach().cpu().float()
-        if raw.shape[0] != images.shape[0]:
-            raise ValueError(f"raw_images must hold one image per model input ({images.shape[0]}), "
-                             f"got {raw.shape[0]}")
-        if raw.min() < -1e-4 or raw.max() > 1 + 1e-4:
-            raise ValueError(f"raw_images must lie in [0, 1], got [{raw.min():.3f}, "
-                             f"{raw.max():.3f}]; undo the normalisation first (x * std + mean).")
-        raw = raw.clamp(0, 1)
-    if raw.shape[1] != 3:
-        raise ValueError(f"display images must have 3 channels, got shape {tuple(raw.shape)}; "
-                         "pass RGB raw_images.")
-    return raw
-
-
-def _freeze(value: Any) -> Any:
-    """A hashable stand-in for an option value (tensors by identity)."""
-    if isinstance(value, Tensor):
-        return ("tensor", id(value))
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
-    try:
-        hash(value)
-    except TypeError:
-        return ("object", id(value))
-    return value
+    return check_images(images, name)
 
 
 # ----------------------------------------------------------------------------- cache
 class ExplanationCache:
-    """Model passes once per image (and class); maps from cached tensors after that.
+    """Model passes once per image (and class); maps from cached captures after that.
 
     Args:
         model: a supported ViT (see :data:`vit_course.explain.SUPPORTED_MODELS`).
@@ -228,28 +136,21 @@ class ExplanationCache:
                  max_maps: int = 64):
         self.model = model
         self.info = describe_model(model)           # TypeError for unsupported models
-        self.images = _check_batch(images)
+        self.images = _batch(images)
         for name, v in (("max_classes_upfront", max_classes_upfront), ("max_maps", max_maps)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {v!r}")
-        self.max_classes_upfront = max_classes_upfront
-        self.max_maps = max_maps
+        self.max_classes_upfront, self.max_maps = max_classes_upfront, max_maps
         self.passes = 0
         self._base: dict[int, Capture] = {}
-        self._grads: dict[tuple[int, int], list[Tensor]] = {}
+        self._caps: dict[tuple[int, int], Capture] = {}     # (image, class) → with gradients
         self._maps: OrderedDict[tuple, Tensor] = OrderedDict()
-        self._explainers: dict[str, Any] = {}
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def _index(self, index: object) -> int:
-        B = len(self)
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) \
-                or not -B <= int(index) < B:
-            raise ValueError(f"index must be an int in [{-B}, {B - 1}] for {B} image(s), "
-                             f"got {index!r}")
-        return int(index) % B
+    def _index(self, index: Any) -> int:
+        return check_index(index, len(self), "index", "images")
 
     def base(self, index: int) -> Capture:
         """Image ``index``'s capture (logits, attentions, prediction); runs the model once.
@@ -264,10 +165,9 @@ class ExplanationCache:
             self.passes += 1
             try:
                 K = cap.num_classes
-                classes = (list(range(K)) if K <= self.max_classes_upfront
-                           else [int(cap.targets[0])])
+                classes = list(range(K)) if K <= self.max_classes_upfront else [int(cap.targets[0])]
                 for c, g in zip(classes, gradients_for_targets(cap, classes)):
-                    self._grads[(i, c)] = g
+                    self._caps[(i, c)] = cap.with_gradients(g, c)
             finally:
                 cap.release()
             self._base[i] = cap
@@ -278,12 +178,7 @@ class ExplanationCache:
         cap = self.base(index)
         if target is None:
             return int(cap.targets[0])
-        K = cap.num_classes
-        if isinstance(target, bool) or not isinstance(target, (int, np.integer)) \
-                or not 0 <= int(target) < K:
-            raise ValueError(f"target must be None (predicted class) or a class index in "
-                             f"[0, {K - 1}], got {target!r}")
-        return int(target)
+        return int(check_targets(target, 1, cap.num_classes)[0])
 
     def capture(self, index: int, target: int | None = None) -> Capture:
         """Image ``index``'s capture with the gradients of ``target`` (None: predicted).
@@ -292,41 +187,35 @@ class ExplanationCache:
         the class) has been seen.
         """
         i = self._index(index)
-        base = self.base(i)
         t = self.resolve_target(i, target)
-        if (i, t) not in self._grads:
+        if (i, t) not in self._caps:
             cap = capture(self.model, self.images[i:i + 1], target=t, with_grad=True)
             self.passes += 1
-            self._grads[(i, t)] = cap.gradients
-        return base.with_gradients(self._grads[(i, t)], t)
-
-    def explainer(self, method: str) -> Any:
-        """One explainer instance per method, kept (rollouts cache their fused layers)."""
-        if method not in self._explainers:
-            self._explainers[method] = get_method(method)(self.model)
-        return self._explainers[method]
+            self._caps[(i, t)] = self._base[i].with_gradients(cap.gradients, t)
+        return self._caps[(i, t)]
 
     def map(self, index: int, method: str, target: int | None = None, **options: Any) -> Tensor:
         """Image ``index``'s map for ``method`` with ``options``, (h, w).
 
-        Methods with capture support: from the cached capture, zero model passes. Others:
-        :func:`vit_course.explain.explain` on the one image, cached per (image, class,
-        method, options).
+        Methods with capture support: ``explain(..., capture=...)`` from the cached
+        capture, zero model passes. Others: ``explain`` on the one image, cached per
+        (image, class, method, options); option values must then be hashable.
         """
         i = self._index(index)
         t = self.resolve_target(i, target)
-        if supports_capture(method):
-            return self.explainer(method).from_capture(self.capture(i, t), **options)[0]
-        key = (i, t, method, tuple(sorted((k, _freeze(v)) for k, v in options.items())))
-        if key in self._maps:
-            self._maps.move_to_end(key)
-            return self._maps[key]
-        m = explain(self.model, self.images[i:i + 1], method=method, target=t, **options)[0]
-        self.passes += 1
-        self._maps[key] = m.detach()
+        x = self.images[i:i + 1]
+        if get_method(method).supports_capture:
+            return explain(self.model, x, method, target=t, capture=self.capture(i, t),
+                           **options)[0]
+        key = (i, t, method, tuple(sorted(options.items())))
+        m = self._maps.pop(key, None)
+        if m is None:
+            m = explain(self.model, x, method, target=t, **options)[0].detach()
+            self.passes += 1
+        self._maps[key] = m                                  # most recently used last
         while len(self._maps) > self.max_maps:
             self._maps.popitem(last=False)
-        return self._maps[key]
+        return m
 
     def probabilities(self, index: int) -> Tensor:
         """Softmax of image ``index``'s logits, (K,)."""
@@ -335,9 +224,8 @@ class ExplanationCache:
     def clear(self) -> None:
         """Forget every capture, gradient and map (the next request runs the model)."""
         self._base.clear()
-        self._grads.clear()
+        self._caps.clear()
         self._maps.clear()
-        self._explainers.clear()
 
 
 # ----------------------------------------------------------------------------- explorer
@@ -350,15 +238,18 @@ class AttentionExplorer:
         images: (B, C, H, W) transformed for the model (a few images: each is captured on
             its first visit and kept).
         class_names: K names for the target dropdown. Default: ``class 0``, ``class 1``, …
-        raw_images: (B, 3, H', W') in [0, 1] to draw under the maps; see
-            :func:`display_images`. Default: ``images`` (min-max scaled if normalised).
+        raw_images: (B, 3, H', W') in [0, 1] to draw under the maps (any resolution).
+            Default: ``images`` with ``transform``'s normalisation undone
+            (:func:`vit_course.imaging.to_display`).
+        transform: the transform that made ``images``, to undo its ``Normalize`` for
+            display. Default: ``None`` (images shown as they are, clamped to [0, 1]).
         titles: one caption per image for the image dropdown. Default: ``image i``.
         methods: method names for the dropdown. Default: every registered method,
             ``rollout``, ``grad_rollout``, ``attention`` first.
         method, head_fusion, discard_ratio, start_layer, layer, head, target, index: the
             initial control values (``layer`` −1 = last; ``head`` None = heads fused;
-            ``target`` None = predicted class). Defaults: ``"rollout"``, ``"mean"``, 0.9, 0,
-            −1, None, None, 0.
+            ``target`` None = predicted class; ``discard_ratio`` in [0, 1), the slider
+            reaching 0.99). Defaults: ``"rollout"``, ``"mean"``, 0.9, 0, −1, None, None, 0.
         alpha, cmap: overlay blending (see :func:`vit_course.viz.overlay`). Defaults: 0.5,
             ``"jet"``.
         max_classes_upfront: see :class:`ExplanationCache`. Default: 16.
@@ -377,23 +268,29 @@ class AttentionExplorer:
 
     Example::
 
-        ex = AttentionExplorer(model, x, class_names=["pizza", "steak", "sushi"])
+        ex = AttentionExplorer(model, x, ["pizza", "steak", "sushi"], transform=transform)
         ex.set(method="grad_rollout", target=2, discard_ratio=0.5)
         ex.current_map.shape                     # (14, 14) for ViT-B/16 at 224
     """
 
     def __init__(self, model: nn.Module, images: Tensor, class_names: Sequence[str] | None = None,
-                 raw_images: Tensor | None = None, *, titles: Sequence[str] | None = None,
+                 raw_images: Tensor | None = None, *, transform: Callable | None = None,
+                 titles: Sequence[str] | None = None,
                  methods: Sequence[str] | None = None, method: str = "rollout",
                  head_fusion: str = "mean", discard_ratio: float = 0.9, start_layer: int = 0,
                  layer: int = -1, head: int | None = None, target: int | None = None,
                  index: int = 0, alpha: float = 0.5, cmap: str = "jet",
                  max_classes_upfront: int = 16):
         self.cache = ExplanationCache(model, images, max_classes_upfront=max_classes_upfront)
-        self.info = self.cache.info
-        self.images = self.cache.images
-        self.raw_images = display_images(self.images, raw_images)
+        self.info, self.images = self.cache.info, self.cache.images
         B = self.images.shape[0]
+        if raw_images is None:
+            self.raw_images = to_display(self.images, transform)
+        else:
+            self.raw_images = _batch(raw_images, "raw_images").detach().cpu().float()
+            if self.raw_images.shape[0] != B:
+                raise ValueError(f"raw_images must hold one image per model input ({B}), "
+                                 f"got {self.raw_images.shape[0]}")
         self.titles = [f"image {i}" for i in range(B)] if titles is None else list(titles)
         if len(self.titles) != B:
             raise ValueError(f"titles must have one entry per image ({B}), got {len(self.titles)}")
@@ -401,31 +298,20 @@ class AttentionExplorer:
         if method not in self.methods:
             raise ValueError(f"method {method!r} is not among the explorer's methods "
                              f"{self.methods}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-        self.alpha, self.cmap = float(alpha), cmap
+        self.alpha, self.cmap = alpha, cmap               # checked by overlay on the first draw
         index = self.cache._index(index)
-        first = self.cache.base(index)                   # the first model pass
-        K = first.num_classes
-        if class_names is None:
-            class_names = [f"class {k}" for k in range(K)]
-        self.class_names = [str(c) for c in class_names]
+        K = self.cache.base(index).num_classes             # the first model pass
+        self.class_names = [f"class {k}" for k in range(K)] if class_names is None \
+            else [str(c) for c in class_names]
         if len(self.class_names) != K:
             raise ValueError(f"class_names has {len(self.class_names)} names but the model "
                              f"gives {K} classes")
         L, H = self.info.num_layers, self.info.num_heads
-        layer_ix = _layer_index(layer, L, "layer")
-        start_ix = _layer_index(start_layer, L, "start_layer")
-        if head is not None and (isinstance(head, bool) or not isinstance(head, int)
-                                 or not 0 <= head < H):
-            raise ValueError(f"head must be None (heads fused) or an int in [0, {H - 1}], "
-                             f"got {head!r}")
-        if head_fusion not in HEAD_FUSIONS:
-            raise ValueError(f"head_fusion must be one of {list(HEAD_FUSIONS)}, got "
-                             f"{head_fusion!r}")
-        if isinstance(discard_ratio, bool) or not isinstance(discard_ratio, (int, float)) \
-                or not 0.0 <= discard_ratio <= 0.99:
-            raise ValueError(f"discard_ratio must be a number in [0, 0.99], got {discard_ratio!r}")
+        layer = check_layer_index(layer, L)
+        start_layer = check_layer_index(start_layer, L, "start_layer")
+        head = check_head_index(head, H)
+        check_fusion(head_fusion)
+        discard_ratio = check_ratio(discard_ratio)
         if target is not None:
             self.cache.resolve_target(index, target)     # ValueError when out of range
 
@@ -433,8 +319,8 @@ class AttentionExplorer:
         self.last_update_ms = float("nan")
         self._holding = False
         self._dirty = False
-        self.controls = self._build_controls(index, method, head_fusion, float(discard_ratio),
-                                             start_ix, layer_ix, head, target)
+        self.controls = self._build_controls(index, method, head_fusion, discard_ratio,
+                                             start_layer, layer, head, target)
         self.status = widgets.HTML()
         self.image_widget = widgets.Image(format="png")
         self._build_figure()
@@ -493,8 +379,7 @@ class AttentionExplorer:
                                         interpolation="nearest")
         self.figure.colorbar(self.map_artist, ax=ax_map, fraction=0.046, pad=0.04)
         for ax in (ax_overlay, ax_map):
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
         self._ax_overlay, self._ax_map = ax_overlay, ax_map
         # fixed margins (room for a two-line title); tight_layout would move the axes
         # whenever a title changes
@@ -504,11 +389,8 @@ class AttentionExplorer:
     def state(self) -> dict[str, Any]:
         """The current control values, control name → value (``None`` for "predicted
         class" and "all heads fused"; the widgets hold -1 for those)."""
-        out = {name: control.value for name, control in self.controls.items()}
-        for name in _NULLABLE:
-            if out[name] == _NONE:
-                out[name] = None
-        return out
+        return {name: None if name in _NULLABLE and c.value == _NONE else c.value
+                for name, c in self.controls.items()}
 
     @contextmanager
     def hold(self) -> Iterator[None]:
@@ -568,7 +450,7 @@ class AttentionExplorer:
             self.controls[name].disabled = name not in takes
         if "head" in takes and self.controls["head"].value != _NONE:
             self.controls["head_fusion"].disabled = True     # one head: nothing to fuse
-        self.controls["target"].disabled = not is_class_specific(method)
+        self.controls["target"].disabled = not get_method(method).class_specific
 
     def compute_map(self) -> Tensor:
         """The map for the current controls, (h, w): a package call, no drawing."""
@@ -608,7 +490,7 @@ class AttentionExplorer:
         pred = int(probs.argmax())
         parts = [f"<b>{self.titles[i]}</b>: predicted <b>{self.class_names[pred]}</b> "
                  f"({probs[pred]:.0%})"]
-        if is_class_specific(s["method"]):
+        if get_method(s["method"]).class_specific:
             t = self.cache.resolve_target(i, s["target"])
             parts.append(f"explaining <b>{self.class_names[t]}</b>")
         else:
@@ -632,10 +514,3 @@ def _png(figure: Figure) -> bytes:
     Image.fromarray(rgba[..., :3]).save(buf, format="png", compress_level=1)
     return buf.getvalue()
 
-
-def _layer_index(value: object, num_layers: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) \
-            or not -num_layers <= value < num_layers:
-        raise ValueError(f"{name} must be an int in [{-num_layers}, {num_layers - 1}] for "
-                         f"{num_layers} layers, got {value!r}")
-    return value % num_layers
