@@ -8,7 +8,6 @@ saved head); everything else runs on a tiny torchvision ViT (image 32, patch 8, 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import io
 import os
@@ -22,7 +21,7 @@ from PIL import Image
 from torch import nn
 from torchvision.models import ViT_B_16_Weights
 
-from vit_course import download, engine, pretrained, standin
+from vit_course import engine, pretrained
 from vit_course.data import create_dataloaders, simple_transform
 from vit_course.pretrained import (
     WeightsUnavailableError,
@@ -133,61 +132,9 @@ def test_builder_unfrozen_and_other_class_count(standin_torch_home, capsys):
     assert capsys.readouterr().out.count("STAND-IN") == 1
 
 
-@pytest.mark.parametrize("bad, error", [("IMAGENET9K", ValueError),
-                                        ("ViT_B_32_Weights.IMAGENET1K_V1", ValueError),
-                                        (3, TypeError)])
-def test_resolve_weights_rejects_bad_input(bad, error):
-    with pytest.raises(error, match="weights"):
-        pretrained.resolve_weights(bad, "vit_b_16")
-
-
-def test_resolve_weights_accepts_enum_and_names():
-    expected = ViT_B_16_Weights.IMAGENET1K_V1
-    for given in (expected, "DEFAULT", "IMAGENET1K_V1", "ViT_B_16_Weights.IMAGENET1K_V1"):
-        assert pretrained.resolve_weights(given) is expected
-
-
 def test_new_head_rejects_bad_class_count():
     with pytest.raises(ValueError, match="num_classes"):
         pretrained.new_head(768, 0)
-
-
-# ----------------------------------------------------------------------------- stand-in / status
-
-
-def test_standin_file_name_and_random_head(standin_torch_home_dir):
-    assert standin.checkpoint_filename() == os.path.basename(ViT_B_16_Weights.IMAGENET1K_V1.url)
-    path = standin_torch_home_dir / "hub" / "checkpoints" / VIT_B16_FILE
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    assert state["heads.head.weight"].shape == (1000, 768)
-    assert state["heads.head.weight"].abs().sum() > 0
-    mtime = path.stat().st_mtime_ns
-    assert standin.seed_standin_torch_home(standin_torch_home_dir) == path  # idempotent
-    assert path.stat().st_mtime_ns == mtime
-
-
-def test_weights_status(standin_torch_home, tmp_path):
-    assert pretrained.weights_status() == "stand-in"
-    data = b"pretend checkpoint"
-    digest = hashlib.sha256(data).hexdigest()
-    genuine = tmp_path / f"model-{digest[:8]}.pth"
-    genuine.write_bytes(data)
-    fake = tmp_path / "model-00000000.pth"
-    fake.write_bytes(data)
-    plain = tmp_path / "model.pth"
-    plain.write_bytes(data)
-    assert pretrained.checkpoint_status(genuine) == "genuine"
-    assert pretrained.checkpoint_status(fake) == "stand-in"
-    assert pretrained.checkpoint_status(plain) == "unverified"
-    assert pretrained.checkpoint_status(tmp_path / "absent-12345678.pth") == "missing"
-
-
-def test_file_hash_memo_sees_changed_content(tmp_path):
-    f = tmp_path / "x.bin"
-    f.write_bytes(b"a")
-    first = pretrained.file_sha256(f)
-    f.write_bytes(b"bb")
-    assert pretrained.file_sha256(f) == hashlib.sha256(b"bb").hexdigest() != first
 
 
 # ----------------------------------------------------------------------------- offline
@@ -204,29 +151,6 @@ def test_offline_error_names_file_folder_and_command(offline_torch_home):
     assert "python -m vit_course.download --all" in message
     assert isinstance(info.value.__cause__, urllib.error.URLError)  # chained, not swallowed
     assert list(folder.iterdir()) == []  # nothing half-written
-
-
-def test_download_cli_fails_clearly_offline(offline_torch_home, capsys):
-    assert download.main(["--weights"]) == 1
-    err = capsys.readouterr().err
-    assert VIT_B16_FILE in err and "python -m vit_course.download --all" in err
-
-
-def test_download_cli_reports_each_part(offline_torch_home, tmp_path, monkeypatch, capsys):
-    import vit_course.data
-
-    monkeypatch.setattr(vit_course.data, "download_pizza_steak_sushi", lambda: tmp_path / "psd")
-    assert download.main(["--data"]) == 0
-    out = capsys.readouterr().out
-    assert str(tmp_path / "psd") in out and "Ready" in out
-    assert download.main([]) == 1  # default = --all: data fine, weights unreachable
-    captured = capsys.readouterr()
-    assert str(tmp_path / "psd") in captured.out and "FAILED weights" in captured.err
-
-
-def test_download_cli_refuses_standin_as_ready(standin_torch_home, capsys):
-    assert download.main(["--weights"]) == 1
-    assert "STAND-IN" in capsys.readouterr().err
 
 
 def test_timm_name_without_timm_says_how_to_install():

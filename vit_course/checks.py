@@ -266,3 +266,13 @@ def check_labels(labels: Any, batch_size: int, num_classes: int | None = None,
         raise ValueError(f"{name} out of range: the model has {num_classes} classes "
                          f"(valid 0..{num_classes - 1}), got {sorted(set(t.tolist()))}.")
     return t
+
+
+def check_nonnegative_int(value: Any, name: str, fix: str = "") -> int:
+    """An int ≥ 0 (bools refused): a count that may be zero (workers, retries) or a seed."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= 0, got {type(value).__name__}: {value!r}"
+                        + (f"; {fix}" if fix else "."))
+    if value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value}" + (f"; {fix}" if fix else "."))
+    return value

@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
-from .runtime import SEED, set_seed
+from .checks import check_positive_int
+from .runtime import SEED, eval_mode, set_seed
+from .tools.weights import atomic_torch_save
 
 __all__ = [
     "train",
@@ -62,18 +62,6 @@ def _resolve_device(model: nn.Module, device: str | torch.device | None) -> torc
     device = torch.device(device)
     model.to(device)
     return device
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode, then restore each one's own flag."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
 
 
 def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +139,7 @@ def test_step(model: nn.Module, dataloader: Iterable, loss_fn: nn.Module,
     _check_loader("dataloader", dataloader)
     device = _resolve_device(model, device)
     loss_sum, correct, total = 0.0, 0, 0
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for batch in dataloader:
             X, y = _unpack(batch)
             X, y = X.to(device), y.to(device)
@@ -185,8 +173,7 @@ def train(model: nn.Module, train_dataloader: Iterable, test_dataloader: Iterabl
         ``{"train_loss": [...], "train_acc": [...], "test_loss": [...], "test_acc": [...]}``,
         one float per epoch, accuracy in [0, 1].
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    check_positive_int(epochs, "epochs")
     _check_loader("train_dataloader", train_dataloader)
     if test_dataloader is not None:
         _check_loader("test_dataloader", test_dataloader)
@@ -344,7 +331,7 @@ def evaluate(model: nn.Module, dataloader: Iterable, class_names: list[str],
     K = len(class_names)
     device = _resolve_device(model, device)
     probs, y_true = [], []
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for batch in dataloader:
             X, y = _unpack(batch)
             logits = model(X.to(device))
@@ -391,7 +378,7 @@ def predict(model: nn.Module, images: torch.Tensor, device: str | torch.device |
                          f"{tuple(images.shape)}")
     device = _resolve_device(model, device)
     out = []
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for chunk in images.split(batch_size):
             out.append(model(chunk.to(device)).float().softmax(dim=1).cpu())
     return torch.cat(out)
@@ -430,19 +417,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, **meta: Any) -> P
         "meta": meta_json,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return atomic_torch_save(payload, path)
 
 
 def _json_ok(value: Any) -> bool:

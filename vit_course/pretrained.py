@@ -36,191 +36,52 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import sys
-import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
-from torchvision.models import VisionTransformer, get_model, get_model_weights, get_weight, list_models
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torchvision.models import VisionTransformer, get_model, list_models
 from torchvision.models._api import WeightsEnum
 from tqdm.auto import tqdm
 
-from .runtime import SEED, artifacts_dir, set_seed
+from .checks import check_positive_int
+from .runtime import SEED, artifacts_dir, eval_mode, set_seed
+# Weights as files (cache location, stand-in detection by hash, download, atomic writes)
+# are infrastructure, in vit_course.tools.weights; the public names are re-exported here.
+from .tools.weights import (  # noqa: F401
+    DEFAULT_ARCH,
+    PREPARE_COMMAND,
+    STATUSES,
+    PretrainedInfo,
+    WeightsUnavailableError,
+    atomic_torch_save,
+    checkpoint_status,
+    data_fingerprint,
+    ensure_weights,
+    file_sha256,
+    resolve_weights,
+    standin_notice,
+    state_fingerprint,
+    transform_key,
+    unavailable_message,
+    weights_file,
+    weights_status,
+)
 
-PREPARE_COMMAND = "python -m vit_course.download --all"
-PREPARE_MAKE = "make download"
-DEFAULT_ARCH = "vit_b_16"
 HEAD_FORMAT = "vit_course.head/1"
 FEATURES_FORMAT = "vit_course.features/1"
-STATUSES = ("genuine", "stand-in", "missing", "unverified")
-
-_HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")  # same rule torch.hub uses for check_hash
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights are not in the cache and could not be downloaded."""
-
-
-# --------------------------------------------------------------------------- weights
-
-
-def resolve_weights(weights: WeightsEnum | str, arch: str = DEFAULT_ARCH) -> WeightsEnum:
-    """Turn ``weights`` into a torchvision weights enum entry for ``arch``.
-
-    Args:
-        weights: an enum entry (``ViT_B_16_Weights.IMAGENET1K_V1``), its full name
-            (``"ViT_B_16_Weights.IMAGENET1K_V1"``) or an entry name for ``arch``
-            (``"DEFAULT"``, ``"IMAGENET1K_V1"``).
-        arch: torchvision architecture name, e.g. ``"vit_b_16"``.
-    """
-    try:
-        enum = get_model_weights(arch)
-    except (ValueError, KeyError) as exc:
-        raise ValueError(f"arch={arch!r} is not a torchvision model with weights; use e.g. "
-                         f"'vit_b_16' (see torchvision.models.list_models()).") from exc
-    if isinstance(weights, WeightsEnum):
-        resolved = weights
-    elif isinstance(weights, str):
-        try:
-            resolved = get_weight(weights) if "." in weights else enum[weights]
-        except (KeyError, ValueError, AttributeError) as exc:
-            raise ValueError(f"weights={weights!r} is not a weights entry of {arch!r}; use one of "
-                             f"{['DEFAULT'] + [w.name for w in enum]} or a WeightsEnum.") from exc
-    else:
-        raise TypeError(f"weights must be a torchvision WeightsEnum entry or its name, got "
-                        f"{type(weights).__name__}: {weights!r}; e.g. ViT_B_16_Weights.DEFAULT.")
-    if not isinstance(resolved, enum):
-        raise ValueError(f"weights={resolved} belong to another architecture than arch={arch!r}; "
-                         f"pass the matching arch or one of {[w.name for w in enum]}.")
-    return resolved
-
-
-def weights_file(weights: WeightsEnum | str, arch: str = DEFAULT_ARCH) -> Path:
-    """Where torchvision caches ``weights``: ``torch.hub.get_dir()/checkpoints/<file in url>``."""
-    weights = resolve_weights(weights, arch)
-    name = os.path.basename(urlparse(weights.url).path)
-    return Path(torch.hub.get_dir()) / "checkpoints" / name
-
-
-_SHA_MEMO: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 hex digest of a file, remembered per (path, mtime, size)."""
-    st = os.stat(path)
-    key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
-    if key not in _SHA_MEMO:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
-        _SHA_MEMO[key] = digest.hexdigest()
-    return _SHA_MEMO[key]
-
-
-def weights_status(weights: WeightsEnum | str = "DEFAULT", arch: str = DEFAULT_ARCH) -> str:
-    """Is the cached file torchvision's real checkpoint?
-
-    Returns:
-        ``"genuine"`` when the file's SHA-256 starts with the hash in its name,
-        ``"stand-in"`` when it does not (e.g. :mod:`vit_course.standin`'s random file),
-        ``"missing"`` when there is no file, ``"unverified"`` when the name carries no hash.
-    """
-    return checkpoint_status(weights_file(weights, arch))
-
-
-def checkpoint_status(path: str | os.PathLike) -> str:
-    """:func:`weights_status` for a file path: its SHA-256 against the hash in its name."""
-    path = Path(path)
-    if not path.is_file():
-        return "missing"
-    match = _HASH_IN_NAME.search(path.name)
-    if match is None:
-        return "unverified"
-    return "genuine" if file_sha256(path).startswith(match.group(1)) else "stand-in"
-
-
-def _unavailable_message(path: Path, url: str, reason: str) -> str:
-    return (f"Pretrained weights are not available: {reason}\n"
-            f"  expected file : {path.name}\n"
-            f"  cache folder  : {path.parent}  (torch.hub.get_dir()/checkpoints; set TORCH_HOME "
-            f"to move it)\n"
-            f"  download from : {url}\n"
-            f"Fix: on a machine with internet run `{PREPARE_COMMAND}` (or `{PREPARE_MAKE}`) "
-            f"before class, or copy {path.name} into the cache folder by hand.")
-
-
-def ensure_weights(weights: WeightsEnum | str = "DEFAULT", arch: str = DEFAULT_ARCH,
-                   progress: bool = True) -> Path:
-    """Make sure the weights file is in the torch hub cache; download it if not.
-
-    Uses torch.hub's downloader exactly as torchvision does (temporary ``.partial`` file,
-    SHA-256 prefix check, progress bar), so the file ends up where the builders look.
-
-    Returns:
-        The path of the cached file.
-
-    Raises:
-        WeightsUnavailableError: no file and the download failed (the message says where
-            the file should go and how to get it there).
-    """
-    weights = resolve_weights(weights, arch)
-    path = weights_file(weights, arch)
-    if path.is_file():
-        return path
-    match = _HASH_IN_NAME.search(path.name)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        print(f'Downloading: "{weights.url}" to {path}', file=sys.stderr)
-        torch.hub.download_url_to_file(weights.url, str(path), match.group(1) if match else None,
-                                       progress=progress)
-    except Exception as exc:  # URLError, HTTPError, timeouts, hash mismatch, disk errors
-        raise WeightsUnavailableError(_unavailable_message(
-            path, weights.url, f"{type(exc).__name__}: {exc}")) from exc
-    return path
-
 
 # --------------------------------------------------------------------------- building
-
-
-@dataclass(frozen=True)
-class PretrainedInfo:
-    """Where a model's backbone weights came from; attached as ``model.pretrained_info``."""
-
-    arch: str
-    weights: str            # e.g. "ViT_B_16_Weights.IMAGENET1K_V1" or "timm:deit_tiny_patch16_224"
-    status: str             # one of STATUSES
-    file: str | None
-    sha256: str | None
-
-    @property
-    def is_standin(self) -> bool:
-        return self.status == "stand-in"
-
-    def to_meta(self) -> dict[str, Any]:
-        return {**asdict(self), "stand_in": self.is_standin}
-
-
-def standin_notice(info: PretrainedInfo) -> str:
-    """The one line printed whenever a model is built from stand-in weights."""
-    return (f"WARNING: STAND-IN WEIGHTS - {Path(info.file or '?').name} is not torchvision's "
-            f"pretrained file (random weights for offline tests); every result below comes "
-            f"from a random backbone, NOT the real pretrained {info.arch}.")
 
 
 def new_head(in_features: int, num_classes: int, seed: int = SEED) -> nn.Linear:
     """A fresh ``nn.Linear(in_features, num_classes)`` with PyTorch's default random init,
     drawn right after ``set_seed(seed)`` (so equal seeds give equal heads)."""
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}; "
-                         "use the number of class folders, e.g. 3 for pizza/steak/sushi.")
+    check_positive_int(num_classes, "num_classes",
+                       "use the number of class folders, e.g. 3 for pizza/steak/sushi.")
     set_seed(seed)
     return nn.Linear(in_features, num_classes)
 
@@ -271,7 +132,7 @@ def build_pretrained_vit(weights: WeightsEnum | str = "DEFAULT", num_classes: in
         except WeightsUnavailableError:
             raise
         except Exception as exc:
-            raise WeightsUnavailableError(_unavailable_message(
+            raise WeightsUnavailableError(unavailable_message(
                 path, weights.url, f"the cached file could not be loaded ({type(exc).__name__}: "
                 f"{exc}); delete it and download again")) from exc
         if not isinstance(model, VisionTransformer):
@@ -383,78 +244,9 @@ def cls_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 def backbone_fingerprint(model: nn.Module) -> str:
-    """SHA-256 over the backbone's state (names, dtypes, shapes, values), head excluded.
-
-    Hashes every tensor on each call (about 0.3 s for ViT-B/16's 344 MB): a remembered
-    value could miss an in-place change made through ``.data``.
-    """
-    head_ids = {id(t) for t in head_of(model).state_dict(keep_vars=True).values()}
-    digest = hashlib.sha256()
-    for k, v in model.state_dict(keep_vars=True).items():
-        if id(v) in head_ids:
-            continue
-        t = v.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{k}|{t.dtype}|{tuple(v.shape)}|".encode())
-        if t.numel():
-            digest.update(t.view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def _tensor_sha256(t: torch.Tensor) -> str:
-    flat = t.detach().cpu().contiguous().reshape(-1)
-    digest = hashlib.sha256(f"{flat.dtype}|{tuple(t.shape)}|".encode())
-    if flat.numel():
-        digest.update(flat.view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def _base_dataset(dataset: Dataset) -> tuple[Dataset, list[int] | None]:
-    indices = None
-    while isinstance(dataset, Subset):
-        idx = [int(i) for i in dataset.indices]
-        indices = idx if indices is None else [idx[i] for i in indices]
-        dataset = dataset.dataset
-    return dataset, indices
-
-
-def data_fingerprint(dataset: Dataset, transform: Callable | None = None) -> dict[str, Any]:
-    """What identifies a dataset's content for the feature cache.
-
-    Order matters (features come back in dataset order). Files are identified by content
-    (SHA-256 of each image file), path relative to their common root, and label; tensors held
-    in memory (``create_dataloaders(cache=True)``'s ``.images``, a ``TensorDataset``) by their
-    values too, which also covers transforms whose ``repr`` hides their settings. Touching a
-    file without changing it keeps the key; replacing its bytes changes it.
-
-    Args:
-        dataset: an ImageFolder-like dataset (``.samples`` = [(path, label)], ``.classes``),
-            a ``TensorDataset``, or a ``Subset`` of either.
-        transform: preprocessing applied before the model; default: ``dataset.transform``.
-
-    Returns:
-        A JSON-able dict (hash it for a key).
-    """
-    base, indices = _base_dataset(dataset)
-    out: dict[str, Any] = {"classes": list(getattr(base, "classes", []) or []), "indices": indices}
-    transform = transform if transform is not None else getattr(base, "transform", None)
-    out["transform"] = None if transform is None else f"{type(transform).__qualname__}:{transform!r}"
-    images = getattr(base, "images", None)
-    if isinstance(images, torch.Tensor):
-        out["images"] = _tensor_sha256(images)
-    samples = getattr(base, "samples", None)
-    if samples is not None:
-        paths = [os.path.abspath(os.fspath(p)) for p, _ in samples]
-        root = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0]) if paths else ""
-        out["files"] = [(os.path.relpath(p, root), os.path.getsize(p), file_sha256(p), int(y))
-                        for p, (_, y) in zip(paths, samples)]
-        return out
-    tensors = getattr(base, "tensors", None)
-    if tensors is not None:
-        out["tensors"] = [_tensor_sha256(t) for t in tensors]
-        return out
-    raise TypeError(f"cannot identify the content of a {type(base).__name__} for the feature "
-                    "cache; use an ImageFolder-like dataset (.samples) or a TensorDataset, or "
-                    "pass data_key=... to extract_features (or cache=False).")
+    """SHA-256 over the backbone's state (names, dtypes, shapes, values), head excluded
+    (:func:`vit_course.tools.weights.state_fingerprint`)."""
+    return state_fingerprint(model, skip=head_of(model))
 
 
 def feature_cache_key(model: nn.Module, dataset: Dataset, transform: Callable | None = None,
@@ -464,7 +256,7 @@ def feature_cache_key(model: nn.Module, dataset: Dataset, transform: Callable | 
              "backbone": backbone_fingerprint(model),
              "data": data_key if data_key is not None else data_fingerprint(dataset, transform)}
     if data_key is not None and transform is not None:
-        parts["transform"] = f"{type(transform).__qualname__}:{transform!r}"
+        parts["transform"] = transform_key(transform)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -473,26 +265,11 @@ def default_feature_dir() -> Path:
     return artifacts_dir() / "features"
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @torch.inference_mode()
 def _compute_features(model: nn.Module, loader: DataLoader, device: torch.device,
                       progress: bool, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
-    was_training = model.training
-    model.eval()
     feats, labels = [], []
-    try:
+    with eval_mode(model):
         for batch in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
             if not isinstance(batch, (list, tuple)) or len(batch) < 2:
                 raise TypeError("the dataloader must yield (images, labels) batches, got "
@@ -500,8 +277,6 @@ def _compute_features(model: nn.Module, loader: DataLoader, device: torch.device
             images, y = batch[0], batch[1]
             feats.append(cls_features(model, images.to(device)).float().cpu())
             labels.append(torch.as_tensor(y).long().cpu())
-    finally:
-        model.train(was_training)
     if not feats:
         raise ValueError("the dataloader yielded no batches; check the dataset folder is not empty.")
     return torch.cat(feats), torch.cat(labels)
@@ -554,7 +329,7 @@ def extract_features(model: nn.Module, dataloader: DataLoader, *, cache: bool = 
                         pin_memory=dataloader.pin_memory)
     features, labels = _compute_features(model, loader, device, progress, desc)
     if path is not None:
-        _atomic_torch_save({"format": FEATURES_FORMAT, "key": key, "features": features,
+        atomic_torch_save({"format": FEATURES_FORMAT, "key": key, "features": features,
                             "labels": labels}, path)
     return features, labels
 
@@ -671,7 +446,7 @@ def save_head(model_or_head: nn.Module, path: str | os.PathLike, meta: dict[str,
                          f"{head.out_features} outputs.")
     state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
     path = Path(path)
-    _atomic_torch_save({"format": HEAD_FORMAT, "state_dict": state, "meta": full}, path)
+    atomic_torch_save({"format": HEAD_FORMAT, "state_dict": state, "meta": full}, path)
     return path
 
 

@@ -1,4 +1,7 @@
-"""Data: the pizza/steak/sushi download, transforms and loaders, and synthetic ground-truth data."""
+"""Data: the pizza/steak/sushi download, transforms and loaders, and synthetic ground-truth data.
+
+This package draws and loads data; it trains nothing (the synthetic data's ViT is
+:mod:`vit_course.models.synthetic`)."""
 
 from .download import (  # noqa: F401
     CLASS_NAMES,
@@ -12,12 +15,10 @@ from .download import (  # noqa: F401
     verify_dataset,
 )
 from .loaders import (  # noqa: F401
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     TensorImageDataset,
     create_dataloaders,
     imagenet_transform,
     load_image,
     simple_transform,
 )
-from .synthetic import SyntheticFood, load_or_train_synthetic_vit, make_image, make_two_object_image, mask_to_grid, synthetic_dataloaders, train_synthetic_vit  # noqa: F401,E501
+from .synthetic import SyntheticFood, make_image, make_two_object_image, synthetic_dataloaders  # noqa: F401

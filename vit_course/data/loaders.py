@@ -17,18 +17,9 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms
 
+from ..checks import check_nonnegative_int, check_positive_int
+from ..imaging import IMAGENET_MEAN, IMAGENET_STD
 from ..runtime import SEED
-
-#: ImageNet channel statistics, used by torchvision's pretrained weights.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _check_img_size(img_size: int) -> None:
-    if not isinstance(img_size, int) or isinstance(img_size, bool):
-        raise TypeError(f"img_size must be an int number of pixels, got {type(img_size).__name__}: {img_size!r}.")
-    if img_size <= 0:
-        raise ValueError(f"img_size must be positive (e.g. 224), got {img_size}.")
 
 
 def simple_transform(img_size: int = 224) -> transforms.Compose:
@@ -37,7 +28,7 @@ def simple_transform(img_size: int = 224) -> transforms.Compose:
     Returns:
         A transform: PIL image → tensor (3, img_size, img_size).
     """
-    _check_img_size(img_size)
+    check_positive_int(img_size, "img_size", "the side in pixels, e.g. 224")
     return transforms.Compose([transforms.Resize((img_size, img_size)), transforms.ToTensor()])
 
 
@@ -47,7 +38,7 @@ def imagenet_transform(img_size: int = 224) -> transforms.Compose:
     Returns:
         A transform: PIL image → normalised tensor (3, img_size, img_size).
     """
-    _check_img_size(img_size)
+    check_positive_int(img_size, "img_size", "the side in pixels, e.g. 224")
     return transforms.Compose([
         transforms.Resize((img_size, img_size)),
         transforms.ToTensor(),
@@ -206,13 +197,6 @@ def _has_random_step(transform: Callable) -> bool:
     return any(type(step).__name__.startswith("Random") for step in steps)
 
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
-
-
 def create_dataloaders(
     train_dir: str | os.PathLike,
     test_dir: str | os.PathLike,
@@ -251,11 +235,11 @@ def create_dataloaders(
             f"transform must be callable (PIL image → tensor), got {type(transform).__name__}: {transform!r}. "
             "Use simple_transform() or imagenet_transform()."
         )
-    _check_int("batch_size", batch_size, 1)
-    _check_int("num_workers", num_workers, 0)
-    _check_int("seed", seed, 0)
+    check_positive_int(batch_size, "batch_size")
+    check_nonnegative_int(num_workers, "num_workers", "0 loads in the main process")
+    check_nonnegative_int(seed, "seed")
     if max_per_class is not None:
-        _check_int("max_per_class", max_per_class, 1)
+        check_positive_int(max_per_class, "max_per_class", "or None to keep every image")
     if not isinstance(cache, bool):
         raise TypeError(f"cache must be True or False, got {cache!r}.")
 

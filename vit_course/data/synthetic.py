@@ -2,7 +2,7 @@
 
 Real photos say nothing about *where* the evidence for a class is. These procedurally drawn
 scenes do: every object comes with its pixel mask, so an explanation map can be scored
-against the truth (see ``mask_to_grid``), and two-object images show whether a method is
+against the truth (see :func:`vit_course.imaging.mask_coverage`), and two-object images show whether a method is
 class-specific (its map moves with the target) or class-agnostic (it does not).
 
 What is drawn (in object coordinates, then scaled, rotated and placed at random):
@@ -36,26 +36,24 @@ Public API:
 - ``make_image(cls, rng, size)`` → image ``(3, H, W)`` float32 in [0, 1], mask ``(H, W)`` bool
 - ``make_two_object_image(classes, rng, size)`` → image, masks ``(2, H, W)``, labels ``(2,)``
 - ``SyntheticFood`` (a torch ``Dataset``), ``synthetic_dataloaders``
-- ``mask_to_grid(mask, grid)``: fraction of each patch covered by a mask
-- ``SYNTHETIC_VIT_CONFIG``, ``SYNTHETIC_SETTINGS``, ``build_synthetic_vit``,
-  ``train_synthetic_vit``, ``load_or_train_synthetic_vit``: the small course ViT that learns
-  this data (≥ 95 % test accuracy in the full setting, see ``SYNTHETIC_SETTINGS``).
+
+Masks on the patch grid: :func:`vit_course.imaging.mask_coverage` (fraction of each patch
+inside) and :func:`vit_course.imaging.mask_to_grid` (which patches count as inside). The
+small course ViT that learns this data is :mod:`vit_course.models.synthetic`.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..runtime import SEED, artifacts_dir, get_device, get_profile, set_seed
-from .download import CLASS_NAMES  # the photos' classes, same order: ("pizza", "steak", "sushi")
+from ..runtime import SEED
+from .download import CLASS_NAMES, SPLITS  # the photos' classes, same order: ("pizza", "steak", "sushi")
 
 DEFAULT_SIZE = 64
 MIN_SIZE = 16
@@ -63,7 +61,6 @@ GENERATOR_VERSION = 1  # bump when drawing changes: saved models trained on old 
 
 SINGLE_SCALE = (0.2, 0.45)  # object radius / image side, single-object images
 TWO_OBJECT_SCALE = (0.19, 0.245)  # same, two-object images (each object fits its half)
-SPLITS = ("train", "test")
 _SPLIT_KEY = {"train": 0, "test": 1}
 # Ordered pairs of distinct classes; two-object items cycle through them for exact balance.
 CLASS_PAIRS: tuple[tuple[int, int], ...] = tuple(
@@ -571,214 +568,3 @@ def synthetic_dataloaders(n_train: int = 1500, n_test: int = 300, size: int | Se
     train_dl = DataLoader(train, batch_size=batch_size, shuffle=True, generator=g, num_workers=num_workers)
     test_dl = DataLoader(test, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     return train_dl, test_dl, list(CLASS_NAMES)
-
-
-def mask_to_grid(mask: torch.Tensor | Array, grid: int | Sequence[int]) -> torch.Tensor:
-    """Fraction of each patch covered by a pixel mask: masks on the explanation grid.
-
-    Args:
-        mask: ``(H, W)`` or ``(B, H, W)`` (bool or float in [0, 1]); torch or NumPy.
-        grid: ``(h, w)`` patch grid (or one int for square); ``H`` must be a multiple of
-            ``h`` and ``W`` of ``w`` (e.g. a 64×64 image, patch 8 → grid ``(8, 8)``).
-
-    Returns:
-        float32 ``(h, w)`` or ``(B, h, w)``: the mean of the mask over each patch.
-    """
-    m = torch.as_tensor(mask)
-    if m.ndim not in (2, 3):
-        raise ValueError(f"mask must be (H, W) or (B, H, W), got shape {tuple(m.shape)}")
-    if isinstance(grid, (int, np.integer)) and not isinstance(grid, bool):
-        grid = (int(grid), int(grid))
-    if (not isinstance(grid, Sequence) or len(grid) != 2
-            or not all(isinstance(g, (int, np.integer)) and g > 0 for g in grid)):
-        raise ValueError(f"grid must be a positive int or a pair (h, w) of positive ints, got {grid!r}")
-    h, w = int(grid[0]), int(grid[1])
-    H, W = m.shape[-2:]
-    if H % h or W % w:
-        raise ValueError(f"mask of size {H}x{W} does not split into a {h}x{w} grid of equal "
-                         f"patches; use a grid that divides it (e.g. H // patch_size)")
-    m = m.to(torch.float32)
-    out = m.reshape(*m.shape[:-2], h, H // h, w, W // w).mean(dim=(-3, -1))
-    return out
-
-
-# ----------------------------------------------------------------------------- small ViT
-SYNTHETIC_VIT_CONFIG: dict[str, Any] = dict(
-    img_size=DEFAULT_SIZE, in_channels=3, patch_size=8, num_transformer_layers=4,
-    embedding_dim=64, mlp_size=128, num_heads=4, attn_dropout=0.0, mlp_dropout=0.1,
-    embedding_dropout=0.1, num_classes=len(CLASS_NAMES),
-)
-"""The course ViT (``vit_course.models.ViT``) sized for 64×64 synthetic images: 8×8 grid."""
-
-SYNTHETIC_SETTINGS: dict[str, dict[str, Any]] = {
-    "full": dict(n_train=1500, n_test=300, epochs=10, batch_size=32, lr=1e-3, weight_decay=0.05,
-                 clip_grad_norm=1.0),
-    "quick": dict(n_train=600, n_test=150, epochs=8, batch_size=32, lr=1e-3, weight_decay=0.05,
-                  clip_grad_norm=1.0),
-}
-"""Training settings per course profile (``setting=None`` follows ``VIT_COURSE_PROFILE``).
-
-Measured with seed 42 on the course's 2-core CPU (shared with other jobs while measuring,
-so wall times were far longer; the CPU time of one core is the better guide):
-
-- ``full``: 1500 train / 300 test images, 10 epochs → 98.0 % test accuracy (epoch-by-epoch
-  0.66, 0.87, 0.90, 0.87, 0.93, 0.96, 0.97, 0.98, 0.98, 0.98); about 37 s of single-core
-  CPU (6 s drawing 1800 images, 30 s training, 1.4 s testing).
-- ``quick``: 600 / 150 images, 8 epochs → 90.7 %; about 13 s of single-core CPU. For
-  nbval and the tests (which require ≥ 80 %).
-"""
-
-
-def build_synthetic_vit(**overrides: Any) -> torch.nn.Module:
-    """A fresh ``vit_course.models.ViT`` with ``SYNTHETIC_VIT_CONFIG`` (keys overridable)."""
-    from ..models import ViT
-
-    unknown = set(overrides) - set(SYNTHETIC_VIT_CONFIG)
-    if unknown:
-        raise ValueError(f"unknown ViT option(s) {sorted(unknown)}; valid: {sorted(SYNTHETIC_VIT_CONFIG)}")
-    return ViT(**{**SYNTHETIC_VIT_CONFIG, **overrides})
-
-
-def _resolve_setting(setting: str | None, overrides: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    name = get_profile().name if setting is None else setting
-    if name not in SYNTHETIC_SETTINGS:
-        raise ValueError(f"setting={setting!r} is not valid; use one of {tuple(SYNTHETIC_SETTINGS)} "
-                         f"or None (follow VIT_COURSE_PROFILE)")
-    unknown = set(overrides) - set(SYNTHETIC_SETTINGS[name])
-    if unknown:
-        raise ValueError(f"unknown training option(s) {sorted(unknown)}; "
-                         f"valid: {sorted(SYNTHETIC_SETTINGS[name])}")
-    return name, {**SYNTHETIC_SETTINGS[name], **{k: v for k, v in overrides.items() if v is not None}}
-
-
-def cosine_lr(epoch: int, epochs: int, lr: float, warmup: int = 1) -> float:
-    """Learning rate for ``epoch`` (0-based): linear warm-up, then cosine decay to ~0.
-
-    With only a constant rate the small ViT's test accuracy keeps jumping by a few points
-    from epoch to epoch; decaying it lets the last epoch settle.
-    """
-    if epoch < warmup:
-        return lr * (epoch + 1) / (warmup + 1)
-    progress = (epoch - warmup + 1) / max(1, epochs - warmup + 1)
-    return lr * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def train_synthetic_vit(epochs: int | None = None, size: int = DEFAULT_SIZE, seed: int = SEED,
-                        setting: str | None = None, device: torch.device | str | None = None,
-                        progress: bool = True, **overrides: Any
-                        ) -> tuple[torch.nn.Module, dict[str, list[float]], float]:
-    """Train the small course ViT on single-object synthetic images.
-
-    AdamW with a one-epoch warm-up, a per-epoch cosine decay (:func:`cosine_lr`) and the
-    gradient norm clipped before each step, one epoch at a time with
-    ``vit_course.engine.train_step`` / ``test_step``.
-
-    Args:
-        epochs: overrides the setting's epochs.
-        size: image side; the patch size stays 8, so the grid is ``size // 8``.
-        seed: seeds the data, the initial weights and the batch order.
-        setting: ``"full"`` or ``"quick"`` (see ``SYNTHETIC_SETTINGS``); None follows the
-            course profile.
-        device: default ``vit_course.runtime.get_device()``.
-        progress: print one line per epoch.
-        **overrides: any key of ``SYNTHETIC_SETTINGS`` (``n_train``, ``n_test``,
-            ``batch_size``, ``lr``, ``weight_decay``, ``clip_grad_norm``).
-
-    Returns:
-        ``(model, history, test_accuracy)``: the model in eval mode on ``device``; the history
-        as from ``vit_course.engine.train`` (``train_loss``, ``train_acc``, ``test_loss``,
-        ``test_acc``) plus ``lr`` per epoch and ``seconds`` (one wall time, data included);
-        the last epoch's test accuracy.
-    """
-    from ..engine import test_step, train_step
-
-    _, cfg = _resolve_setting(setting, {"epochs": epochs, **overrides})
-    H, W = _check_size(size)
-    if H % SYNTHETIC_VIT_CONFIG["patch_size"] or H != W:
-        raise ValueError(f"size must be square and a multiple of the patch size "
-                         f"{SYNTHETIC_VIT_CONFIG['patch_size']}, got {size!r}; e.g. size=64")
-    device = get_device() if device is None else torch.device(device)
-    start = time.perf_counter()
-    train_dl, test_dl, _ = synthetic_dataloaders(cfg["n_train"], cfg["n_test"], size,
-                                                 cfg["batch_size"], seed)
-    set_seed(seed)
-    model = build_synthetic_vit(img_size=H).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-
-    def clip(*_: Any) -> None:  # before every step; engine.train_step knows nothing of clipping
-        torch.nn.utils.clip_grad_norm_(params, cfg["clip_grad_norm"])
-
-    optimizer.register_step_pre_hook(clip)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    history: dict[str, list[float]] = {k: [] for k in
-                                       ("train_loss", "train_acc", "test_loss", "test_acc", "lr")}
-    for epoch in range(cfg["epochs"]):
-        lr = cosine_lr(epoch, cfg["epochs"], cfg["lr"])
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        train_loss, train_acc = train_step(model, train_dl, loss_fn, optimizer, device)
-        test_loss, test_acc = test_step(model, test_dl, loss_fn, device)
-        for key, value in zip(history, (train_loss, train_acc, test_loss, test_acc, lr)):
-            history[key].append(float(value))
-        if progress:
-            print(f"epoch {epoch + 1}/{cfg['epochs']} | lr {lr:.2e} | train_loss {train_loss:.4f} "
-                  f"| train_acc {train_acc:.3f} | test_acc {test_acc:.3f} "
-                  f"| {time.perf_counter() - start:.0f} s", flush=True)
-    model.eval()
-    history["seconds"] = [time.perf_counter() - start]
-    return model, history, history["test_acc"][-1]
-
-
-def load_or_train_synthetic_vit(path: str | Path | None = None, size: int = DEFAULT_SIZE,
-                                seed: int = SEED, setting: str | None = None,
-                                device: torch.device | str | None = None, progress: bool = True,
-                                retrain: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Load the synthetic-data ViT from ``path`` if it is there and matches, else train and save.
-
-    A checkpoint matches when its model config, training setting, image size, seed and
-    ``GENERATOR_VERSION`` equal the requested ones; anything else (missing, unreadable,
-    stale) is retrained and replaced. The file is written atomically (temp file + rename).
-
-    Args:
-        path: default ``artifacts_dir() / "synthetic_vit.pt"`` in the full setting and
-            ``artifacts_dir() / "synthetic_vit_quick.pt"`` in the quick one.
-        size, seed, setting, device, progress: as in ``train_synthetic_vit``.
-        retrain: train even if a matching checkpoint exists.
-
-    Returns:
-        ``(model, info)``: the model in eval mode; ``info`` holds ``test_accuracy``,
-        ``history``, ``setting``, ``trained`` (False when loaded) and ``path``.
-    """
-    from ..engine import load_checkpoint, save_checkpoint
-
-    name, cfg = _resolve_setting(setting, {})
-    if path is None:
-        path = artifacts_dir() / ("synthetic_vit.pt" if name == "full" else f"synthetic_vit_{name}.pt")
-    path = Path(path)
-    device = get_device() if device is None else torch.device(device)
-    meta = dict(config={**SYNTHETIC_VIT_CONFIG, "img_size": size}, setting=cfg, size=size,
-                seed=seed, generator_version=GENERATOR_VERSION, class_names=list(CLASS_NAMES))
-    if path.is_file() and not retrain:
-        model = build_synthetic_vit(img_size=size)
-        try:
-            saved = load_checkpoint(model, path)
-            stale = [k for k, v in meta.items() if saved.get(k) != v]
-            reason = f"it was saved with other {', '.join(stale)}" if stale else ""
-        except (ValueError, KeyError) as exc:  # unreadable or other weights: retrain
-            reason = f"it could not be loaded ({exc})"
-        if not reason:
-            model.to(device).eval()
-            if progress:
-                print(f"Loaded synthetic ViT from {path} "
-                      f"(test accuracy {saved['test_accuracy']:.3f}, setting {name!r}).")
-            return model, dict(test_accuracy=saved["test_accuracy"], history=saved["history"],
-                               setting=name, trained=False, path=path)
-        if progress:
-            print(f"Retraining: {path} exists but {reason}.")
-    model, history, acc = train_synthetic_vit(size=size, seed=seed, setting=name, device=device,
-                                              progress=progress)
-    save_checkpoint(model, path, **meta, history=history, test_accuracy=acc)
-    if progress:
-        print(f"Saved synthetic ViT to {path} (test accuracy {acc:.3f}).")
-    return model, dict(test_accuracy=acc, history=history, setting=name, trained=True, path=path)

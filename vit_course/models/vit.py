@@ -18,7 +18,8 @@ al. 2021, Table 1). Differences from the seed, all compatible with its call sign
   in the reference ViT code) instead of the seed's ``torch.randn`` (std 1), and Linear
   layers from a truncated normal (std 0.02) with zero bias. The head is random, not zero
   (torchvision zero-initialises it, which makes gradients of an untrained model vanish).
-- Inputs are checked and bad ones raise ``ValueError``/``TypeError`` that say what to do.
+- Inputs are checked (:func:`vit_course.checks.check_images`) and bad ones raise
+  ``ValueError``/``TypeError`` that say what to do.
 
 Shapes: B batch, C channels, H×W pixels, h×w patch grid, N = h·w, D width; with the class
 token the sequence is 1+N long.
@@ -39,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_images, check_positive_int, check_ratio
+
 __all__ = [
     "PatchEmbedding",
     "MultiheadSelfAttentionBlock",
@@ -53,51 +56,6 @@ __all__ = [
 ]
 
 _RESIZE_FIX = "resize the images first, e.g. with vit_course.data.simple_transform({size})"
-
-
-# ----------------------------------------------------------------------------- checks
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}: {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return value
-
-
-def _check_probability(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float in [0, 1), got {type(value).__name__}: {value!r}")
-    if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{name} must be a dropout probability in [0, 1), got {value}")
-    return float(value)
-
-
-def _check_image_batch(x: Any, in_channels: int, where: str) -> None:
-    """Rank, dtype and channel checks shared by PatchEmbedding and ViT."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(
-            f"{where} expects a torch.Tensor of images (B, C, H, W), got {type(x).__name__}; "
-            "convert images with a transform such as vit_course.data.simple_transform()."
-        )
-    if x.ndim != 4:
-        fix = ("add a batch dimension with x.unsqueeze(0)" if x.ndim == 3
-               else "pass a batch of images shaped (B, C, H, W)")
-        raise ValueError(
-            f"{where} expects images of rank 4 (B, C, H, W), got rank {x.ndim} with shape "
-            f"{tuple(x.shape)}; {fix}."
-        )
-    if not torch.is_floating_point(x):
-        raise TypeError(
-            f"{where} expects floating-point images, got dtype {x.dtype}; convert with "
-            "torchvision's ToTensor (or x.float() / 255)."
-        )
-    if x.shape[1] != in_channels:
-        raise ValueError(
-            f"{where} expects {in_channels} channels (B, {in_channels}, H, W), got {x.shape[1]} "
-            f"in shape {tuple(x.shape)}; convert images to RGB "
-            "(vit_course.data.load_image does) or build the model with "
-            f"in_channels={x.shape[1]}."
-        )
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -118,15 +76,15 @@ class PatchEmbedding(nn.Module):
 
     def __init__(self, in_channels: int = 3, patch_size: int = 16, embedding_dim: int = 768):
         super().__init__()
-        self.in_channels = _check_positive_int("in_channels", in_channels)
-        self.patch_size = _check_positive_int("patch_size", patch_size)
-        self.embedding_dim = _check_positive_int("embedding_dim", embedding_dim)
+        self.in_channels = check_positive_int(in_channels, "in_channels")
+        self.patch_size = check_positive_int(patch_size, "patch_size")
+        self.embedding_dim = check_positive_int(embedding_dim, "embedding_dim")
         self.patcher = nn.Conv2d(in_channels, embedding_dim, kernel_size=patch_size,
                                  stride=patch_size, padding=0)
         self.flatten = nn.Flatten(start_dim=2, end_dim=3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_image_batch(x, self.in_channels, "PatchEmbedding")
+        check_images(x, channels=self.in_channels)
         H, W = x.shape[-2:]
         P = self.patch_size
         if H % P or W % P:
@@ -160,8 +118,8 @@ class MultiheadSelfAttentionBlock(nn.Module):
     def __init__(self, embedding_dim: int = 768, num_heads: int = 12, attn_dropout: float = 0.0,
                  fused_attn: bool = True):
         super().__init__()
-        _check_positive_int("embedding_dim", embedding_dim)
-        _check_positive_int("num_heads", num_heads)
+        check_positive_int(embedding_dim, "embedding_dim")
+        check_positive_int(num_heads, "num_heads")
         if embedding_dim % num_heads:
             raise ValueError(
                 f"embedding_dim={embedding_dim} must be divisible by num_heads={num_heads} "
@@ -172,7 +130,7 @@ class MultiheadSelfAttentionBlock(nn.Module):
         self.num_heads = num_heads
         self.head_dim = embedding_dim // num_heads
         self.scale = self.head_dim ** -0.5
-        self.attn_dropout = _check_probability("attn_dropout", attn_dropout)
+        self.attn_dropout = check_ratio(attn_dropout, "attn_dropout")
         self.fused_attn = bool(fused_attn)
         self.layer_norm = nn.LayerNorm(embedding_dim)
         self.qkv = nn.Linear(embedding_dim, 3 * embedding_dim, bias=True)
@@ -225,9 +183,9 @@ class MLPBlock(nn.Module):
 
     def __init__(self, embedding_dim: int = 768, mlp_size: int = 3072, dropout: float = 0.1):
         super().__init__()
-        _check_positive_int("embedding_dim", embedding_dim)
-        _check_positive_int("mlp_size", mlp_size)
-        dropout = _check_probability("dropout", dropout)
+        check_positive_int(embedding_dim, "embedding_dim")
+        check_positive_int(mlp_size, "mlp_size")
+        dropout = check_ratio(dropout, "dropout")
         self.layer_norm = nn.LayerNorm(embedding_dim)
         self.mlp = nn.Sequential(
             nn.Linear(embedding_dim, mlp_size),
@@ -309,10 +267,10 @@ class ViT(nn.Module):
                  num_heads: int = 12, attn_dropout: float = 0.0, mlp_dropout: float = 0.1,
                  embedding_dropout: float = 0.1, num_classes: int = 1000):
         super().__init__()
-        _check_positive_int("img_size", img_size)
-        _check_positive_int("patch_size", patch_size)
-        _check_positive_int("num_transformer_layers", num_transformer_layers)
-        _check_positive_int("num_classes", num_classes)
+        check_positive_int(img_size, "img_size")
+        check_positive_int(patch_size, "patch_size")
+        check_positive_int(num_transformer_layers, "num_transformer_layers")
+        check_positive_int(num_classes, "num_classes")
         if img_size % patch_size:
             good = max(patch_size, round(img_size / patch_size) * patch_size)
             raise ValueError(
@@ -338,8 +296,7 @@ class ViT(nn.Module):
         self.patch_embedding = PatchEmbedding(in_channels, patch_size, embedding_dim)
         self.class_embedding = nn.Parameter(torch.zeros(1, 1, embedding_dim))
         self.position_embedding = nn.Parameter(torch.zeros(1, 1 + self.num_patches, embedding_dim))
-        self.embedding_dropout = nn.Dropout(_check_probability("embedding_dropout",
-                                                               embedding_dropout))
+        self.embedding_dropout = nn.Dropout(check_ratio(embedding_dropout, "embedding_dropout"))
         self.transformer_encoder = nn.Sequential(*[
             TransformerEncoderBlock(embedding_dim, num_heads, mlp_size, mlp_dropout, attn_dropout)
             for _ in range(num_transformer_layers)
@@ -370,7 +327,7 @@ class ViT(nn.Module):
         return self.transformer_encoder
 
     def _check_input(self, x: Any) -> None:
-        _check_image_batch(x, self.in_channels, "ViT")
+        check_images(x, channels=self.in_channels)
         H, W = x.shape[-2:]
         if (H, W) != (self.img_size, self.img_size):
             rebuild = (f" or build the model with img_size={H}"

@@ -1,4 +1,4 @@
-"""Tests for vit_course.data.synthetic: the ground-truth pizza/steak/sushi images."""
+"""Tests for vit_course.data.synthetic: the ground-truth pizza/steak/sushi images and their masks."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from vit_course.data.synthetic import (
     SyntheticFood,
     make_image,
     make_two_object_image,
-    mask_to_grid,
     synthetic_dataloaders,
 )
+from vit_course.imaging import mask_coverage
 
 
 # ----------------------------------------------------------------------------- determinism
@@ -188,41 +188,42 @@ def test_two_object_masks_follow_the_class_order() -> None:
         assert (torch.hypot(xx + 0.5 - cx, yy + 0.5 - cy) <= radius + 1.5).all()
 
 
-# ----------------------------------------------------------------------------- mask_to_grid
-def test_mask_to_grid_by_hand() -> None:
+# ----------------------------------------------------------------------------- masks on the patch grid
+# (imaging.mask_coverage, which replaced data.synthetic.mask_to_grid: same fractions, float64)
+def test_mask_coverage_by_hand() -> None:
     mask = torch.zeros(4, 4, dtype=torch.bool)
     mask[:2, :2] = True          # top-left patch full
     mask[3, 3] = True            # one pixel of the bottom-right patch
     mask[0, 2] = mask[1, 2] = True  # half of the top-right patch
-    out = mask_to_grid(mask, (2, 2))
-    assert torch.equal(out, torch.tensor([[1.0, 0.5], [0.0, 0.25]]))
-    assert out.dtype == torch.float32
+    out = mask_coverage(mask, (2, 2))
+    assert torch.equal(out, torch.tensor([[1.0, 0.5], [0.0, 0.25]], dtype=torch.float64))
+    assert out.dtype == torch.float64
 
 
-def test_mask_to_grid_batch_numpy_rectangular_and_int_grid() -> None:
+def test_mask_coverage_batch_numpy_rectangular_and_int_grid() -> None:
     m = np.zeros((2, 4, 6), dtype=bool)
     m[1] = True
-    out = mask_to_grid(m, (2, 3))
+    out = mask_coverage(m, (2, 3))
     assert out.shape == (2, 2, 3)
-    assert torch.equal(out[0], torch.zeros(2, 3)) and torch.equal(out[1], torch.ones(2, 3))
-    assert mask_to_grid(torch.ones(8, 8), 4).shape == (4, 4)
+    assert torch.equal(out[0], torch.zeros(2, 3, dtype=torch.float64)) and torch.equal(out[1], torch.ones(2, 3, dtype=torch.float64))
+    assert mask_coverage(torch.ones(8, 8), 4).shape == (4, 4)
 
 
-def test_mask_to_grid_preserves_mass() -> None:
+def test_mask_coverage_preserves_mass() -> None:
     _, mask = make_image("sushi", 0, 64)
-    grid = mask_to_grid(mask, 8)
-    assert torch.isclose(grid.sum() * 64, mask.sum().float())
+    grid = mask_coverage(mask, 8)
+    assert torch.isclose(grid.sum() * 64, mask.sum().double())
 
 
 @pytest.mark.parametrize("grid", [(3, 3), 5, (0, 2), "8", (2, 2, 2)])
-def test_mask_to_grid_bad_grid(grid) -> None:
+def test_mask_coverage_bad_grid(grid) -> None:
     with pytest.raises(ValueError, match="grid"):
-        mask_to_grid(torch.zeros(8, 8), grid)
+        mask_coverage(torch.zeros(8, 8), grid)
 
 
-def test_mask_to_grid_bad_rank() -> None:
+def test_mask_coverage_bad_rank() -> None:
     with pytest.raises(ValueError, match=r"\(H, W\)"):
-        mask_to_grid(torch.zeros(1, 1, 8, 8), 2)
+        mask_coverage(torch.zeros(1, 1, 8, 8), 2)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -289,15 +290,9 @@ def test_bad_scale_and_antialias() -> None:
         make_image("pizza", 0, antialias=0)
 
 
-def test_bad_loader_and_setting_arguments() -> None:
+def test_bad_loader_arguments() -> None:
     with pytest.raises(ValueError, match="batch_size"):
         synthetic_dataloaders(6, 3, 32, batch_size=0)
-    with pytest.raises(ValueError, match="setting"):
-        syn.train_synthetic_vit(setting="medium")
-    with pytest.raises(ValueError, match="unknown training option"):
-        syn.train_synthetic_vit(setting="quick", momentum=0.9)
-    with pytest.raises(ValueError, match="multiple of the patch size"):
-        syn.train_synthetic_vit(setting="quick", size=60)
 
 
 def test_dataloaders_shapes_and_reproducible_order() -> None:
@@ -310,109 +305,3 @@ def test_dataloaders_shapes_and_reproducible_order() -> None:
     x, y = next(iter(train_dl))
     assert x.shape == (4, 3, 32, 32) and y.shape == (4,)
     assert len(test_dl.dataset) == 6 and [b[1].tolist() for b in test_dl][0] == [0, 1, 2, 0]
-
-
-# ----------------------------------------------------------------------------- load or train
-def _fake_trainer(calls: list):
-    def fake(size=64, seed=0, setting=None, device=None, progress=True):
-        calls.append(setting)
-        torch.manual_seed(len(calls))
-        model = syn.build_synthetic_vit(img_size=size).eval()
-        return model, {"test_acc": [0.5], "train_acc": [0.5]}, 0.5
-    return fake
-
-
-def test_load_or_train_saves_then_loads(tmp_path, monkeypatch) -> None:
-    calls: list = []
-    monkeypatch.setattr(syn, "train_synthetic_vit", _fake_trainer(calls))
-    path = tmp_path / "sub" / "synthetic_vit.pt"
-    model, info = syn.load_or_train_synthetic_vit(path, setting="quick", progress=False)
-    assert info["trained"] and path.is_file() and calls == ["quick"]
-    assert [p.name for p in path.parent.iterdir()] == ["synthetic_vit.pt"]  # no temp files left
-    loaded, info2 = syn.load_or_train_synthetic_vit(path, setting="quick", progress=False)
-    assert not info2["trained"] and calls == ["quick"] and info2["test_accuracy"] == 0.5
-    x = torch.rand(2, 3, 64, 64)
-    assert torch.equal(model(x), loaded(x))
-    assert not loaded.training
-
-
-def test_load_or_train_retrains_stale_or_broken(tmp_path, monkeypatch) -> None:
-    calls: list = []
-    monkeypatch.setattr(syn, "train_synthetic_vit", _fake_trainer(calls))
-    path = tmp_path / "synthetic_vit.pt"
-    syn.load_or_train_synthetic_vit(path, setting="quick", progress=False)
-    syn.load_or_train_synthetic_vit(path, setting="full", progress=False)  # other setting
-    assert calls == ["quick", "full"]
-    monkeypatch.setattr(syn, "GENERATOR_VERSION", syn.GENERATOR_VERSION + 1)  # images changed
-    syn.load_or_train_synthetic_vit(path, setting="full", progress=False)
-    assert calls == ["quick", "full", "full"]
-    path.write_bytes(b"not a checkpoint")
-    _, info = syn.load_or_train_synthetic_vit(path, setting="full", progress=False)
-    assert info["trained"] and len(calls) == 4
-    _, info = syn.load_or_train_synthetic_vit(path, setting="full", progress=False)
-    assert not info["trained"] and len(calls) == 4
-
-
-def test_default_path_per_setting(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("VIT_COURSE_ARTIFACTS", str(tmp_path))
-    monkeypatch.setattr(syn, "train_synthetic_vit", _fake_trainer([]))
-    _, info = syn.load_or_train_synthetic_vit(setting="quick", progress=False)
-    assert info["path"] == tmp_path / "synthetic_vit_quick.pt"
-    monkeypatch.setenv("VIT_COURSE_PROFILE", "full")
-    _, info = syn.load_or_train_synthetic_vit(progress=False)
-    assert info["path"] == tmp_path / "synthetic_vit.pt"
-
-
-# ----------------------------------------------------------------------------- training
-@pytest.fixture(scope="module")
-def quick_model():
-    """The quick-setting model (trained once for this module)."""
-    model, history, acc = syn.train_synthetic_vit(setting="quick", progress=False, device="cpu")
-    return model, history, acc
-
-
-def test_quick_training_beats_chance_clearly(quick_model) -> None:
-    model, history, acc = quick_model
-    assert acc >= 0.8, f"quick setting reached only {acc:.1%} test accuracy (chance is 33%)"
-    assert len(history["test_acc"]) == syn.SYNTHETIC_SETTINGS["quick"]["epochs"]
-    assert not model.training
-
-
-def test_single_object_model_names_a_present_class_on_two_object_images(quick_model) -> None:
-    model, _, _ = quick_model
-    ds = SyntheticFood(60, two_objects=True, split="test")
-    with torch.no_grad():
-        pred = model(ds.images.float() / 255).argmax(1)
-    hit = (pred[:, None] == ds.labels).any(1).float().mean().item()
-    assert hit >= 0.8, f"prediction is one of the two present classes on only {hit:.0%}"
-
-
-def test_class_specific_maps_find_the_right_object(quick_model) -> None:
-    explain_mod = pytest.importorskip("vit_course.explain")
-    model, _, _ = quick_model
-    ds = SyntheticFood(36, two_objects=True, split="test")
-    images = ds.images.float() / 255
-    grid = model.grid_size
-    inside = [mask_to_grid(ds.masks[:, k], grid) for k in range(2)]  # (B, h, w) each
-
-    def mass(maps: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
-        return (maps * region).sum(dim=(1, 2)) / maps.sum(dim=(1, 2)).clamp_min(1e-12)
-
-    maps = {}
-    for k in range(2):
-        target = ds.labels[:, k]
-        maps["grad", k] = explain_mod.explain(model, images, method="grad_rollout", target=target)
-        maps["roll", k] = explain_mod.explain(model, images, method="rollout", target=target)
-    # grad_rollout: object A gets more of the map when A is the target, and the same for B
-    a_wins = mass(maps["grad", 0], inside[0]) > mass(maps["grad", 1], inside[0])
-    b_wins = mass(maps["grad", 1], inside[1]) > mass(maps["grad", 0], inside[1])
-    ok = (a_wins & b_wins).float().mean().item()
-    assert ok >= 0.8, f"grad_rollout follows the target on only {ok:.0%} of images"
-    # rollout is class-agnostic: the target does not change the map
-    assert torch.equal(maps["roll", 0], maps["roll", 1])
-
-
-@pytest.mark.slow
-def test_full_setting_reaches_95_percent() -> None:
-    model, history, acc = syn.train_synthetic_vit(setting="full", progress=False, device="cpu")
-    assert acc >= 0.95, f"full setting reached {acc:.1%} (history {history['test_acc']})"
