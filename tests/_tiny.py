@@ -1,5 +1,6 @@
-"""Tiny ViTs and images shared by the explanation tests (test_explain, test_explain_extra,
-test_lrp): 32-px images, 8-px patches (a 4×4 grid, N = 16), 2 layers, width 32, 3 classes.
+"""Tiny ViTs and images shared by the explanation tests (tests/explain/...): 32-px images,
+8-px patches (a 4×4 grid, N = 16), 2 layers, width 32, MLP 64, 2 heads, 3 classes, for each
+model family (:data:`MODEL_KINDS`; the timm and Hugging Face kinds skip without their library).
 
 Every model gets a *random* head: torchvision zero-initialises its head, and with a zero
 head every logit and every gradient is 0, so a gradient method would prove nothing.
@@ -14,14 +15,15 @@ from torch import nn
 from vit_course.models import ViT
 from vit_course.runtime import set_seed
 
-MODEL_KINDS = ["torchvision", "course", "timm", "timm_distilled"]
+MODEL_KINDS = ["torchvision", "course", "timm", "timm_distilled", "hf"]
 
 
 def make_model(kind: str, seed: int = 0, class_token_std: float | None = None) -> nn.Module:
     """A tiny ViT of ``kind`` (one of :data:`MODEL_KINDS`) in eval mode, random head.
 
     ``class_token_std`` redraws torchvision's class token (zero by default), for tests that
-    need relevance to reach it. The timm kinds skip the test when timm is not installed.
+    need relevance to reach it. The timm and hf kinds skip the test when timm / transformers
+    is not installed.
     """
     set_seed(seed)
     if kind == "torchvision":
@@ -41,6 +43,14 @@ def make_model(kind: str, seed: int = 0, class_token_std: float | None = None) -
         model = timm.create_model(name, pretrained=False, img_size=32, patch_size=8, depth=2,
                                   num_heads=2, embed_dim=32, num_classes=3)
         head = model.head
+    elif kind == "hf":
+        transformers = pytest.importorskip("transformers", reason="transformers not installed "
+                                           "(optional extra 'hf')")
+        config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32,
+                                        num_hidden_layers=2, num_attention_heads=2,
+                                        intermediate_size=64, num_labels=3)
+        model = transformers.ViTForImageClassification(config)
+        head = model.classifier
     else:
         raise ValueError(f"unknown tiny model kind {kind!r}; valid: {MODEL_KINDS}")
     nn.init.normal_(head.weight, std=0.5)

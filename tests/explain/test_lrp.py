@@ -1,8 +1,10 @@
 """Transformer attribution (Chefer et al. 2021): LRP rules, conservation, forward, maps.
 
-Tiny models: the course ViT and torchvision VisionTransformer (32 px, patch 8, 2 layers,
-width 32, 2 heads, MLP 64, 3 classes) with random heads (torchvision zero-initialises its
-head, which would make every gradient 0). One run on the ViT-B/16 architecture.
+Tiny models: the course ViT, torchvision VisionTransformer, timm ViT and Hugging Face
+ViTForImageClassification (32 px, patch 8, 2 layers, width 32, 2 heads, MLP 64, 3 classes)
+with random heads (torchvision zero-initialises its head, which would make every gradient
+0), and notebook 03's torchvision classifier whose head was replaced by a bare Linear. One
+run on the ViT-B/16 architecture.
 
 Conservation tolerances: every rule is exactly conservative up to the division stabiliser
 eps (each division leaks about eps/|z| of the relevance) and rounding. Float64 checks run
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vit_course.explain import METHODS, capture, explain
+from vit_course.explain.families import logits_of
 from vit_course.explain.lrp import (
     TransformerAttribution,
     attention_gradients,
@@ -55,7 +58,7 @@ def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-@pytest.fixture(params=["course", "torchvision"])
+@pytest.fixture(params=["course", "torchvision", "timm", "hf"])
 def model(request) -> nn.Module:
     return make_model(request.param)
 
@@ -168,12 +171,12 @@ def test_clone_identity_and_safe_divide():
 def test_forward_trace_reproduces_model_logits(model):
     x = images(3)
     with torch.no_grad():
-        ref = model(x)
+        ref = logits_of(model, x)
     torch.testing.assert_close(forward_trace(vit_weights(model), x).logits.detach(), ref,
                                rtol=1e-5, atol=1e-5)
     m64 = model.double()
     with torch.no_grad():
-        ref64 = m64(x.double())
+        ref64 = logits_of(m64, x.double())
     torch.testing.assert_close(forward_trace(vit_weights(m64), x.double()).logits.detach(),
                                ref64, rtol=1e-12, atol=1e-12)
 
@@ -262,7 +265,7 @@ def test_maps_batch_equals_single_and_depend_on_target(model):
         for d in range(c):
             assert not torch.allclose(per_class[c], per_class[d], rtol=1e-3, atol=0)
     # target=None is the prediction
-    pred = model(x).argmax(1)
+    pred = logits_of(model, x).argmax(1)
     torch.testing.assert_close(explainer.attribute(x), explainer.attribute(x, target=pred))
 
 
@@ -295,8 +298,9 @@ def test_registered_and_bad_input():
     with pytest.raises(TypeError, match="unknown option"):
         explain(model, images(1), method="transformer_attribution", discard_ratio=0.5)
     assert not TransformerAttribution.supports_capture
-    with pytest.raises(TypeError, match="attribute"):
-        TransformerAttribution(model).from_capture(capture(model, images(1), with_grad=True))
+    with pytest.raises(TypeError, match="transformer_attribution cannot be computed from a Capture"):
+        explain(model, None, method="transformer_attribution",
+                capture=capture(model, images(1), with_grad=True))
     with pytest.raises(TypeError, match="support"):
         TransformerAttribution(nn.Linear(3, 3))
     from torchvision.models import VisionTransformer
@@ -305,6 +309,32 @@ def test_registered_and_bad_input():
                                    representation_size=16)
     with pytest.raises(TypeError, match="pre-logits"):
         TransformerAttribution(pre_logits)
+
+
+def test_torchvision_classifier_with_a_bare_linear_head_from_attach_head():
+    """Notebook 03's classifier: heads = nn.Linear after vit_course.pretrained.attach_head."""
+    from vit_course.pretrained import attach_head
+    model = make_model("torchvision")
+    attach_head(model, nn.Linear(32, 5))
+    nn.init.normal_(model.heads.weight, std=0.5)
+    x = images(2)
+    w = vit_weights(model)
+    with torch.no_grad():
+        ref = logits_of(model, x)
+    torch.testing.assert_close(forward_trace(w, x).logits.detach(), ref, rtol=1e-5, atol=1e-5)
+    maps = explain(model, x, method="transformer_attribution", target=4)
+    assert maps.shape == (2, 4, 4) and torch.isfinite(maps).all()
+    assert (maps.flatten(1).std(1) > 0).all()
+
+
+def test_timm_parts_without_an_lrp_rule_are_named():
+    timm = pytest.importorskip("timm", reason="timm not installed (optional extra)")
+    kw = dict(pretrained=False, img_size=32, patch_size=8, depth=2, num_heads=2, embed_dim=32,
+              num_classes=3)
+    with pytest.raises(TypeError, match=r"block 0 ls1.*gae"):
+        vit_weights(timm.create_model("vit_tiny_patch16_224", init_values=1e-5, **kw))
+    with pytest.raises(TypeError, match="2 prefix tokens"):
+        TransformerAttribution(tiny_model("timm_distilled"))
 
 
 def test_vit_b_16_architecture():
