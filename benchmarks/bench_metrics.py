@@ -54,12 +54,11 @@ import torch
 from torch import nn
 
 from _common import fmt_s, forward_rates, publish, random_vit_b16
+from vit_course.imaging import IMAGENET_MEAN, IMAGENET_STD
 from vit_course.metrics import (
     CHEFER_FRACTIONS,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    RandomExplainer,
     chefer_auc,
+    control_explainers,
     grid_pointing_score,
     make_baseline,
     make_grid_images,
@@ -216,7 +215,7 @@ def bench_model(name: str, images: torch.Tensor, labels: torch.Tensor, fns: dict
         # built from all images (what a trained model's correct images would give).
         t0 = time.perf_counter()
         res.grids = make_grid_images(sub_x, sub_y, None, nb, SEED)
-        suite_fns = dict(fns, random=RandomExplainer(SEED))
+        suite_fns = dict(fns, **control_explainers(("random",), SEED))
         for meth, fn in suite_fns.items():
             g = res.grids
             gm = torch.cat([fn(model, g.grids[i:i + args.explain_batch_size],

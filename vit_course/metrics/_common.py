@@ -1,5 +1,6 @@
-"""Shared pieces of the metrics: input checks, token ranking, token→pixel masks, and the
-batched forward engine that every perturbation metric runs on.
+"""Shared pieces of the metrics: token ranking, token→pixel masks, and the batched forward
+engine that every perturbation metric runs on. (Argument checks live in
+:mod:`vit_course.checks`, image helpers in :mod:`vit_course.imaging`.)
 
 Letters: B images, C channels, H×W pixels, h×w patch grid, N = h·w tokens, p_h×p_w patch
 (p_h = H / h), K classes, S steps of a curve.
@@ -15,147 +16,22 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..checks import check_choice, check_maps, check_positive_int
+from ..explain import ExplainFn
+from ..explain.families import logits_of
 from ..runtime import eval_mode
 
-#: ImageNet normalisation (torchvision's ``Normalize`` values), the default for
-#: ``mean``/``std`` arguments. Pass ``mean=(0, 0, 0), std=(1, 1, 1)`` for images that were
-#: not normalised.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+def explain_maps(fn: ExplainFn, model: nn.Module, images: Tensor, target: Tensor,
+                 name: str = "explain_fn output") -> Tensor:
+    """Call an explainer and check its (detached) maps against ``images``.
 
-
-# ----------------------------------------------------------------------------- checks
-def check_images(images: Any, name: str = "images") -> Tensor:
-    """Check a float image batch (B, C, H, W) and return it."""
-    if not isinstance(images, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor (B, C, H, W), got {type(images).__name__}; "
-                        "stack your images with torch.stack(list_of_images).")
-    if images.ndim != 4:
-        raise ValueError(f"{name} must have shape (B, C, H, W), got shape {tuple(images.shape)}; "
-                         "add a batch dimension with images.unsqueeze(0) for a single image.")
-    if not images.is_floating_point():
-        raise TypeError(f"{name} must be a float tensor, got dtype {images.dtype}; "
-                        "convert with images.float() (and normalise as the model expects).")
-    if images.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (shape {tuple(images.shape)}); pass at least one image.")
-    return images
-
-
-def check_maps(maps: Any, images: Tensor | None = None, name: str = "maps") -> Tensor:
-    """Check explanation maps (B, h, w) against ``images`` (B, C, H, W) and return them as float.
-
-    The patch grid must tile the image exactly: H % h == 0 and W % w == 0.
+    ``fn`` is a :data:`vit_course.explain.ExplainFn`, the one explainer shape of the
+    metrics: ``fn(model, images, target=t) -> (B, h, w)`` with ``t`` a (B,) long tensor
+    passed by keyword, e.g. ``functools.partial(explain, method="rollout")``,
+    ``functools.partial(explain, method="random", seed=0)`` or
+    ``lambda model, images, target: explain(model, images, "gradcam", target=target)``.
     """
-    if not isinstance(maps, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor (B, h, w) on the patch grid, "
-                        f"got {type(maps).__name__}.")
-    if maps.ndim != 3:
-        raise ValueError(f"{name} must have shape (B, h, w) (one map per image on the patch grid), "
-                         f"got shape {tuple(maps.shape)}; for a single map use maps.unsqueeze(0).")
-    if torch.isnan(maps).any():
-        raise ValueError(f"{name} contains NaN; replace it (e.g. torch.nan_to_num(maps)) before scoring.")
-    if images is not None:
-        B, _, H, W = images.shape
-        if maps.shape[0] != B:
-            raise ValueError(f"{name} has {maps.shape[0]} maps but images has {B} images "
-                             f"(maps {tuple(maps.shape)}, images {tuple(images.shape)}); pass one map per image.")
-        h, w = maps.shape[1:]
-        if H % h or W % w:
-            raise ValueError(f"{name} grid {h}x{w} does not tile the {H}x{W} images "
-                             f"(H % h and W % w must be 0); pass maps on the model's patch grid "
-                             f"(e.g. 14x14 for a 224-px ViT with 16-px patches), not upsampled maps.")
-    return maps.float() if not maps.is_floating_point() else maps
-
-
-def check_steps(steps: Any, name: str = "steps") -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int):
-        raise TypeError(f"{name} must be an int >= 1, got {type(steps).__name__}: {steps!r}.")
-    if steps < 1:
-        raise ValueError(f"{name} must be >= 1 (number of perturbation steps), got {steps}.")
-    return steps
-
-
-def check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
-    return value
-
-
-def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; valid ones are {list(choices)}.")
-    return value
-
-
-def check_fractions(fractions: Any, name: str = "fractions") -> tuple[float, ...]:
-    """Check a sequence of fractions in [0, 1) and return it as a tuple of floats."""
-    try:
-        out = tuple(float(f) for f in fractions)
-    except TypeError:
-        raise TypeError(f"{name} must be a sequence of numbers in [0, 1), got {fractions!r}.") from None
-    if not out or any(not 0.0 <= f < 1.0 for f in out):
-        raise ValueError(f"{name} must be a non-empty sequence of numbers in [0, 1), got {out}.")
-    return out
-
-
-def channel_stats(value: Any, channels: int, name: str, like: Tensor) -> Tensor:
-    """``mean``/``std`` argument → (1, C, 1, 1) tensor on ``like``'s device and dtype."""
-    t = torch.as_tensor(value, dtype=like.dtype, device=like.device).flatten()
-    if t.numel() == 1:
-        t = t.repeat(channels)
-    if t.numel() != channels:
-        raise ValueError(f"{name} must have one value per channel ({channels}), got {tuple(t.tolist())}.")
-    if name == "std" and (t <= 0).any():
-        raise ValueError(f"std must be > 0 per channel, got {tuple(t.tolist())}.")
-    return t.view(1, channels, 1, 1)
-
-
-def resolve_target(target: Any, clean_logits: Tensor, name: str = "target") -> Tensor:
-    """``None`` → predicted class; an int → that class for every image; B ints → one each.
-
-    Returns (B,) long on ``clean_logits``' device.
-    """
-    B, K = clean_logits.shape
-    if target is None:
-        return clean_logits.argmax(dim=1)
-    if isinstance(target, bool):
-        raise TypeError(f"{name} must be None, an int or B ints, got a bool.")
-    if isinstance(target, int):
-        t = torch.full((B,), target, dtype=torch.long, device=clean_logits.device)
-    else:
-        try:
-            t = torch.as_tensor(target, device=clean_logits.device)
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError(f"{name} must be None, an int or B ints, got {type(target).__name__}.") from None
-        if t.is_floating_point() or t.dtype == torch.bool:
-            raise TypeError(f"{name} must hold integer class indices, got dtype {t.dtype}.")
-        t = t.long().flatten()
-        if t.numel() == 1:
-            t = t.repeat(B)
-        if t.numel() != B:
-            raise ValueError(f"{name} must be None, an int or {B} ints (one per image), "
-                             f"got {t.numel()} values.")
-    if (t < 0).any() or (t >= K).any():
-        raise ValueError(f"{name} out of range: the model has {K} classes (valid 0..{K - 1}), "
-                         f"got {sorted(set(t.tolist()))}.")
-    return t
-
-
-def resolve_labels(labels: Any, batch: int, num_classes: int | None = None, name: str = "labels") -> Tensor:
-    """B integer labels → (B,) long tensor (range-checked when ``num_classes`` is given)."""
-    try:
-        t = torch.as_tensor(labels)
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"{name} must be B integer class labels, got {type(labels).__name__}.") from None
-    if t.is_floating_point() or t.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer class indices, got dtype {t.dtype}.")
-    t = t.long().flatten()
-    if t.numel() != batch:
-        raise ValueError(f"{name} must have one label per image ({batch}), got {t.numel()}.")
-    if num_classes is not None and ((t < 0).any() or (t >= num_classes).any()):
-        raise ValueError(f"{name} out of range: the model has {num_classes} classes "
-                         f"(valid 0..{num_classes - 1}), got {sorted(set(t.tolist()))}.")
-    return t
+    return check_maps(fn(model, images, target=target).detach(), images, name=name)
 
 
 # ----------------------------------------------------------------------------- ranking
@@ -209,10 +85,6 @@ def grid_to_pixels(mask: Tensor, grid: tuple[int, int], size: tuple[int, int]) -
 PRECISIONS = ("float32", "bfloat16")
 
 
-def check_precision(precision: Any) -> str:
-    return check_choice(precision, "precision", PRECISIONS)
-
-
 def _autocast(precision: str, device: torch.device) -> Any:
     if precision == "float32":
         return nullcontext()
@@ -235,7 +107,7 @@ def forward_logits(model: nn.Module, build: Callable[[Tensor], Tensor], n: int, 
         (n, K) float32 logits, on the device of the built images.
     """
     batch_size = check_positive_int(batch_size, "batch_size")
-    precision = check_precision(precision)
+    precision = check_choice(precision, "precision", PRECISIONS)
     chunks = []
     with eval_mode(model), torch.inference_mode():
         for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress or n == 0,
@@ -243,11 +115,16 @@ def forward_logits(model: nn.Module, build: Callable[[Tensor], Tensor], n: int, 
             rows = torch.arange(start, min(start + batch_size, n))
             x = build(rows)
             with _autocast(precision, x.device):
-                logits = model(x)
+                logits = logits_of(model, x)        # Hugging Face models return an object
             chunks.append(logits.float())
     if not chunks:
         return torch.empty(0, 0)
     return torch.cat(chunks)
+
+
+def batch_logits(model: nn.Module, images: Tensor, batch_size: int = 64) -> Tensor:
+    """Logits of a batch of images, ``batch_size`` per forward pass (eval mode, no grad)."""
+    return forward_logits(model, lambda r: images[r.to(images.device)], images.shape[0], batch_size)
 
 
 class LogitCache:
@@ -261,7 +138,7 @@ class LogitCache:
     def __init__(self, precision: str = "float32") -> None:
         self._store: dict[str, Tensor] = {}
         self.forwards = 0       # images run through the model via this cache (for reports)
-        self.precision = check_precision(precision)
+        self.precision = check_choice(precision, "precision", PRECISIONS)
 
     def get(self, key: str, model: nn.Module, images: Callable[[], Tensor], batch_size: int,
             progress: bool = False) -> Tensor:

@@ -1,8 +1,12 @@
 """Localisation metrics: the grid pointing game (Böhle et al. 2022) and ground-truth-mask
-scores (pointing game, relevance mass accuracy, relevance rank accuracy).
+scores (:func:`mass_on_mask`, pointing game, relevance mass accuracy, relevance rank
+accuracy).
 
-All scores are computed on the patch grid. A pixel mask (B, H, W) becomes a token mask with
-:func:`mask_to_grid`: a token is inside when at least half of its pixels are (coverage ≥ 0.5).
+:func:`mass_on_mask` is the course's one "share of the map on the object" number
+(notebooks 04-06, the explorer): each patch counts with the fraction of its pixels inside
+the mask. The other mask scores work on token masks: a pixel mask (B, H, W) becomes a token
+mask with :func:`vit_course.imaging.mask_to_grid`: a token is inside when at least half of
+its pixels are (coverage ≥ 0.5).
 If an object is so small that no token reaches that coverage, the token(s) with the largest
 coverage count as inside, so every non-empty mask has a target. An empty mask gives NaN
 with a warning.
@@ -16,12 +20,15 @@ from __future__ import annotations
 import warnings
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_images, check_labels, check_maps, check_positive_int
+from ..imaging import mask_coverage, mask_to_grid
 from ..runtime import SEED
-from ._common import as_generator, check_images, check_maps, forward_logits, rank_tokens, resolve_labels
+from ._common import as_generator, batch_logits, rank_tokens
 
 #: Chance level of the 2×2 grid pointing game.
 GRID_CHANCE = 0.25
@@ -47,9 +54,8 @@ class GridImages(NamedTuple):
 
 def correctly_classified(model: nn.Module, images: Tensor, labels: Any, batch_size: int = 64) -> Tensor:
     """(M,) bool: which images ``model`` classifies as their label (eval mode, batched)."""
-    images = check_images(images)
-    logits = forward_logits(model, lambda r: images[r.to(images.device)], images.shape[0], batch_size)
-    y = resolve_labels(labels, images.shape[0], logits.shape[1]).to(logits.device)
+    logits = batch_logits(model, check_images(images), batch_size)
+    y = check_labels(labels, images.shape[0], logits.shape[1]).to(logits.device)
     return logits.argmax(dim=1) == y
 
 
@@ -77,9 +83,8 @@ def make_grid_images(images: Tensor, labels: Any, target_class: int | None = Non
     M, C, H, W = images.shape
     if H % 2 or W % 2:
         raise ValueError(f"images must have even height and width to split into 2x2 tiles, got {H}x{W}.")
-    if isinstance(n_grids, bool) or not isinstance(n_grids, int) or n_grids < 1:
-        raise ValueError(f"n_grids must be a positive int, got {n_grids!r}.")
-    y = resolve_labels(labels, M)
+    check_positive_int(n_grids, "n_grids")
+    y = check_labels(labels, M)
     g = as_generator(seed, SEED)
     classes = sorted(set(y.tolist()))
     usable = [c for c in classes if int((y != c).sum()) >= 3]
@@ -146,39 +151,45 @@ def grid_pointing_score(maps: Tensor, target_tile: Any) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- ground-truth masks
-def mask_coverage(masks: Tensor, grid: tuple[int, int]) -> Tensor:
-    """Fraction of each token's pixels inside the mask: (B, H, W) bool → (B, h, w) float64."""
-    if not isinstance(masks, Tensor) or masks.ndim != 3:
-        raise ValueError(f"masks must be a (B, H, W) bool tensor, got {getattr(masks, 'shape', type(masks).__name__)}.")
-    B, H, W = masks.shape
-    h, w = grid
-    if H % h or W % w:
-        raise ValueError(f"masks of {H}x{W} pixels do not split into the {h}x{w} patch grid "
-                         "(H % h and W % w must be 0); resize the masks to the image size.")
-    return F.avg_pool2d(masks.double().unsqueeze(1), (H // h, W // w)).squeeze(1)
+def mass_on_mask(maps: Tensor, masks: Tensor | np.ndarray) -> Tensor:
+    """Share of each map's positive mass on the object: ``Σ max(m, 0)·c / Σ max(m, 0)``.
 
+    ``c`` is the fraction of each patch's pixels inside the mask
+    (:func:`vit_course.imaging.mask_coverage`). This is the relevance mass accuracy of Arras,
+    Osman & Samek (2022, "CLEVR-XAI", Information Fusion 81; arXiv:2003.07258: the sum of
+    positive relevance inside the ground-truth mask over the sum of all positive relevance)
+    computed in pixels, for a patch map spread evenly over each patch's pixels (nearest
+    upsampling), so a patch half on the object counts half. :func:`relevance_mass_accuracy` is the same ratio on token masks (a
+    patch counts fully or not at all, :func:`vit_course.imaging.mask_to_grid`); for masks
+    already on the grid (bool (B, h, w)) the two agree whenever the map has positive mass
+    and the mask is not empty.
 
-def mask_to_grid(masks: Tensor, grid: tuple[int, int], threshold: float = 0.5) -> Tensor:
-    """Pixel masks → token masks: a token is inside when its coverage is ≥ ``threshold``.
-
-    If no token of an image reaches the threshold but the mask is not empty, the token(s) with
-    the largest coverage are inside, so small objects still have a target.
+    A map spread evenly scores the mask's area; a map entirely on the mask scores 1.
 
     Args:
-        masks: (B, H, W) bool.
-        grid: (h, w) patch grid.
-        threshold: coverage needed. Default: 0.5.
+        maps: (B, h, w) patch-grid maps.
+        masks: (H, W) for every map or (B, H, W) one per map; bool or fractions in [0, 1],
+            torch or NumPy. H, W must be multiples of h, w; (h, w) masks are used as they are.
 
     Returns:
-        (B, h, w) bool.
+        (B,) float64 in [0, 1]; 0 for a map without positive mass (nothing lies on the
+        object) and for an empty mask.
     """
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}.")
-    cov = mask_coverage(masks, grid)
-    inside = cov >= threshold - 1e-12
-    top = cov.flatten(1).amax(dim=1).view(-1, 1, 1)
-    fallback = (~inside.flatten(1).any(dim=1)).view(-1, 1, 1) & (top > 0)
-    return torch.where(fallback, (cov == top) & (top > 0), inside)
+    maps = check_maps(maps).detach()
+    B, h, w = maps.shape
+    cov = mask_coverage(masks, (h, w)).to(maps.device)
+    cov = cov.expand(B, h, w) if cov.ndim == 2 else cov
+    if cov.shape[0] != B:
+        raise ValueError(f"masks must be (H, W) for every map or ({B}, H, W), one per map; got "
+                         f"{cov.shape[0]} masks for {B} maps.")
+    pos = maps.double().clamp_min(0)
+    total = pos.sum(dim=(1, 2))
+    return torch.where(total > 0, (pos * cov).sum(dim=(1, 2)) / total.clamp_min(1e-300),
+                       torch.zeros_like(total))
+
+
+def _nan_if_empty(score: Tensor, inside: Tensor) -> Tensor:
+    return torch.where(inside.flatten(1).any(dim=1), score, torch.full_like(score, float("nan")))
 
 
 def _token_masks(maps: Tensor, masks: Tensor, threshold: float) -> Tensor:
@@ -210,25 +221,25 @@ def pointing_game(maps: Tensor, masks: Tensor, threshold: float = 0.5) -> Tensor
     inside = _token_masks(maps, masks, threshold).flatten(1)
     flat = maps.flatten(1)
     is_max = flat == flat.amax(dim=1, keepdim=True)
-    score = (is_max & inside).sum(dim=1).double() / is_max.sum(dim=1).double()
-    return torch.where(inside.any(dim=1), score, torch.full_like(score, float("nan")))
+    return _nan_if_empty((is_max & inside).sum(dim=1).double() / is_max.sum(dim=1).double(), inside)
 
 
 def relevance_mass_accuracy(maps: Tensor, masks: Tensor, threshold: float = 0.5) -> Tensor:
-    """Share of positive relevance inside the object (Arras et al. 2022), on the patch grid.
+    """Share of positive relevance inside the object (Arras et al. 2022), on token masks.
 
-    ``Σ_{inside} max(map, 0) / Σ max(map, 0)``; a map without positive relevance scores the
-    object's share of tokens (what a uniform map scores).
+    ``Σ_{inside} max(map, 0) / Σ max(map, 0)`` over the tokens of the object's token mask
+    (:func:`vit_course.imaging.mask_to_grid` with ``threshold``), i.e. :func:`mass_on_mask`
+    of that bool token mask. Unlike :func:`mass_on_mask`, a map without positive relevance
+    scores the object's share of tokens (what a uniform map scores) and an empty mask NaN,
+    so that averages over images are not pulled towards 0 by maps that say nothing.
 
     Returns:
         (B,) float64 in [0, 1]; NaN for empty masks.
     """
-    inside = _token_masks(maps, masks, threshold).flatten(1)
-    pos = maps.flatten(1).double().clamp_min(0)
-    total = pos.sum(dim=1)
-    uniform = inside.double().mean(dim=1)
-    score = torch.where(total > 0, (pos * inside).sum(dim=1) / total.clamp_min(1e-300), uniform)
-    return torch.where(inside.any(dim=1), score, torch.full_like(score, float("nan")))
+    inside = _token_masks(maps, masks, threshold)
+    has_mass = (maps.flatten(1) > 0).any(dim=1)
+    uniform = inside.flatten(1).double().mean(dim=1)
+    return _nan_if_empty(torch.where(has_mass, mass_on_mask(maps, inside), uniform), inside)
 
 
 def relevance_rank_accuracy(maps: Tensor, masks: Tensor, threshold: float = 0.5) -> Tensor:
@@ -246,4 +257,4 @@ def relevance_rank_accuracy(maps: Tensor, masks: Tensor, threshold: float = 0.5)
     ranks = torch.arange(order.shape[1], device=order.device).view(1, -1)
     top = ranks < K.view(-1, 1)                                 # first K of the order
     hits = (inside.gather(1, order) & top).sum(dim=1).double()
-    return torch.where(K > 0, hits / K.clamp_min(1).double(), torch.full_like(hits, float("nan")))
+    return _nan_if_empty(hits / K.clamp_min(1).double(), inside)

@@ -9,31 +9,20 @@ image and the fully perturbed one are each run once per image and shared (see
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import (
+    channel_stats, check_choice, check_images, check_labels, check_maps, check_positive_int,
+    resolve_targets
+)
+from ..imaging import IMAGENET_MEAN, IMAGENET_STD, gaussian_blur
 from ._common import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    LogitCache,
-    channel_stats,
-    check_choice,
-    check_images,
-    check_maps,
-    check_steps,
-    fraction_counts,
-    perturbed_logits,
-    prefix_masks,
-    rank_tokens,
-    resolve_labels,
-    resolve_target,
-    target_probability,
-    token_counts,
+    LogitCache, fraction_counts, perturbed_logits, prefix_masks, rank_tokens,
+    target_probability, token_counts
 )
 
 BASELINES = ("blur", "mean", "zero")
@@ -44,50 +33,15 @@ CHEFER_FRACTIONS = tuple(i / 10 for i in range(10))
 
 
 # ----------------------------------------------------------------------------- baselines
-def gaussian_blur(images: Tensor, sigma: float = BLUR_SIGMA, kernel_size: int | None = None) -> Tensor:
-    """Separable Gaussian blur with reflect padding.
-
-    Args:
-        images: (B, C, H, W).
-        sigma: standard deviation in pixels. Default: 5.
-        kernel_size: odd kernel width; default ``2·ceil(3σ) + 1`` (31 for σ = 5). Reflect
-            padding needs ``kernel_size // 2 < min(H, W)``.
-
-    Returns:
-        (B, C, H, W) blurred images (the kernel sums to 1, so blurring commutes with
-        per-channel normalisation).
-    """
-    images = check_images(images)
-    if not sigma > 0:
-        raise ValueError(f"sigma must be > 0, got {sigma!r}.")
-    if kernel_size is None:
-        kernel_size = 2 * math.ceil(3 * sigma) + 1
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}.")
-    B, C, H, W = images.shape
-    r = kernel_size // 2
-    if r >= min(H, W):
-        raise ValueError(f"a {kernel_size}-px blur kernel needs images larger than {r} px for reflect "
-                         f"padding, got {H}x{W}; use baseline='mean' or 'zero' for such small images, "
-                         f"or a smaller sigma.")
-    x = torch.arange(kernel_size, dtype=images.dtype, device=images.device) - r
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = k / k.sum()
-    flat = images.reshape(B * C, 1, H, W)
-    flat = F.conv2d(F.pad(flat, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
-    flat = F.conv2d(F.pad(flat, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
-    return flat.reshape(B, C, H, W)
-
-
 def make_baseline(images: Tensor, baseline: str = "blur") -> Tensor:
     """The image every token is replaced with (deletion) or revealed on (insertion).
 
     Args:
         images: (B, C, H, W), in the model's input space (normalised or not).
-        baseline: ``"blur"`` (Gaussian blur of the image, σ = 5 px, 31-px kernel, reflect
-            padding), ``"mean"`` (each channel's mean over the image) or ``"zero"`` (all zeros
-            in the model's input space; for ImageNet-normalised inputs that is the dataset's
-            mean colour).
+        baseline: ``"blur"`` (:func:`vit_course.imaging.gaussian_blur` with σ =
+            :data:`BLUR_SIGMA` = 5 px: 31-px kernel, reflect padding), ``"mean"`` (each
+            channel's mean over the image) or ``"zero"`` (all zeros in the model's input
+            space; for ImageNet-normalised inputs that is the dataset's mean colour).
 
     Returns:
         (B, C, H, W) baseline images.
@@ -95,7 +49,7 @@ def make_baseline(images: Tensor, baseline: str = "blur") -> Tensor:
     check_choice(baseline, "baseline", BASELINES)
     images = check_images(images)
     if baseline == "blur":
-        return gaussian_blur(images)
+        return gaussian_blur(images, BLUR_SIGMA)
     if baseline == "mean":
         return images.mean(dim=(2, 3), keepdim=True).expand_as(images).clone()
     return torch.zeros_like(images)
@@ -104,26 +58,25 @@ def make_baseline(images: Tensor, baseline: str = "blur") -> Tensor:
 # ----------------------------------------------------------------------------- deletion / insertion
 def _curve(model: nn.Module, images: Tensor, maps: Tensor, target: Any, steps: int, baseline: str,
            batch_size: int, progress: bool, insertion: bool, cache: LogitCache | None = None,
-           baseline_images: Tensor | None = None, precision: str = "float32") -> tuple[Tensor, Tensor]:
+           baseline_images: Tensor | None = None, precision: str = "float32") -> Tensor:
     images = check_images(images)
     maps = check_maps(maps, images)
-    steps = check_steps(steps)
+    steps = check_positive_int(steps, "steps", "the number of perturbation steps, e.g. 20.")
     check_choice(baseline, "baseline", BASELINES)
     cache = cache or LogitCache(precision)
     base = baseline_images if baseline_images is not None else make_baseline(images, baseline)
     clean = cache.get("clean", model, lambda: images, batch_size)
-    t = resolve_target(target, clean)
+    t = resolve_targets(target, clean)
     h, w = maps.shape[1:]
     masks = prefix_masks(rank_tokens(maps).to(images.device), token_counts(steps, h * w))
-    if insertion:       # masked tokens show the image, the rest shows the baseline
-        logits = perturbed_logits(model, base, images, masks, (h, w), batch_size=batch_size,
-                                  progress=progress, desc="insertion", cache=cache,
-                                  key_off=f"baseline:{baseline}", key_on="clean")
-    else:               # masked tokens show the baseline, the rest shows the image
-        logits = perturbed_logits(model, images, base, masks, (h, w), batch_size=batch_size,
-                                  progress=progress, desc="deletion", cache=cache,
-                                  key_off="clean", key_on=f"baseline:{baseline}")
-    return target_probability(logits, t), t
+    # insertion: masked tokens show the image, the rest the baseline; deletion: the reverse
+    off, on = (base, images) if insertion else (images, base)
+    keys = ("clean", f"baseline:{baseline}")
+    key_off, key_on = keys[::-1] if insertion else keys
+    logits = perturbed_logits(model, off, on, masks, (h, w), batch_size=batch_size, progress=progress,
+                              desc="insertion" if insertion else "deletion", cache=cache,
+                              key_off=key_off, key_on=key_on)
+    return target_probability(logits, t)
 
 
 def deletion_curve(model: nn.Module, images: Tensor, maps: Tensor, target: Any = None, *,
@@ -158,7 +111,7 @@ def deletion_curve(model: nn.Module, images: Tensor, maps: Tensor, target: Any =
         auc(curve)                                               # (B,), lower is better
     """
     return _curve(model, images, maps, target, steps, baseline, batch_size, progress, insertion=False,
-                  precision=precision)[0]
+                  precision=precision)
 
 
 def insertion_curve(model: nn.Module, images: Tensor, maps: Tensor, target: Any = None, *,
@@ -176,7 +129,7 @@ def insertion_curve(model: nn.Module, images: Tensor, maps: Tensor, target: Any 
         unperturbed image.
     """
     return _curve(model, images, maps, target, steps, baseline, batch_size, progress, insertion=True,
-                  precision=precision)[0]
+                  precision=precision)
 
 
 def auc(curve: Any) -> Tensor:
@@ -188,7 +141,7 @@ def auc(curve: Any) -> Tensor:
     Returns:
         (...) areas: ``sum_k (y_k + y_{k+1}) / 2 · (1/S)``.
     """
-    y = torch.as_tensor(curve, dtype=torch.float64) if not isinstance(curve, Tensor) else curve.double()
+    y = torch.as_tensor(curve, dtype=torch.float64)
     if y.ndim == 0 or y.shape[-1] < 2:
         raise ValueError(f"curve needs at least 2 points along its last axis (steps >= 1), "
                          f"got shape {tuple(y.shape)}.")
@@ -217,7 +170,7 @@ def chefer_auc(accuracy: Any) -> Tensor:
     Returns:
         (...) AUC values in [0, 0.95].
     """
-    a = torch.as_tensor(accuracy, dtype=torch.float64) if not isinstance(accuracy, Tensor) else accuracy.double()
+    a = torch.as_tensor(accuracy, dtype=torch.float64)
     if a.ndim == 0 or a.shape[-1] != 10:
         raise ValueError(f"chefer_auc expects 10 values per curve (0 %, 10 %, …, 90 % removal), "
                          f"got shape {tuple(a.shape)}.")
@@ -237,7 +190,7 @@ def _chefer_curves(model: nn.Module, images: Tensor, maps: Tensor, labels: Any, 
     black = ((0.0 - m) / s).expand_as(images)          # pixel value 0 before normalisation
     clean = cache.get("clean", model, lambda: images, batch_size)
     K = clean.shape[1]
-    y = clean.argmax(dim=1) if labels is None else resolve_labels(labels, B, K).to(clean.device)
+    y = clean.argmax(dim=1) if labels is None else check_labels(labels, B, K).to(clean.device)
     h, w = maps.shape[1:]
     counts = fraction_counts(CHEFER_FRACTIONS, h * w)
     out: dict[str, Tensor] = {"fractions": torch.tensor(CHEFER_FRACTIONS, dtype=torch.float64)}

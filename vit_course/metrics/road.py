@@ -30,23 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import (
+    channel_stats, check_choice, check_fractions, check_images, check_labels, check_maps,
+    resolve_targets
+)
+from ..imaging import IMAGENET_MEAN, IMAGENET_STD
 from ..runtime import SEED
 from ._common import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    LogitCache,
-    channel_stats,
-    check_choice,
-    check_fractions,
-    check_images,
-    check_maps,
-    fraction_counts,
-    perturbed_logits,
-    prefix_masks,
-    rank_tokens,
-    resolve_labels,
-    resolve_target,
-    target_probability,
+    LogitCache, fraction_counts, perturbed_logits, prefix_masks, rank_tokens, target_probability
 )
 
 ROAD_ORDERS = ("morf", "lerf")
@@ -243,8 +234,8 @@ def road_curve(model: nn.Module, images: Tensor, maps: Tensor, labels: Any = Non
         raise TypeError(f"seed must be an int or a torch.Generator, got {type(seed).__name__}.")
     cache = LogitCache()
     clean = cache.get("clean", model, lambda: images, batch_size)
-    t = resolve_target(target, clean)
-    y = clean.argmax(dim=1) if labels is None else resolve_labels(labels, B, clean.shape[1]).to(clean.device)
+    t = resolve_targets(target, clean)
+    y = clean.argmax(dim=1) if labels is None else check_labels(labels, B, clean.shape[1]).to(clean.device)
     h, w = maps.shape[1:]
     order_idx = rank_tokens(maps, descending=(order == "morf")).to(images.device)
     masks = prefix_masks(order_idx, fraction_counts(fractions, h * w))

@@ -14,17 +14,17 @@ The model is never modified: randomisation works on a deep copy.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_choice, check_images, resolve_targets
+from ..imaging import normalize_maps
 from ..runtime import SEED
-from ._common import check_images, check_maps, forward_logits, resolve_target
-
-ExplainFn = Callable[[nn.Module, Tensor, Any], Tensor]
+from ..explain import ExplainFn
+from ._common import batch_logits, explain_maps
 
 #: Parameter-name prefixes of the classifier end (final norm + head) for the supported models.
 HEAD_PREFIXES = ("head.", "heads.", "norm.", "fc_norm.", "encoder.ln.", "head_drop.")
@@ -73,14 +73,6 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     return torch.where(den > 0, num / den.clamp_min(1e-300), torch.full_like(num, float("nan")))
 
 
-def normalise01(maps: Tensor) -> Tensor:
-    """Min-max scale each map to [0, 1] (a constant map becomes all zeros): (B, h, w) → float64."""
-    m = maps.double()
-    lo = m.flatten(1).amin(dim=1).view(-1, *([1] * (m.ndim - 1)))
-    hi = m.flatten(1).amax(dim=1).view(-1, *([1] * (m.ndim - 1)))
-    return torch.where(hi > lo, (m - lo) / (hi - lo).clamp_min(1e-300), torch.zeros_like(m))
-
-
 def ssim(a: Tensor, b: Tensor, *, sigma: float = 1.5, window: int = 11, normalise: bool = True) -> Tensor:
     """Structural similarity (Wang et al. 2004) of two batches of maps, Gaussian window.
 
@@ -101,8 +93,8 @@ def ssim(a: Tensor, b: Tensor, *, sigma: float = 1.5, window: int = 11, normalis
     if not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.shape != b.shape or a.ndim != 3:
         raise ValueError(f"ssim needs two (B, h, w) tensors of the same shape, got "
                          f"{getattr(a, 'shape', type(a).__name__)} and {getattr(b, 'shape', type(b).__name__)}.")
-    x = normalise01(a) if normalise else a.double()
-    y = normalise01(b) if normalise else b.double()
+    x = normalize_maps(a.double()) if normalise else a.double()
+    y = normalize_maps(b.double()) if normalise else b.double()
     h, w = x.shape[1:]
     k = min(window, h, w)
     k = k if k % 2 else k - 1
@@ -200,7 +192,8 @@ def cascading_randomization(model: nn.Module, images: Tensor, explain_fn: Explai
     Args:
         model: the trained model.
         images: (B, C, H, W).
-        explain_fn: called as ``explain_fn(model, images, target=t)`` → (B, h, w).
+        explain_fn: an :data:`~vit_course.metrics.ExplainFn`, called as
+            ``explain_fn(model, images, target=t)`` → (B, h, w).
         target: ``None`` (class predicted by the original model), an int, or B ints.
         seed: randomisation seed. Default: SEED.
         absolute: compare absolute values of the maps (as Adebayo et al. also report).
@@ -213,9 +206,8 @@ def cascading_randomization(model: nn.Module, images: Tensor, explain_fn: Explai
     from tqdm.auto import tqdm
 
     images = check_images(images)
-    logits = forward_logits(model, lambda r: images[r.to(images.device)], images.shape[0], images.shape[0])
-    t = resolve_target(target, logits)
-    original = check_maps(explain_fn(model, images, target=t).detach(), images, name="explain_fn output")
+    t = resolve_targets(target, batch_logits(model, images, images.shape[0]))
+    original = explain_maps(explain_fn, model, images, t)
     plan = randomization_steps(model)
     work = copy.deepcopy(model)
     maps = [original]
@@ -223,7 +215,7 @@ def cascading_randomization(model: nn.Module, images: Tensor, explain_fn: Explai
     ref = original.abs() if absolute else original
     for k, (name, group) in enumerate(tqdm(plan, desc="randomise", disable=not progress, leave=False)):
         reinitialize_(work, group, torch.Generator().manual_seed(seed + k))
-        m = check_maps(explain_fn(work, images, target=t).detach(), images, name="explain_fn output")
+        m = explain_maps(explain_fn, work, images, t)
         maps.append(m)
         cmp = m.abs() if absolute else m
         rho.append(spearman(ref, cmp))
@@ -246,17 +238,16 @@ def class_sensitivity(model: nn.Module, images: Tensor, explain_fn: ExplainFn, *
         dict with ``"predicted"`` (B,), ``"classes"`` (B, J) the other classes compared,
         ``"spearman"`` (B, J) and ``"mean"`` (B,) the mean over the J classes.
     """
-    if others not in ("all", "lowest"):
-        raise ValueError(f"unknown others {others!r}; valid ones are ['all', 'lowest'].")
+    check_choice(others, "others", ("all", "lowest"))
     images = check_images(images)
-    logits = forward_logits(model, lambda r: images[r.to(images.device)], images.shape[0], images.shape[0])
+    logits = batch_logits(model, images, images.shape[0])
     B, K = logits.shape
     if K < 2:
         raise ValueError("class sensitivity needs a model with at least 2 classes.")
     order = logits.argsort(dim=1, descending=True, stable=True)   # (B, K), predicted first
     pred = order[:, 0]
     classes = order[:, 1:] if others == "all" else order[:, -1:]
-    ref = check_maps(explain_fn(model, images, target=pred).detach(), images, name="explain_fn output")
-    rho = torch.stack([spearman(ref, explain_fn(model, images, target=classes[:, j]).detach())
+    ref = explain_maps(explain_fn, model, images, pred)
+    rho = torch.stack([spearman(ref, explain_maps(explain_fn, model, images, classes[:, j]))
                        for j in range(classes.shape[1])], dim=1)
     return {"predicted": pred, "classes": classes, "spearman": rho, "mean": rho.nanmean(dim=1)}

@@ -8,6 +8,7 @@ baseline image is computed once, and the grid images are built once.
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -18,25 +19,16 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..checks import check_choice, check_images, check_labels, check_positive_int
+from ..explain import ExplainFn, explain
+from ..imaging import IMAGENET_MEAN, IMAGENET_STD
 from ..runtime import SEED
-from ._common import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    LogitCache,
-    check_choice,
-    check_images,
-    check_maps,
-    check_positive_int,
-    check_precision,
-    check_steps,
-    resolve_labels,
-)
-from .controls import CenterGaussianExplainer, RandomExplainer, infer_grid
+from ._common import PRECISIONS, LogitCache, explain_maps
 from .localisation import GridImages, grid_pointing_score, make_grid_images
 from .perturbation import BASELINES, _chefer_curves, _curve, auc, make_baseline
 from .summary import format_table, summarise
 
-ExplainFn = Callable[[nn.Module, Tensor, Any], Tensor]
+#: The controls, registered explain methods (:mod:`vit_course.explain.controls`).
 CONTROLS = ("random", "center_gaussian")
 
 
@@ -83,11 +75,23 @@ class SuiteResult:
 
 def _explain_batched(fn: ExplainFn, model: nn.Module, images: Tensor, targets: Tensor, batch_size: int,
                      name: str) -> Tensor:
-    out = []
-    for i in range(0, images.shape[0], batch_size):
-        m = fn(model, images[i:i + batch_size], target=targets[i:i + batch_size])
-        out.append(check_maps(m.detach(), images[i:i + batch_size], name=f"maps of explainer {name!r}"))
-    return torch.cat(out)
+    return torch.cat([explain_maps(fn, model, images[i:i + batch_size], targets[i:i + batch_size],
+                                   name=f"maps of explainer {name!r}")
+                      for i in range(0, images.shape[0], batch_size)])
+
+
+def control_explainers(controls: Sequence[str] = CONTROLS, seed: int = SEED) -> dict[str, ExplainFn]:
+    """The controls as :data:`ExplainFn` s: ``explain(model, images, "random", seed=g)`` and
+    ``explain(model, images, "center_gaussian")``.
+
+    The random control gets one ``torch.Generator`` seeded with ``seed``, so successive calls
+    (chunks of images, then the grids) continue one random stream, as a single call would.
+    """
+    fns: dict[str, ExplainFn] = {}
+    for c in controls:
+        opts = {"seed": torch.Generator().manual_seed(seed)} if c == "random" else {}
+        fns[check_choice(c, "control", CONTROLS)] = functools.partial(explain, method=c, **opts)
+    return fns
 
 
 def run_suite(model: nn.Module, images: Tensor, labels: Any, explainers: Mapping[str, ExplainFn], *,
@@ -108,14 +112,16 @@ def run_suite(model: nn.Module, images: Tensor, labels: Any, explainers: Mapping
         model: ``model(images) -> logits``.
         images: (B, C, H, W) normalised with ``mean``/``std``.
         labels: B ground-truth labels.
-        explainers: name → explain_fn, called as ``explain_fn(model, images, target=t)`` and
-            returning (B, h, w), e.g. ``functools.partial(vit_course.explain.explain,
-            method="rollout")`` (target is passed by keyword, so ``partial`` may bind
-            ``method`` and any options).
+        explainers: name → :data:`~vit_course.metrics.ExplainFn`, called as
+            ``fn(model, images, target=t)`` and returning (B, h, w), e.g.
+            ``functools.partial(vit_course.explain.explain, method="rollout")`` (target is
+            passed by keyword, so ``partial`` may bind ``method`` and any options).
         steps: deletion/insertion steps. Default: 20.
         baseline: deletion/insertion baseline, one of :data:`BASELINES`. Default: ``"blur"``.
         mean, std: the images' normalisation (Chefer's "0 before normalisation").
-        controls: which controls to add: any of ``"random"``, ``"center_gaussian"``.
+        controls: which controls to add: any of ``"random"``, ``"center_gaussian"`` (the
+            registered explain methods of those names, see :func:`control_explainers`, on the
+            patch grid of the explainers' maps, or the model's if there are none).
         grid_game: run the grid pointing game. Default: True.
         n_grids: number of grids; default B.
         batch_size: perturbed images per forward pass. Default: 64.
@@ -133,30 +139,26 @@ def run_suite(model: nn.Module, images: Tensor, labels: Any, explainers: Mapping
     """
     images = check_images(images)
     B = images.shape[0]
-    steps = check_steps(steps)
+    steps = check_positive_int(steps, "steps", "the number of deletion/insertion steps, e.g. 20.")
     check_choice(baseline, "baseline", BASELINES)
     check_positive_int(batch_size, "batch_size")
     check_positive_int(explain_batch_size, "explain_batch_size")
-    precision = check_precision(precision)
+    check_choice(precision, "precision", PRECISIONS)
     if not isinstance(explainers, Mapping) or not all(callable(f) for f in explainers.values()):
-        raise TypeError("explainers must be a dict name -> explain_fn(model, images, target); "
+        raise TypeError("explainers must be a dict name -> explain_fn(model, images, target=t); "
                         f"got {type(explainers).__name__}.")
-    for c in controls:
-        check_choice(c, "control", CONTROLS)
+    control_fns = control_explainers(controls, seed)
+    for c in control_fns:
         if c in explainers:
             raise ValueError(f"explainer name {c!r} clashes with the control of that name; rename it.")
-    all_fns: dict[str, ExplainFn] = dict(explainers)
-    if "random" in controls:
-        all_fns["random"] = RandomExplainer(seed)
-    if "center_gaussian" in controls:
-        all_fns["center_gaussian"] = CenterGaussianExplainer()
+    all_fns: dict[str, ExplainFn] = {**explainers, **control_fns}
     if not all_fns:
         raise ValueError("nothing to score: pass at least one explainer or control.")
 
     cache = LogitCache(precision)
     t0 = time.perf_counter()
     clean = cache.get("clean", model, lambda: images, batch_size)
-    y = resolve_labels(labels, B, clean.shape[1]).to(clean.device)
+    y = check_labels(labels, B, clean.shape[1]).to(clean.device)
     targets = clean.argmax(dim=1)
     base = make_baseline(images, baseline)
     res = SuiteResult(methods=list(all_fns), targets=targets, labels=y, precision=precision)
@@ -172,26 +174,24 @@ def run_suite(model: nn.Module, images: Tensor, labels: Any, explainers: Mapping
             warnings.warn(f"grid pointing game skipped: {err}", RuntimeWarning, stacklevel=2)
     res.grids = grids
 
-    try:
-        grid: tuple[int, int] | None = infer_grid(model, images)
-    except TypeError:
-        grid = None             # taken from the first explainer's maps
+    grid: tuple[int, int] | None = None      # the controls use the explainers' grid (or the model's)
     for name, fn in tqdm(all_fns.items(), desc="suite", disable=not progress):
+        if name in control_fns and grid is not None:
+            fn = functools.partial(fn, grid=grid)
+
         def timed(stage: str, f: Callable[[], Any]) -> Any:
             t = time.perf_counter()
             out = f()
             res.timings[f"{name}/{stage}"] = time.perf_counter() - t
             return out
 
-        if isinstance(fn, (RandomExplainer, CenterGaussianExplainer)) and fn.grid is None:
-            fn.grid = grid          # controls use the explainers' grid (or the model's)
         maps = timed("explain", lambda: _explain_batched(fn, model, images, targets, explain_batch_size, name))
-        grid = grid or tuple(maps.shape[1:])
         res.maps[name] = maps
-        dele, _ = timed("deletion", lambda: _curve(model, images, maps, targets, steps, baseline, batch_size,
-                                                   progress, insertion=False, cache=cache, baseline_images=base))
-        ins, _ = timed("insertion", lambda: _curve(model, images, maps, targets, steps, baseline, batch_size,
-                                                   progress, insertion=True, cache=cache, baseline_images=base))
+        grid = grid or tuple(maps.shape[1:])
+        dele = timed("deletion", lambda: _curve(model, images, maps, targets, steps, baseline, batch_size,
+                                                progress, insertion=False, cache=cache, baseline_images=base))
+        ins = timed("insertion", lambda: _curve(model, images, maps, targets, steps, baseline, batch_size,
+                                                progress, insertion=True, cache=cache, baseline_images=base))
         ch = timed("chefer", lambda: _chefer_curves(model, images, maps, y, mean, std, batch_size, progress,
                                                     cache=cache))
         res.curves[name] = {"deletion": dele, "insertion": ins,

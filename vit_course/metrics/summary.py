@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checks import check_positive_int
 from ..runtime import SEED
 
 #: Which direction is better for the metrics this package produces ("higher" / "lower").
@@ -22,6 +23,7 @@ METRIC_DIRECTIONS: dict[str, str] = {
     "road_lerf_auc": "higher",
     "grid_pointing": "higher",
     "pointing_game": "higher",
+    "mass_on_mask": "higher",
     "relevance_mass_accuracy": "higher",
     "relevance_rank_accuracy": "higher",
     "randomization_spearman": "lower",
@@ -52,8 +54,7 @@ def bootstrap_ci(values: Any, n_boot: int = 1000, ci: float = 0.95, seed: int = 
     Returns:
         (mean, lo, hi).
     """
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
-        raise ValueError(f"n_boot must be a positive int, got {n_boot!r}.")
+    check_positive_int(n_boot, "n_boot", "the number of bootstrap resamples, e.g. 1000.")
     if not 0.0 < ci < 1.0:
         raise ValueError(f"ci must be in (0, 1), e.g. 0.95; got {ci!r}.")
     v = _as_array(values)
