@@ -116,14 +116,27 @@ def test_auc_of_known_curves():
         M.auc([1.0])
 
 
-def test_chefer_auc_matches_the_authors_formula_and_figure():
-    assert M.chefer_auc(torch.ones(10)).item() == pytest.approx(0.95)
+def test_chefer_auc_is_the_trapezoid_rule_on_0_to_90_percent():
+    # hila-chefer/Transformer-Explainability issues #27 and #31: np.trapz(y, x) on
+    # x = 0, 0.1, ..., 0.9, y the accuracies after removing 0 %, ..., 90 % of the tokens
+    assert M.chefer_auc(torch.ones(10)).item() == pytest.approx(0.9)      # no appended zero
+    assert M.chefer_auc([1] * 10).item() == pytest.approx(0.9)
     assert M.chefer_auc(torch.zeros(3, 10)).tolist() == [0.0, 0.0, 0.0]
-    # one of the authors' rollout curves (0 %..90 %); their script reports AUC 0.7131
+    # by hand: trapezoids of width 0.1: (1+1)/2 + (1+.5)/2 + (.5+.5)/2 + (.5+0)/2 = 2.5 -> 0.25
+    assert M.chefer_auc([1, 1, 0.5, 0.5, 0, 0, 0, 0, 0, 0]).item() == pytest.approx(0.25)
+    # a straight line from 1 at 0 % to 0.1 at 90 %: mean height 0.55 over a width of 0.9
+    line = [1 - i / 10 for i in range(10)]
+    assert M.chefer_auc(line).item() == pytest.approx(0.55 * 0.9)
+    x = np.arange(10) / 10
     rollout = [1, 0.94605395, 0.91908092, 0.88911089, 0.84415584, 0.80919081, 0.75624376,
                0.65734266, 0.51548452, 0.29470529]
-    assert M.chefer_auc(rollout).item() == pytest.approx(0.7131, abs=5e-5)
-    assert M.chefer_auc(rollout).item() == pytest.approx(np.trapezoid(rollout + [0], dx=0.1))
+    assert M.chefer_auc(rollout).item() == pytest.approx(np.trapezoid(rollout, x), abs=1e-12)
+    curves = torch.rand(4, 3, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    got = M.chefer_auc(curves)
+    assert got.shape == (4, 3) and got.dtype == torch.float64
+    assert np.allclose(got.numpy(), np.trapezoid(curves.numpy(), x, axis=-1), atol=1e-12)
+    # linear: the mean of per-image AUCs is the AUC of the mean curve (what the tables report)
+    assert M.chefer_auc(curves.mean(0)).tolist() == pytest.approx(got.mean(0).tolist())
     with pytest.raises(ValueError, match="10 values"):
         M.chefer_auc(torch.ones(11))
 
@@ -139,7 +152,7 @@ def test_perturbation_test_positive_negative_and_black_pixels():
     assert out["positive"].tolist() == [[1.0] + [0.0] * 9] * 2     # 10 % = 1 token = the patch
     assert out["negative"].tolist() == [[1.0] * 10] * 2            # 90 % = 14 tokens, patch last
     assert out["positive_auc"].tolist() == pytest.approx([0.05, 0.05])
-    assert out["negative_auc"].tolist() == pytest.approx([0.95, 0.95])
+    assert out["negative_auc"].tolist() == pytest.approx([0.9, 0.9])
     # with ImageNet statistics, removed pixels are (0 - mean) / std; 40 % = floor(6.4) = 6 tokens
     spy = PatchModel(token)
     M.perturbation_test(spy, x, perfect, labels=None, batch_size=100, progress=False)

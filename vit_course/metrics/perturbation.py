@@ -151,30 +151,33 @@ def auc(curve: Any) -> Tensor:
 
 # ----------------------------------------------------------------------------- Chefer et al.
 def chefer_auc(accuracy: Any) -> Tensor:
-    """AUC of a perturbation-test curve exactly as Chefer et al. compute it.
+    """Area under a perturbation-test curve, by the trapezoid rule on x = 0, 0.1, …, 0.9.
 
-    Their evaluation script (``baselines/ViT/pertubation_eval_from_hdf5.py`` in
-    hila-chefer/Transformer-Explainability) only records hits at 10 %, …, 90 % removal and
-    the unperturbed accuracy; the AUC comes from a separate helper that lists the mean
-    accuracies a_0..a_9 (0 %..90 %), appends ``a_10 = 0`` for 100 % removal, and sums
-    trapezoids of width 0.1::
+    The accuracies a_0..a_9 after removing 0 %, 10 %, …, 90 % of the tokens (a_0 is the
+    unperturbed accuracy) are integrated over the removed fraction::
 
-        AUC = sum_{i=0}^{9} (a_i + a_{i+1}) / 2 · 0.1,   a_10 = 0
+        AUC = sum_{i=0}^{8} (a_i + a_{i+1}) / 2 · 0.1  =  np.trapz(a, x),  x = 0, 0.1, …, 0.9
 
-    i.e. ``np.trapz([a_0, …, a_9, 0], dx=0.1)`` on x = 0, 0.1, …, 1. The formula is linear,
-    so the mean of per-image AUCs equals the AUC of the mean curve they report.
+    No point is added for 100 % removal, so a constant curve of 1 gives 0.9.
+
+    Source: the first author's answers in hila-chefer/Transformer-Explainability, issue #27
+    (the perturbation test gives the accuracy at 0 %, 10 %, …, 90 % removal; the AUC is
+    ``np.trapz`` of those results) and issue #31 (``np.trapz(y, x) * 100``, with the
+    network's unperturbed accuracy at x = 0). The repository itself has no AUC code: its
+    ``baselines/ViT/pertubation_eval_from_hdf5.py`` records the per-step accuracies only.
+    Their tables report the value × 100. The formula is linear, so the mean of per-image
+    AUCs equals the AUC of the mean curve.
 
     Args:
         accuracy: (..., 10) accuracies (or 0/1 hits) at 0 %, 10 %, …, 90 % removal.
 
     Returns:
-        (...) AUC values in [0, 0.95].
+        (...) float64 AUC values in [0, 0.9].
     """
     a = torch.as_tensor(accuracy, dtype=torch.float64)
     if a.ndim == 0 or a.shape[-1] != 10:
         raise ValueError(f"chefer_auc expects 10 values per curve (0 %, 10 %, …, 90 % removal), "
                          f"got shape {tuple(a.shape)}.")
-    a = torch.cat([a, torch.zeros_like(a[..., :1])], dim=-1)
     return ((a[..., :-1] + a[..., 1:]) / 2 * 0.1).sum(dim=-1)
 
 
