@@ -30,28 +30,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_images, check_targets, resolve_targets
-from .families import (
-    SUPPORTED_MODELS,
-    ModelInfo,
-    describe_model,
-    family_of,
-    logits_of,
-    model_device_dtype,
-    unwrap,
-)
+from ..checks import check_images, check_positive_int, check_targets, resolve_targets
+from .families import (SUPPORTED_MODELS, ModelInfo, describe_model, family_of, logits_of,
+                       model_device_dtype, unwrap)
 
-__all__ = [
-    "Capture",
-    "ModelInfo",
-    "AttentionRecorder",
-    "LayerRecorder",
-    "capture",
-    "prepare_images",
-    "gradients_for_targets",
-    "describe_model",
-    "SUPPORTED_MODELS",
-]
+__all__ = ["Capture", "ModelInfo", "AttentionRecorder", "LayerRecorder", "capture",
+           "prepare_images", "gradients_for_targets", "describe_model", "SUPPORTED_MODELS"]
 
 
 # ----------------------------------------------------------------------------- recording
@@ -270,16 +254,9 @@ class Capture:
             if not -B <= index < B:
                 raise IndexError(f"image index {index} is out of range for a batch of {B}")
             index = slice(index % B, index % B + 1)          # keep the batch dimension
-
-        def pick(t: Tensor) -> Tensor:
-            return t[index]
-
-        return Capture(
-            logits=pick(self.logits), attentions=[pick(a) for a in self.attentions],
-            grid=self.grid, num_prefix_tokens=self.num_prefix_tokens,
-            targets=pick(self.targets),
-            gradients=None if self.gradients is None
-            else [pick(g) for g in self.gradients])
+        grads = None if self.gradients is None else [g[index] for g in self.gradients]
+        return Capture(self.logits[index], [a[index] for a in self.attentions], self.grid,
+                       self.num_prefix_tokens, self.targets[index], grads)
 
 
 def capture(model: nn.Module, images: Tensor, *, target: object = None,
@@ -383,8 +360,7 @@ def gradients_for_targets(cap: Capture, targets: Sequence[object],
                                                targets.ndim == 0):
         raise TypeError("targets must be a sequence of target specs, e.g. [0, 1, 2]; "
                         f"got a single target {targets!r} (wrap it in a list)")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    check_positive_int(chunk_size, "chunk_size")
     logits, attentions = cap._graph
     resolved = []
     for spec in targets:

@@ -52,24 +52,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = [
-    "SUPPORTED_MODELS",
-    "ModelInfo",
-    "BlockParts",
-    "Family",
-    "FAMILIES",
-    "family_of",
-    "describe_model",
-    "blocks_of",
-    "block_parts",
-    "part",
-    "head_of",
-    "head_linear",
-    "set_head",
-    "head_param_prefixes",
-    "logits_of",
-    "model_device_dtype",
-]
+__all__ = ["SUPPORTED_MODELS", "ModelInfo", "BlockParts", "Family", "FAMILIES", "family_of",
+           "describe_model", "blocks_of", "block_parts", "part", "head_of", "head_linear",
+           "set_head", "head_param_prefixes", "logits_of", "model_device_dtype", "unwrap"]
 
 Undo = Callable[[], None]
 
@@ -239,9 +224,9 @@ def _record_torchvision(model: nn.Module, record: list[Tensor]) -> list[Undo]:
     undo: list[Undo] = []
     for blk in model.encoder.layers:
         mha = _check_mha(blk.self_attention)
-        had, old = "forward" in mha.__dict__, mha.__dict__.get("forward")
-        undo.append(lambda m=mha, h=had, o=old: setattr(m, "forward", o) if h
-                    else m.__dict__.pop("forward", None))
+        old = mha.__dict__.get("forward")          # an instance-level forward, if any
+        undo.append(lambda m=mha, o=old: m.__dict__.pop("forward") if o is None
+                    else setattr(m, "forward", o))
         mha.forward = _explicit_mha_forward(mha, record)
     return undo
 
@@ -257,10 +242,10 @@ def _record_hf(model: nn.Module, record: list[Tensor]) -> list[Undo]:
     return undo
 
 
-def _per_block(attn_of: Callable[[nn.Module], nn.Module], blocks: str) -> Callable:
-    def record(model: nn.Module, rec: list[Tensor]) -> list[Undo]:
-        return [u for blk in _get(model, blocks) for u in _record_attn_drop(attn_of(blk), rec)]
-    return record
+def _record_blocks(model: nn.Module, record: list[Tensor]) -> list[Undo]:
+    """:func:`_record_attn_drop` on every block's attention (course ViT, timm)."""
+    fam = family_of(model)
+    return [u for blk in blocks_of(model) for u in _record_attn_drop(fam.block(blk).attn, record)]
 
 
 # ----------------------------------------------------------------------------- families
@@ -293,11 +278,6 @@ def _hf_block(blk: nn.Module) -> BlockParts:
     bias = None if a.q_proj.bias is None else torch.cat([p.bias for p in proj])
     return BlockParts(blk.layernorm_before, a, torch.cat([p.weight for p in proj]), bias,
                       a.o_proj, blk.layernorm_after, m.fc1, m.activation_fn, m.fc2)
-
-
-def _first_conv(stem: nn.Module) -> nn.Conv2d:
-    return stem if isinstance(stem, nn.Conv2d) else next(
-        m for m in stem.modules() if isinstance(m, nn.Conv2d))
 
 
 def _timm_sizes(model: nn.Module) -> tuple:
@@ -338,21 +318,21 @@ FAMILIES: tuple[Family, ...] = (
            _course_block,
            lambda m: (m.num_heads, int(m.num_prefix_tokens), m.in_channels,
                       (m.img_size, m.img_size), _pair(m.patch_size)),
-           _per_block(lambda blk: blk.msa_block, "transformer_encoder")),
+           _record_blocks),
     Family("torchvision", "torchvision.models.VisionTransformer",
            _loaded("torchvision.models.vision_transformer", "VisionTransformer"),
            dict(blocks="encoder.layers", norm="encoder.ln", head="heads", patch="conv_proj",
                 class_token="class_token", pos_embedding="encoder.pos_embedding"),
            _torchvision_block,
-           lambda m: (m.encoder.layers[0].self_attention.num_heads, 1,
-                      _first_conv(m.conv_proj).in_channels, (m.image_size, m.image_size),
-                      _pair(m.patch_size)),
+           lambda m: (m.encoder.layers[0].self_attention.num_heads, 1,   # conv stem or not:
+                      next(c for c in m.conv_proj.modules() if isinstance(c, nn.Conv2d))
+                      .in_channels, (m.image_size, m.image_size), _pair(m.patch_size)),
            _record_torchvision),
     Family("timm", "timm VisionTransformer (ViT, DeiT, distilled DeiT; if timm is installed)",
            _loaded("timm.models.vision_transformer", "VisionTransformer"),
            dict(blocks="blocks", norm="norm", head="head", patch="patch_embed.proj",
                 class_token="cls_token", pos_embedding="pos_embed"),
-           _timm_block, _timm_sizes, _per_block(lambda blk: blk.attn, "blocks"), _timm_extras),
+           _timm_block, _timm_sizes, _record_blocks, _timm_extras),
     Family("hf", "transformers ViTForImageClassification (if transformers is installed)",
            _loaded("transformers.models.vit.modeling_vit", "ViTForImageClassification"),
            dict(blocks="vit.layers", norm="vit.layernorm", head="classifier",
@@ -441,9 +421,9 @@ def set_head(model: nn.Module, head: nn.Module) -> nn.Module:
 
 def head_param_prefixes(model: nn.Module) -> tuple[str, ...]:
     """Parameter-name prefixes of the classifier end (final norm and head)."""
-    paths = family_of(model).paths
-    extra = ("fc_norm.", "head_dist.") if family_of(model).name == "timm" else ()
-    return (f"{paths['norm']}.", f"{paths['head']}.") + extra
+    fam = family_of(model)
+    extra = ("fc_norm.", "head_dist.") if fam.name == "timm" else ()   # timm's other ends
+    return (f"{fam.paths['norm']}.", f"{fam.paths['head']}.") + extra
 
 
 def describe_model(model: nn.Module) -> ModelInfo:
