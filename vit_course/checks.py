@@ -268,6 +268,19 @@ def check_labels(labels: Any, batch_size: int, num_classes: int | None = None,
     return t
 
 
+def check_gradients(gradients: Any, attentions: Sequence[Tensor],
+                    name: str = "gradients") -> list[Tensor]:
+    """Per-layer attention gradients that match ``attentions`` layer by layer (shape and count)."""
+    grads = check_attentions(gradients, name)
+    if len(grads) != len(attentions) or grads[0].shape != attentions[0].shape:
+        raise ValueError(
+            f"{name} must match attentions layer by layer: got {len(grads)} layers of "
+            f"{tuple(grads[0].shape)} for {len(attentions)} layers of "
+            f"{tuple(attentions[0].shape)}; use Capture.gradients from "
+            "capture(..., with_grad=True).")
+    return grads
+
+
 def check_nonnegative_int(value: Any, name: str, fix: str = "") -> int:
     """An int ≥ 0 (bools refused): a count that may be zero (workers, retries) or a seed."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -39,15 +39,13 @@ Shapes: B batch, L layers, H heads, T = P + N tokens.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
-
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import check_attentions
 from .capture import Capture
 from .methods import Explainer, register_method
-from .rollout import _check_layers
 
 __all__ = ["flow_matrices", "max_flow_layered", "attention_flow", "AttentionFlow"]
 
@@ -64,7 +62,7 @@ def flow_matrices(attentions: Sequence[Tensor]) -> Tensor:
     Returns:
         (B, L, T, T) float64 with Ã_l = row-normalised(0.5 · mean_heads(A_l) + 0.5 · I).
     """
-    layers = _check_layers(attentions)
+    layers = check_attentions(attentions)
     fused = torch.stack([a.detach().double().mean(dim=1) for a in layers], dim=1)
     T = fused.shape[-1]
     mixed = 0.5 * fused + 0.5 * torch.eye(T, dtype=torch.float64, device=fused.device)
@@ -276,8 +274,5 @@ class AttentionFlow(Explainer):
     seconds per image; see docs/BENCHMARKS.md). Works from a Capture (no forward pass).
     """
 
-    supports_capture: ClassVar[bool] = True
-    defaults: ClassVar[dict[str, Any]] = {}
-
-    def token_scores(self, cap: Capture) -> Tensor:
+    def compute(self, cap: Capture, target: object) -> Tensor:
         return attention_flow(cap.attentions, cap.num_prefix_tokens)

@@ -30,11 +30,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from ..checks import check_attentions, check_gradients, check_layer_index
 from .capture import Capture
 from .methods import Explainer, register_method
-from .rollout import _check_layer_index, _check_layers
 
-__all__ = ["gae_layer", "gae_rollout", "gae_cls_row", "GAE"]
+__all__ = ["gae_layer", "gae_rollout", "GAE"]
 
 
 def gae_layer(attn: Tensor, grad: Tensor) -> Tensor:
@@ -51,18 +51,6 @@ def gae_layer(attn: Tensor, grad: Tensor) -> Tensor:
         raise ValueError(f"attention {tuple(attn.shape)} and gradient {tuple(grad.shape)} "
                          "must have the same shape (B, heads, T, T)")
     return (grad * attn).clamp(min=0).mean(dim=1)
-
-
-def _checked(attentions: Sequence[Tensor], gradients: Sequence[Tensor], start_layer: int
-             ) -> tuple[list[Tensor], list[Tensor], int]:
-    layers = _check_layers(attentions)
-    grads = _check_layers(gradients, "gradients")
-    if len(grads) != len(layers) or grads[0].shape != layers[0].shape:
-        raise ValueError(
-            f"gradients must match attentions layer by layer: got {len(grads)} layers of "
-            f"{tuple(grads[0].shape)} for {len(layers)} layers of {tuple(layers[0].shape)}; "
-            "use Capture.gradients from capture(..., with_grad=True).")
-    return layers, grads, _check_layer_index(start_layer, len(layers), "start_layer")
 
 
 def gae_rollout(attentions: Sequence[Tensor], gradients: Sequence[Tensor],
@@ -82,31 +70,14 @@ def gae_rollout(attentions: Sequence[Tensor], gradients: Sequence[Tensor],
         R = gae_rollout(cap.attentions, cap.gradients)        # (B, 197, 197)
         maps = cls_row_to_grid(R, cap.grid, cap.num_prefix_tokens)
     """
-    layers, grads, start = _checked(attentions, gradients, start_layer)
+    layers = check_attentions(attentions)
+    grads = check_gradients(gradients, layers)
+    start = check_layer_index(start_layer, len(layers), "start_layer")
     B, _, T, _ = layers[0].shape
     R = torch.eye(T, dtype=layers[0].dtype, device=layers[0].device).expand(B, T, T).clone()
     for a, g in zip(layers[start:], grads[start:]):
         R = R + gae_layer(a, g) @ R
     return R
-
-
-def gae_cls_row(attentions: Sequence[Tensor], gradients: Sequence[Tensor],
-                start_layer: int = 0, row: int = 0) -> Tensor:
-    """Row ``row`` of :func:`gae_rollout` without forming the T × T products.
-
-    e_rowᵀ (I + Ā_{L-1}) ··· (I + Ā_start), multiplied from the top: O(L·T²) instead of
-    O(L·T³).
-
-    Returns:
-        (B, T).
-    """
-    layers, grads, start = _checked(attentions, gradients, start_layer)
-    B, _, T, _ = layers[0].shape
-    vec = torch.zeros(B, T, dtype=layers[0].dtype, device=layers[0].device)
-    vec[:, row] = 1.0
-    for a, g in zip(reversed(layers[start:]), reversed(grads[start:])):
-        vec = vec + (vec.unsqueeze(1) @ gae_layer(a, g)).squeeze(1)
-    return vec
 
 
 @register_method("gae")
@@ -122,11 +93,11 @@ class GAE(Explainer):
     """
 
     needs_grad = True
-    supports_capture: ClassVar[bool] = True
+    class_specific = True
     defaults: ClassVar[dict[str, Any]] = {"start_layer": 0}
 
     def check_options(self, start_layer: int) -> None:
-        _check_layer_index(start_layer, self.info.num_layers, "start_layer")
+        check_layer_index(start_layer, self.info.num_layers, "start_layer")
 
-    def token_scores(self, cap: Capture, start_layer: int) -> Tensor:
-        return gae_cls_row(cap.attentions, cap.gradients, start_layer)
+    def compute(self, cap: Capture, target: object, start_layer: int) -> Tensor:
+        return gae_rollout(cap.attentions, cap.gradients, start_layer)[:, 0]

@@ -9,7 +9,8 @@ N patch tokens are laid out as (B, D, h, w). With the gradients G of the target 
 respect to that output, each channel d gets the weight w_d = mean over the grid of G_d,
 and the map is ReLU(Σ_d w_d A_d). The default layer is the last block's *first*
 LayerNorm (course ViT: ``blocks[-1].msa_block.layer_norm``, torchvision:
-``encoder.layers[-1].ln_1``, timm: ``blocks[-1].norm1``): after the last block only the
+``encoder.layers[-1].ln_1``, timm: ``blocks[-1].norm1``, Hugging Face:
+``vit.layers[-1].layernorm_before``): after the last block only the
 class token reaches the head, so the patch tokens' output there has zero gradient, while
 the input of the last attention still feeds the class token through attention.
 
@@ -22,8 +23,9 @@ map is (mean_k w_k · A[k, 0, P:])⁺. (Their code multiplies, averages over hea
 clamps; so does this.) It reads a :class:`~vit_course.explain.capture.Capture`, so maps
 for other layers come without another forward pass.
 
-Hooks: :class:`LayerRecorder` is the one place that registers them; it is a context
-manager that removes its handle on exit, also when the forward or backward raises.
+Hooks: :class:`~vit_course.explain.capture.LayerRecorder` is the one place that registers
+them; it is a context manager that removes its handle on exit, also when the forward or
+backward raises.
 
 Shapes: B batch, P prefix tokens, N = h·w patches, T = P + N, D width, K classes.
 """
@@ -35,10 +37,12 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .capture import Capture, ModelInfo, describe_model, resolve_targets
-from .gradients import _forward, eval_mode, prepare_inputs
-from .methods import Explainer, register_method
-from .rollout import _check_layer_index, _check_layers
+from ..checks import check_attentions, check_gradients, check_layer_index, check_targets, \
+    resolve_targets
+from ..runtime import eval_mode
+from .capture import Capture, LayerRecorder
+from .families import block_parts, logits_of
+from .methods import Explainer, gradient_inputs, register_method
 
 __all__ = [
     "LayerRecorder",
@@ -50,86 +54,16 @@ __all__ = [
 ]
 
 
-# ----------------------------------------------------------------------------- hooks
-class LayerRecorder:
-    """Record the outputs of one module during forward passes; remove the hook on exit.
-
-    Args:
-        module: the layer to watch.
-
-    Example::
-
-        with LayerRecorder(model.encoder.layers[-1].ln_1) as rec:
-            logits = model(x)
-        tokens = rec.output            # (B, T, D), still in the autograd graph
-        # the hook is gone here, also if the block raised
-    """
-
-    def __init__(self, module: nn.Module):
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"LayerRecorder needs an nn.Module, got {type(module).__name__}")
-        self.module = module
-        self.outputs: list[Tensor] = []
-        self._handle: Any = None
-
-    def __enter__(self) -> LayerRecorder:
-        if self._handle is not None:
-            raise RuntimeError("LayerRecorder is already active; it is not re-entrant")
-        self.outputs.clear()
-        self._handle = self.module.register_forward_hook(self._hook)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-    def _hook(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
-        self.outputs.append(output[0] if isinstance(output, (tuple, list)) else output)
-
-    def release(self) -> None:
-        """Remove the hook (idempotent)."""
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-
-    @property
-    def active(self) -> bool:
-        return self._handle is not None
-
-    @property
-    def output(self) -> Tensor:
-        """The single recorded output; an error if the layer ran zero or several times."""
-        if len(self.outputs) != 1:
-            raise RuntimeError(
-                f"the target layer {type(self.module).__name__} ran {len(self.outputs)} times "
-                "in one forward pass (expected once); pick a layer that is not reused.")
-        return self.outputs[0]
-
-
+# ----------------------------------------------------------------------------- layer
 def default_gradcam_layer(model: nn.Module) -> nn.Module:
     """The last block's first LayerNorm (what pytorch-grad-cam's ViT tutorial targets).
 
     Returns:
         course ViT: ``blocks[-1].msa_block.layer_norm``; torchvision:
-        ``encoder.layers[-1].ln_1``; timm: ``blocks[-1].norm1``.
+        ``encoder.layers[-1].ln_1``; timm: ``blocks[-1].norm1``; Hugging Face:
+        ``vit.layers[-1].layernorm_before`` (:func:`~vit_course.explain.families.block_parts`).
     """
-    family = describe_model(model).family
-    if family == "vit_course":
-        return model.transformer_encoder[-1].msa_block.layer_norm
-    if family == "torchvision":
-        return model.encoder.layers[-1].ln_1
-    return model.blocks[-1].norm1
-
-
-def _check_layer_module(model: nn.Module, layer: object) -> None:
-    if layer is None:
-        return
-    if not isinstance(layer, nn.Module):
-        raise TypeError(f"layer must be None (the last block's first LayerNorm) or a module "
-                        f"of the model, got {type(layer).__name__}")
-    if not any(m is layer for m in model.modules()):
-        raise ValueError(f"layer {type(layer).__name__} is not a module of this "
-                         f"{type(model).__name__}; pass one of its layers, e.g. "
-                         "vit_course.explain.gradcam.default_gradcam_layer(model).")
+    return block_parts(model, -1).norm1
 
 
 # ----------------------------------------------------------------------------- maths
@@ -175,23 +109,14 @@ def attention_gradcam(attentions: list[Tensor], gradients: list[Tensor], layer: 
     Returns:
         (B, N) scores over the patch tokens.
     """
-    layers = _check_layers(attentions)
-    grads = _check_layers(gradients, "gradients")
-    if len(grads) != len(layers) or grads[0].shape != layers[0].shape:
-        raise ValueError("gradients must match attentions layer by layer; use "
-                         "Capture.gradients from capture(..., with_grad=True).")
-    i = _check_layer_index(layer, len(layers), "layer")
+    layers = check_attentions(attentions)
+    grads = check_gradients(gradients, layers)
+    i = check_layer_index(layer, len(layers), "layer")
     P = num_prefix_tokens
     a = layers[i][:, :, 0, P:]                         # (B, heads, N): class-token row
     g = grads[i][:, :, 0, P:]
     w = g.mean(dim=-1, keepdim=True)                    # (B, heads, 1): one weight per head
     return (a * w).mean(dim=1).clamp(min=0)             # (B, N)
-
-
-def _with_prefix(scores: Tensor, num_prefix_tokens: int) -> Tensor:
-    """(B, N) patch scores → (B, P + N) row with zeros for the prefix tokens."""
-    pad = scores.new_zeros(scores.shape[0], num_prefix_tokens)
-    return torch.cat([pad, scores], dim=1)
 
 
 # ----------------------------------------------------------------------------- explainers
@@ -205,50 +130,43 @@ class GradCAM(Explainer):
 
     One forward pass for the batch and a backward pass that stops at the layer (about 1.2
     plain forwards for ViT-B/16); one target per image. The layer's activations are not in
-    a :class:`Capture`, so :meth:`from_capture` raises ``TypeError``.
+    a :class:`Capture`, so there is no Capture path (``attention_gradcam`` has one).
     """
 
     needs_grad = True
-    supports_capture: ClassVar[bool] = False
+    class_specific = True
+    supports_capture = False
     defaults: ClassVar[dict[str, Any]] = {"layer": None}
 
     def check_options(self, layer: nn.Module | None) -> None:
-        _check_layer_module(self.model, layer)
+        if layer is None:
+            return
+        if not isinstance(layer, nn.Module):
+            raise TypeError(f"layer must be None (the last block's first LayerNorm) or a "
+                            f"module of the model, got {type(layer).__name__}")
+        if not any(m is layer for m in self.model.modules()):
+            raise ValueError(f"layer {type(layer).__name__} is not a module of this "
+                             f"{type(self.model).__name__}; pass one of its layers, e.g. "
+                             "vit_course.explain.gradcam.default_gradcam_layer(model).")
 
-    def attribute(self, images: Tensor, target: object = None, **options: Any) -> Tensor:
-        opts = self._merge(options)
-        layer = opts["layer"] if opts["layer"] is not None else default_gradcam_layer(self.model)
-        info, x = prepare_inputs(self.model, images)
-        return _gradcam(self.model, info, x, target, layer)
-
-    def token_scores(self, cap: Capture, **options: Any) -> Tensor:
-        raise TypeError("gradcam needs the target layer's activations, which a Capture does "
-                        "not hold; call attribute(images). (attention_gradcam works from a "
-                        "Capture.)")
-
-    def from_capture(self, cap: Capture, **options: Any) -> Tensor:
-        return self.token_scores(cap, **options)
-
-
-def _gradcam(model: nn.Module, info: ModelInfo, x: Tensor, target: object,
-             layer: nn.Module) -> Tensor:
-    grid = info.grid(*x.shape[-2:])
-    B = x.shape[0]
-    if target is not None and info.num_classes is not None:   # check before any pass
-        resolve_targets(target, x.new_zeros(B, info.num_classes))
-    with eval_mode(model), LayerRecorder(layer) as rec, torch.enable_grad():
-        logits = _forward(model, x.detach().requires_grad_(True))
-        tokens = rec.output
-        t = resolve_targets(target, logits)
-        if not tokens.requires_grad:
-            raise RuntimeError(f"the output of {type(layer).__name__} is not part of the "
-                               "graph that reaches the logits; pick a layer before the head.")
-        (grads,) = torch.autograd.grad(logits.gather(1, t.view(-1, 1)).sum(), tokens)
-    if tokens.ndim != 3 or tokens.shape[0] != B:
-        raise ValueError(f"layer {type(layer).__name__} outputs {tuple(tokens.shape)}; "
-                         "Grad-CAM needs token outputs (B, T, D).")
-    return gradcam_from_tokens(tokens.detach(), grads.detach(), grid,
-                               info.num_prefix_tokens)
+    def compute(self, images: Tensor, target: object, layer: nn.Module | None) -> Tensor:
+        layer = default_gradcam_layer(self.model) if layer is None else layer
+        info, x = gradient_inputs(self.model, images)
+        B = x.shape[0]
+        check_targets(target, B, info.num_classes)              # before any pass
+        with eval_mode(self.model), LayerRecorder(layer) as rec, torch.enable_grad():
+            logits = logits_of(self.model, x.detach().requires_grad_(True))
+            tokens = rec.output
+            t = resolve_targets(target, logits)
+            if not tokens.requires_grad:
+                raise RuntimeError(f"the output of {type(layer).__name__} is not part of the "
+                                   "graph that reaches the logits; pick a layer before the head.")
+            (grads,) = torch.autograd.grad(logits.gather(1, t.view(-1, 1)).sum(), tokens)
+        if tokens.ndim != 3 or tokens.shape[0] != B:
+            raise ValueError(f"layer {type(layer).__name__} outputs {tuple(tokens.shape)}; "
+                             "Grad-CAM needs token outputs (B, T, D).")
+        return gradcam_from_tokens(tokens.detach(), grads.detach(), info.grid(*x.shape[-2:]),
+                                   info.num_prefix_tokens)
 
 
 @register_method("attention_gradcam")
@@ -262,12 +180,13 @@ class AttentionGradCAM(Explainer):
     """
 
     needs_grad = True
-    supports_capture: ClassVar[bool] = True
+    class_specific = True
     defaults: ClassVar[dict[str, Any]] = {"layer": -1}
 
     def check_options(self, layer: int) -> None:
-        _check_layer_index(layer, self.info.num_layers, "layer")
+        check_layer_index(layer, self.info.num_layers, "layer")
 
-    def token_scores(self, cap: Capture, layer: int) -> Tensor:
-        scores = attention_gradcam(cap.attentions, cap.gradients, layer, cap.num_prefix_tokens)
-        return _with_prefix(scores, cap.num_prefix_tokens)
+    def compute(self, cap: Capture, target: object, layer: int) -> Tensor:
+        P = cap.num_prefix_tokens
+        scores = attention_gradcam(cap.attentions, cap.gradients, layer, P)   # (B, N)
+        return torch.cat([scores.new_zeros(scores.shape[0], P), scores], dim=1)  # (B, P + N)

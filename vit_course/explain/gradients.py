@@ -5,7 +5,8 @@ y_c with respect to the input pixels, so they work for any differentiable classi
 and give one value per pixel. For a ViT the pixel maps show a checkerboard: every 16×16
 patch goes through the same linear patch projection, so the gradient inside a patch
 repeats the projection's weight pattern. :func:`pool_to_grid` averages each patch, which
-puts the maps on the same (h, w) grid as the attention methods.
+puts the maps on the same (h, w) grid as the attention methods; ``explain(...,
+resolution="pixels")`` returns the (B, H, W) pixel maps instead.
 
 Methods (registered for :func:`vit_course.explain.explain`):
 
@@ -27,7 +28,7 @@ Methods (registered for :func:`vit_course.explain.explain`):
   The option is called ``rule`` because ``method`` names the explainer in
   :func:`~vit_course.explain.explain`. The map is the sum over
   channels (signed); completeness says its total is y_c(x) − y_c(x') (see
-  :func:`integrated_gradients`'s ``delta``). Baselines: ``"black"`` (pixel value 0: pass
+  :func:`integrated_gradients`'s ``delta``). Baselines (:func:`ig_baseline`): ``"black"`` (pixel value 0: pass
   the normalisation's ``mean``/``std`` so it becomes (0 − mean)/std in model space;
   without them it is 0 in the model's input space, which is black for inputs from
   ``simple_transform``), ``"blur"`` (a Gaussian blur of the image, Sturmfels et al. 2020,
@@ -49,16 +50,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..runtime import eval_mode  # re-exported: gradcam imports it from here
-from .capture import Capture, ModelInfo, check_images, describe_model, resolve_targets
-from .methods import Explainer, register_method
+from ..checks import channel_stats, check_choice, check_positive_int, check_targets, \
+    resolve_targets
+from ..imaging import gaussian_blur
+from ..runtime import eval_mode
+from .families import ModelInfo, logits_of
+from .methods import RESOLUTIONS, Explainer, pool_to_grid, gradient_inputs, register_method
 
 __all__ = [
-    "eval_mode",
-    "prepare_inputs",
     "resolve_input_targets",
     "input_gradients",
     "saliency",
@@ -66,8 +67,7 @@ __all__ = [
     "integrated_gradients",
     "ig_rule",
     "IG_RULES",
-    "make_baseline",
-    "gaussian_blur",
+    "ig_baseline",
     "pool_to_grid",
     "InputGradientExplainer",
     "Saliency",
@@ -78,42 +78,10 @@ __all__ = [
 #: Quadrature rules for integrated gradients (Captum's names).
 IG_RULES: tuple[str, ...] = ("gausslegendre", "riemann_left", "riemann_right",
                                "riemann_middle", "riemann_trapezoid")
+_BATCH_FIX = "it is the number of images per forward/backward pass, e.g. 16."
 
 
 # ----------------------------------------------------------------------------- model handling
-def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    p = next(model.parameters(), None)
-    return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
-
-
-def prepare_inputs(model: nn.Module, images: object) -> tuple[ModelInfo, Tensor]:
-    """Check ``images`` for a supported ViT and move them to its device and dtype.
-
-    Returns:
-        the model's :class:`~vit_course.explain.capture.ModelInfo` and the images
-        (B, C, H, W), detached.
-
-    Raises:
-        TypeError: unsupported model, images not a floating-point tensor.
-        ValueError: wrong rank, channels or size.
-        RuntimeError: called inside ``torch.inference_mode()`` (no gradients there).
-    """
-    info = describe_model(model)
-    device, dtype = _model_device_dtype(model)
-    x = check_images(info, images, device, dtype).detach()
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError("gradients cannot be computed inside torch.inference_mode(); call "
-                           "this explanation outside it.")
-    return info, x
-
-
-def _forward(model: nn.Module, x: Tensor) -> Tensor:
-    logits = model(x)
-    if isinstance(logits, (tuple, list)):        # e.g. a distilled DeiT in training mode
-        logits = logits[0]
-    return logits
-
-
 def resolve_input_targets(model: nn.Module, info: ModelInfo, x: Tensor,
                           target: object) -> Tensor:
     """One class index per image: checked against K without a forward pass when the
@@ -122,18 +90,11 @@ def resolve_input_targets(model: nn.Module, info: ModelInfo, x: Tensor,
     Returns:
         (B,) long on ``x``'s device.
     """
-    B = x.shape[0]
     if target is not None and info.num_classes is not None:
-        return resolve_targets(target, torch.zeros(B, info.num_classes, device=x.device))
+        return check_targets(target, x.shape[0], info.num_classes).to(x.device)
     with torch.no_grad(), eval_mode(model):
-        logits = _forward(model, x)
+        logits = logits_of(model, x)
     return resolve_targets(target, logits)
-
-
-def _check_positive_int(name: str, value: object, fix: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}; {fix}")
-    return value
 
 
 def _chunks(total: int, size: int) -> Iterator[slice]:
@@ -162,7 +123,7 @@ def input_gradients(model: nn.Module, inputs: Tensor, targets: Tensor,
     for sl in _chunks(inputs.shape[0], internal_batch_size):
         with torch.enable_grad():
             x = inputs[sl].detach().requires_grad_(True)
-            logits = _forward(model, x)
+            logits = logits_of(model, x)
             selected = logits.gather(1, targets[sl].view(-1, 1).to(logits.device)).sum()
             (grad,) = torch.autograd.grad(selected, x)
         out[sl] = grad
@@ -182,16 +143,15 @@ def saliency(model: nn.Module, images: Tensor, target: object = None,
     Returns:
         (B, H, W) non-negative pixel map.
     """
-    _check_positive_int("internal_batch_size", internal_batch_size,
-                        "it is the number of images per forward/backward pass, e.g. 16.")
-    info, x = prepare_inputs(model, images)
+    check_positive_int(internal_batch_size, "internal_batch_size", _BATCH_FIX)
+    info, x = gradient_inputs(model, images)
     with eval_mode(model):
         if target is None:          # one pass: the prediction comes from the same forward
             out = torch.empty_like(x)
             for sl in _chunks(x.shape[0], internal_batch_size):
                 with torch.enable_grad():
                     xi = x[sl].detach().requires_grad_(True)
-                    logits = _forward(model, xi)
+                    logits = logits_of(model, xi)
                     t = resolve_targets(None, logits)
                     (out[sl],) = torch.autograd.grad(logits.gather(1, t.view(-1, 1)).sum(), xi)
             grads = out
@@ -227,9 +187,8 @@ def smoothgrad(model: nn.Module, images: Tensor, target: object = None, n_sample
         (B, H, W) non-negative pixel map.
     """
     _check_smoothgrad(n_samples, noise_level, seed)
-    _check_positive_int("internal_batch_size", internal_batch_size,
-                        "it is the number of images per forward/backward pass, e.g. 16.")
-    info, x = prepare_inputs(model, images)
+    check_positive_int(internal_batch_size, "internal_batch_size", _BATCH_FIX)
+    info, x = gradient_inputs(model, images)
     B = x.shape[0]
     gen = torch.Generator(device=x.device).manual_seed(seed)
     eps = torch.randn((n_samples, *x.shape[1:]), generator=gen, device=x.device,
@@ -249,8 +208,8 @@ def smoothgrad(model: nn.Module, images: Tensor, target: object = None, n_sample
 
 
 def _check_smoothgrad(n_samples: object, noise_level: object, seed: object) -> None:
-    _check_positive_int("n_samples", n_samples,
-                        "it is the number of noisy copies per image (the paper uses 50).")
+    check_positive_int(n_samples, "n_samples",
+                       "it is the number of noisy copies per image (the paper uses 50).")
     if isinstance(noise_level, bool) or not isinstance(noise_level, (int, float)) \
             or not 0.0 <= float(noise_level) <= 1.0:
         raise ValueError(f"noise_level must be a float in [0, 1] (σ as a fraction of each "
@@ -293,46 +252,25 @@ def ig_rule(rule: str, steps: int) -> tuple[Tensor, Tensor]:
     return (torch.arange(n, dtype=torch.float64) + start) / n, w
 
 
-def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur with reflected borders (constants stay constant).
-
-    Because the kernel sums to 1, blurring commutes with a per-channel normalisation
-    (x − mean)/std, so blurring normalised model inputs equals normalising a blurred image.
-
-    Args:
-        images: (B, C, H, W).
-        sigma: standard deviation in pixels, > 0.
-
-    Returns:
-        (B, C, H, W).
-    """
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
-        raise ValueError(f"blur_sigma must be a positive number of pixels, got {sigma!r}")
-    C, H, W = images.shape[1:]
-    radius = max(1, int(math.ceil(3 * sigma)))
-    radius = min(radius, H - 1, W - 1) if min(H, W) > 1 else 0
-    if radius == 0:
-        return images.clone()
-    k = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    k = torch.exp(-0.5 * (k / sigma) ** 2)
-    k = k / k.sum()
-    x = F.pad(images, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
+def _check_ig(baseline: object, mean: object, std: object, blur_sigma: object) -> None:
+    if not isinstance(baseline, Tensor) and baseline not in ("black", "blur"):
+        raise ValueError(f"baseline must be 'black', 'blur' or a tensor in the model's "
+                         f"input space, got {baseline!r}")
+    if (mean is None) != (std is None):
+        raise ValueError("pass both mean and std (the transform's normalisation) or "
+                         f"neither; got mean={mean!r}, std={std!r}")
+    if isinstance(blur_sigma, bool) or not isinstance(blur_sigma, (int, float)) \
+            or not blur_sigma > 0:
+        raise ValueError(f"blur_sigma must be a positive number of pixels, got "
+                         f"{blur_sigma!r}")
 
 
-def _channel_vector(value: object, name: str, C: int, like: Tensor) -> Tensor:
-    t = torch.as_tensor(value, dtype=like.dtype, device=like.device).flatten()
-    if t.numel() == 1:
-        t = t.expand(C)
-    if t.numel() != C:
-        raise ValueError(f"{name} must be one number or {C} (one per channel), got {value!r}")
-    return t.view(1, C, 1, 1)
-
-
-def make_baseline(images: Tensor, baseline: object = "black", mean: object = None,
-                  std: object = None, blur_sigma: float = 8.0) -> Tensor:
+def ig_baseline(images: Tensor, baseline: object = "black", mean: object = None,
+                std: object = None, blur_sigma: float = 8.0) -> Tensor:
     """The reference input x' of integrated gradients, in the model's input space.
+
+    (Not :func:`vit_course.metrics.make_baseline`, the perturbation metrics' fill-in,
+    whose default is a blur.)
 
     Args:
         images: (B, C, H, W) model inputs.
@@ -342,11 +280,13 @@ def make_baseline(images: Tensor, baseline: object = "black", mean: object = Non
             ``(0.485, 0.456, 0.406)``, ``(0.229, 0.224, 0.225)``); only used by
             ``"black"``, whose pixels of value 0 become (0 − mean)/std. Without them black
             is 0 in model space (right for unnormalised inputs). Default: ``None``.
-        blur_sigma: Gaussian σ in pixels for ``"blur"``. Default: 8.0.
+        blur_sigma: Gaussian σ in pixels for ``"blur"`` (kernel radius ceil(3σ), at most
+            one pixel less than the image side). Default: 8.0.
 
     Returns:
         (B, C, H, W).
     """
+    _check_ig(baseline, mean, std, blur_sigma)
     B, C, H, W = images.shape
     if isinstance(baseline, Tensor):
         base = baseline.to(device=images.device, dtype=images.dtype)
@@ -357,21 +297,14 @@ def make_baseline(images: Tensor, baseline: object = "black", mean: object = Non
                              f"= {(B, C, H, W)} in the model's input space, got "
                              f"{tuple(baseline.shape)}")
         return base.expand(B, C, H, W)
-    if baseline == "black":
-        if (mean is None) != (std is None):
-            raise ValueError("pass both mean and std (the transform's normalisation) or "
-                             f"neither; got mean={mean!r}, std={std!r}")
-        if mean is None:
-            return torch.zeros_like(images)
-        m = _channel_vector(mean, "mean", C, images)
-        s = _channel_vector(std, "std", C, images)
-        if (s <= 0).any():
-            raise ValueError(f"std must be positive, got {std!r}")
-        return ((0.0 - m) / s).expand(B, C, H, W).clone()
     if baseline == "blur":
-        return gaussian_blur(images, blur_sigma)
-    raise ValueError(f"baseline must be 'black', 'blur' or a tensor in the model's input "
-                     f"space, got {baseline!r}")
+        radius = min(max(1, math.ceil(3 * blur_sigma)), H - 1, W - 1) if min(H, W) > 1 else 0
+        return gaussian_blur(images, blur_sigma, kernel_size=2 * radius + 1)
+    if mean is None:
+        return torch.zeros_like(images)
+    m = channel_stats(mean, C, "mean", images)
+    s = channel_stats(std, C, "std", images)
+    return ((0.0 - m) / s).expand(B, C, H, W).clone()
 
 
 def integrated_gradients(model: nn.Module, images: Tensor, target: object = None,
@@ -390,7 +323,7 @@ def integrated_gradients(model: nn.Module, images: Tensor, target: object = None
         model: a supported ViT.
         images: (B, C, H, W).
         target: ``None`` (class predicted for the input), an int, or B ints.
-        baseline, mean, std, blur_sigma: see :func:`make_baseline`. Default: ``"black"``.
+        baseline, mean, std, blur_sigma: see :func:`ig_baseline`. Default: ``"black"``.
         steps: quadrature points. Default: 50 (Captum's default).
         rule: one of :data:`IG_RULES` (Captum's ``method``). Default: ``"gausslegendre"``
             (Captum's default).
@@ -408,11 +341,10 @@ def integrated_gradients(model: nn.Module, images: Tensor, target: object = None
         attr, delta = integrated_gradients(model, x, target=1, steps=32, return_delta=True)
         attr.shape, delta.abs().max()      # (B, 3, 224, 224), small
     """
-    _check_positive_int("internal_batch_size", internal_batch_size,
-                        "it is the number of images per forward/backward pass, e.g. 16.")
+    check_positive_int(internal_batch_size, "internal_batch_size", _BATCH_FIX)
     alphas, weights = ig_rule(rule, steps)
-    info, x = prepare_inputs(model, images)
-    base = make_baseline(x, baseline, mean, std, blur_sigma).detach()
+    info, x = gradient_inputs(model, images)
+    base = ig_baseline(x, baseline, mean, std, blur_sigma).detach()
     with eval_mode(model):
         t = resolve_input_targets(model, info, x, target)
         B = x.shape[0]
@@ -433,105 +365,44 @@ def integrated_gradients(model: nn.Module, images: Tensor, target: object = None
             return attributions
         with torch.no_grad():
             ends = torch.cat([x, base])
-            y = torch.cat([_forward(model, ends[sl]) for sl in _chunks(2 * B,
+            y = torch.cat([logits_of(model, ends[sl]) for sl in _chunks(2 * B,
                                                                        internal_batch_size)])
             y = y.gather(1, torch.cat([t, t]).view(-1, 1)).squeeze(1)
     delta = attributions.flatten(1).double().sum(1) - (y[:B] - y[B:]).double()
     return attributions, delta.to(x.dtype)
 
 
-# ----------------------------------------------------------------------------- grid
-def pool_to_grid(pixel_maps: Tensor, grid: tuple[int, int]) -> Tensor:
-    """Average a pixel map over each patch: (B, H, W) → (B, h, w).
-
-    Args:
-        pixel_maps: (B, H, W) with H, W multiples of the grid.
-        grid: (h, w) patch grid.
-
-    Returns:
-        (B, h, w); a pixel map that is constant within each patch comes back unchanged.
-    """
-    if not isinstance(pixel_maps, Tensor) or pixel_maps.ndim != 3:
-        got = tuple(pixel_maps.shape) if isinstance(pixel_maps, Tensor) else \
-            type(pixel_maps).__name__
-        raise ValueError(f"pixel_maps must be (B, H, W), got {got}")
-    h, w = (int(g) for g in grid)
-    H, W = pixel_maps.shape[-2:]
-    if h < 1 or w < 1 or H % h or W % w:
-        raise ValueError(f"a {H}x{W} map does not split into a {h}x{w} patch grid; pass the "
-                         "model's grid (Capture.grid or ModelInfo.grid(H, W)).")
-    return F.avg_pool2d(pixel_maps.unsqueeze(1), kernel_size=(H // h, W // w)).squeeze(1)
-
-
 # ----------------------------------------------------------------------------- explainers
 class InputGradientExplainer(Explainer):
     """Base for methods computed from gradients with respect to the input pixels.
 
-    :meth:`attribute_pixels` gives the (B, H, W) pixel map (it shows the patch
-    checkerboard); :meth:`attribute` averages it over each patch to the (B, h, w) grid
-    that every explainer returns. These methods need the model's input, not recorded
-    attention, so :meth:`from_capture` is not available (it raises ``TypeError``).
+    :meth:`compute` returns the (B, H, W) pixel map (it shows the patch checkerboard); the
+    base class averages it over each patch to the (B, h, w) grid every explainer returns,
+    or, with the option ``resolution="pixels"``, returns the pixel map itself. These
+    methods need the model's input, not recorded attention: no Capture path.
     """
 
-    #: Explainers that can recompute maps from a :class:`Capture` set this to True.
-    supports_capture: ClassVar[bool] = False
+    needs_grad = True
+    class_specific = True
+    supports_capture = False
+    defaults: ClassVar[dict[str, Any]] = {"internal_batch_size": 16, "resolution": "grid"}
 
-    def pixel_map(self, x: Tensor, target: object, **options: Any) -> Tensor:
-        """(B, H, W) map for checked images ``x``. Override."""
-        raise NotImplementedError
-
-    def attribute_pixels(self, images: Tensor, target: object = None,
-                         **options: Any) -> Tensor:
-        """Explain ``images`` at pixel resolution.
-
-        Args:
-            images: (B, C, H, W), transformed for the model.
-            target: ``None`` (predicted class), an int, or B ints. Default: ``None``.
-            **options: this method's options (see ``defaults``).
-
-        Returns:
-            (B, H, W).
-        """
-        opts = self._merge(options)
-        return self.pixel_map(images, target, **opts)
-
-    def attribute(self, images: Tensor, target: object = None, **options: Any) -> Tensor:
-        """Explain ``images``: the pixel map averaged over each patch.
-
-        Returns:
-            (B, h, w) on the model's patch grid.
-        """
-        pixels = self.attribute_pixels(images, target, **options)
-        return pool_to_grid(pixels, self.info.grid(*pixels.shape[-2:]))
-
-    def token_scores(self, cap: Capture, **options: Any) -> Tensor:
-        raise TypeError(f"{self.name} differentiates with respect to the input pixels; a "
-                        "Capture holds attentions only. Call attribute(images) or "
-                        "attribute_pixels(images).")
-
-    def from_capture(self, cap: Capture, **options: Any) -> Tensor:
-        return self.token_scores(cap, **options)
-
-
-def _check_internal(internal_batch_size: object) -> None:
-    _check_positive_int("internal_batch_size", internal_batch_size,
-                        "it is the number of images per forward/backward pass, e.g. 16.")
+    def check_options(self, internal_batch_size: int, resolution: str, **options: Any) -> None:
+        check_positive_int(internal_batch_size, "internal_batch_size", _BATCH_FIX)
+        check_choice(resolution, "resolution", RESOLUTIONS,
+                     "'grid' averages each patch, 'pixels' gives (B, H, W) maps.")
 
 
 @register_method("saliency")
 class Saliency(InputGradientExplainer):
     """Saliency (Simonyan et al. 2014): max over channels of |∂y_c/∂x|; see :func:`saliency`.
 
-    Options: ``internal_batch_size`` (16). Cost: one forward and one backward pass.
+    Options: ``internal_batch_size`` (16), ``resolution`` (``"grid"``). Cost: one forward
+    and one backward pass.
     """
 
-    defaults: ClassVar[dict[str, Any]] = {"internal_batch_size": 16}
-
-    def check_options(self, internal_batch_size: int) -> None:
-        _check_internal(internal_batch_size)
-
-    def pixel_map(self, x: Tensor, target: object, internal_batch_size: int) -> Tensor:
-        return saliency(self.model, x, target, internal_batch_size)
+    def compute(self, images: Tensor, target: object, internal_batch_size: int) -> Tensor:
+        return saliency(self.model, images, target, internal_batch_size)
 
 
 @register_method("smoothgrad")
@@ -539,19 +410,20 @@ class SmoothGrad(InputGradientExplainer):
     """SmoothGrad (Smilkov et al. 2017) on |gradient|; see :func:`smoothgrad`.
 
     Options: ``n_samples`` (25), ``noise_level`` (0.15 of each image's range), ``seed``
-    (0), ``internal_batch_size`` (16). Cost: about 3 × ``n_samples`` forward passes.
+    (0), ``internal_batch_size`` (16), ``resolution`` (``"grid"``). Cost: about
+    3 × ``n_samples`` forward passes.
     """
 
     defaults: ClassVar[dict[str, Any]] = {"n_samples": 25, "noise_level": 0.15, "seed": 0,
-                                          "internal_batch_size": 16}
+                                          **InputGradientExplainer.defaults}
 
     def check_options(self, n_samples: int, noise_level: float, seed: int,
-                      internal_batch_size: int) -> None:
+                      **options: Any) -> None:
         _check_smoothgrad(n_samples, noise_level, seed)
-        _check_internal(internal_batch_size)
+        super().check_options(**options)
 
-    def pixel_map(self, x: Tensor, target: object, **options: Any) -> Tensor:
-        return smoothgrad(self.model, x, target, **options)
+    def compute(self, images: Tensor, target: object, **options: Any) -> Tensor:
+        return smoothgrad(self.model, images, target, **options)
 
 
 @register_method("integrated_gradients")
@@ -563,35 +435,23 @@ class IntegratedGradients(InputGradientExplainer):
 
     Options: ``baseline`` (``"black"``), ``steps`` (50), ``rule``
     (``"gausslegendre"``), ``mean`` / ``std`` (``None``: the normalisation, for a black
-    baseline), ``blur_sigma`` (8.0 px), ``absolute`` (False), ``internal_batch_size`` (16).
-    Cost: about 3 × ``steps`` forward passes.
+    baseline), ``blur_sigma`` (8.0 px), ``absolute`` (False), ``internal_batch_size`` (16),
+    ``resolution`` (``"grid"``). Cost: about 3 × ``steps`` forward passes.
     """
 
     defaults: ClassVar[dict[str, Any]] = {"baseline": "black", "steps": 50,
                                           "rule": "gausslegendre", "mean": None,
                                           "std": None, "blur_sigma": 8.0, "absolute": False,
-                                          "internal_batch_size": 16}
+                                          **InputGradientExplainer.defaults}
 
     def check_options(self, baseline: object, steps: int, rule: str, mean: object,
-                      std: object, blur_sigma: float, absolute: bool,
-                      internal_batch_size: int) -> None:
+                      std: object, blur_sigma: float, absolute: bool, **options: Any) -> None:
         ig_rule(rule, steps)
-        if not isinstance(baseline, Tensor) and baseline not in ("black", "blur"):
-            raise ValueError(f"baseline must be 'black', 'blur' or a tensor in the model's "
-                             f"input space, got {baseline!r}")
-        if (mean is None) != (std is None):
-            raise ValueError("pass both mean and std (the transform's normalisation) or "
-                             f"neither; got mean={mean!r}, std={std!r}")
-        if isinstance(blur_sigma, bool) or not isinstance(blur_sigma, (int, float)) \
-                or not blur_sigma > 0:
-            raise ValueError(f"blur_sigma must be a positive number of pixels, got "
-                             f"{blur_sigma!r}")
+        _check_ig(baseline, mean, std, blur_sigma)
         if not isinstance(absolute, bool):
             raise TypeError(f"absolute must be True or False, got {absolute!r}")
-        _check_internal(internal_batch_size)
+        super().check_options(**options)
 
-    def pixel_map(self, x: Tensor, target: object, absolute: bool, **options: Any) -> Tensor:
-        attributions = integrated_gradients(self.model, x, target, **options)
-        summed = attributions.sum(dim=1)
+    def compute(self, images: Tensor, target: object, absolute: bool, **options: Any) -> Tensor:
+        summed = integrated_gradients(self.model, images, target, **options).sum(dim=1)
         return summed.abs() if absolute else summed
-

@@ -43,8 +43,13 @@ Differences from the authors' code (hila-chefer/Transformer-Explainability,
   the map. (Set ``to_input=True`` in :func:`relevance_pass` for the full pass down to the
   pixels, which uses LRP-αβ on the patch embedding where their "full" LRP baseline uses the
   z^B rule for the first layer.)
-- Supported models: the course ViT and torchvision ``VisionTransformer`` (any image or
-  patch size, no conv stem, plain Linear head). timm models raise ``TypeError``.
+- Supported models: every family of :mod:`vit_course.explain.families` whose blocks are
+  plain pre-norm blocks: the course ViT, torchvision ``VisionTransformer`` (any image or
+  patch size, no conv stem; ``heads`` one Linear, bare or in a Sequential, as after
+  :func:`vit_course.pretrained.attach_head`), timm ViT/DeiT and Hugging Face
+  ``ViTForImageClassification`` (GELU MLP). Parts without a rule here raise ``TypeError``
+  naming them: a pre-logits head, timm's layer-scale and qk-norm, distilled DeiT's second
+  head and register tokens.
 
 Shapes: B batch, C channels, H×W pixels, h×w patch grid, N = h·w, T = 1+N tokens, D width,
 M MLP width, K classes, L blocks.
@@ -52,7 +57,7 @@ M MLP width, K classes, L blocks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -60,91 +65,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .capture import (
-    Capture,
-    _check_target_range,
-    _target_tensor,
-    check_images,
-    describe_model,
-    resolve_targets,
-)
-from .gae import gae_cls_row, gae_rollout
-from .lrp_layers import (
-    EPS,
-    relprop_add,
-    relprop_clone,
-    relprop_identity,
-    relprop_linear,
-    relprop_matmul,
-    relprop_patch_embedding,
-)
+from ..checks import check_layer_index, check_targets, resolve_targets
+from .capture import prepare_images
+from .families import BlockParts, blocks_of, describe_model, family_of, head_linear, part
+from .gae import gae_rollout
+from .lrp_layers import (EPS, relprop_add, relprop_clone, relprop_identity, relprop_linear,
+                         relprop_matmul, relprop_patch_embedding)
 from .methods import Explainer, register_method
-from .rollout import _check_layer_index, cls_row_to_grid
 
-__all__ = [
-    "LayerNormWeights",
-    "BlockWeights",
-    "ViTWeights",
-    "vit_weights",
-    "BlockTrace",
-    "Trace",
-    "forward_trace",
-    "attention_gradients",
-    "Relevance",
-    "relprop_block",
-    "relevance_pass",
-    "attribution_rollout",
-    "TransformerAttribution",
-]
+__all__ = ["ViTWeights", "vit_weights", "BlockTrace", "Trace", "forward_trace",
+           "attention_gradients", "Relevance", "relprop_block", "relevance_pass",
+           "attribution_rollout", "TransformerAttribution"]
 
 
 # ----------------------------------------------------------------------------- weights
 @dataclass(frozen=True)
-class LayerNormWeights:
-    """A LayerNorm's affine parameters and eps; calling it normalises the last dim."""
-
-    weight: Tensor | None
-    bias: Tensor | None
-    eps: float
-
-    def __call__(self, x: Tensor) -> Tensor:
-        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
-
-
-@dataclass(frozen=True)
-class BlockWeights:
-    """One pre-norm encoder block: x + proj(attn(qkv(norm1 x))), then x + fc2(act(fc1(norm2 x))).
-
-    Attributes:
-        norm1, norm2: the two LayerNorms.
-        qkv_weight: (3D, D), rows ordered q, k, v and within each head by head.
-        qkv_bias: (3D,) or None. proj_weight: (D, D). proj_bias: (D,) or None.
-        fc1_weight: (M, D). fc1_bias: (M,) or None. act: the MLP activation (GELU).
-        fc2_weight: (D, M). fc2_bias: (D,) or None.
-    """
-
-    norm1: LayerNormWeights
-    qkv_weight: Tensor
-    qkv_bias: Tensor | None
-    proj_weight: Tensor
-    proj_bias: Tensor | None
-    norm2: LayerNormWeights
-    fc1_weight: Tensor
-    fc1_bias: Tensor | None
-    act: Callable[[Tensor], Tensor]
-    fc2_weight: Tensor
-    fc2_bias: Tensor | None
-
-
-@dataclass(frozen=True)
 class ViTWeights:
-    """A ViT's weights in one layout for every supported family (detached, shared storage).
+    """A ViT's parts in one layout for every supported family (no copies but HF's qkv).
+
+    The blocks are the families' own :class:`~vit_course.explain.families.BlockParts`
+    (modules, called as they are); the embeddings and the head are detached tensors.
 
     Attributes:
-        family: ``"vit_course"`` or ``"torchvision"``.
+        family: :attr:`~vit_course.explain.families.ModelInfo.family`.
         patch_weight: patch-embedding Conv2d weight (D, C, p_h, p_w). patch_bias: (D,) or None.
         class_token: (1, 1, D). pos_embedding: (1, 1+N, D).
-        blocks: one :class:`BlockWeights` per encoder block, input side first.
+        blocks: one :class:`~vit_course.explain.families.BlockParts` per encoder block,
+            input side first (LayerNorms, qkv (3D, D), Linears, the MLP activation).
         norm: the final LayerNorm. head_weight: (K, D). head_bias: (K,) or None.
         num_heads: attention heads per block.
     """
@@ -154,8 +101,8 @@ class ViTWeights:
     patch_bias: Tensor | None
     class_token: Tensor
     pos_embedding: Tensor
-    blocks: tuple[BlockWeights, ...]
-    norm: LayerNormWeights
+    blocks: tuple[BlockParts, ...]
+    norm: nn.Module
     head_weight: Tensor
     head_bias: Tensor | None
     num_heads: int
@@ -165,111 +112,58 @@ class ViTWeights:
         return (int(self.patch_weight.shape[-2]), int(self.patch_weight.shape[-1]))
 
 
-def _d(t: Tensor | None) -> Tensor | None:
+def _detach(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.detach()
 
 
-def _norm(ln: nn.Module, where: str) -> LayerNormWeights:
-    if not isinstance(ln, nn.LayerNorm) or len(ln.normalized_shape) != 1:
-        raise TypeError(f"{where} must be an nn.LayerNorm over the token width, got {ln!r}")
-    return LayerNormWeights(_d(ln.weight), _d(ln.bias), float(ln.eps))
-
-
-def _linear(m: nn.Module, where: str) -> tuple[Tensor, Tensor | None]:
-    if not isinstance(m, nn.Linear):
-        raise TypeError(f"{where} must be an nn.Linear, got {m!r}")
-    return m.weight.detach(), _d(m.bias)
-
-
-def _mlp(seq: nn.Module, where: str) -> tuple[Tensor, Tensor | None, Callable, Tensor,
-                                             Tensor | None]:
-    """fc1, activation, fc2 from a Sequential(Linear, act, Dropout, Linear, Dropout)."""
-    parts = [m for m in seq.children() if not isinstance(m, nn.Dropout)]
-    if len(parts) != 3 or not isinstance(parts[0], nn.Linear) \
-            or not isinstance(parts[2], nn.Linear) or isinstance(parts[1], nn.Linear):
-        raise TypeError(f"{where} must be Linear, activation, Linear (dropouts aside), got "
-                        f"{[type(m).__name__ for m in parts]}")
-    fc1_w, fc1_b = _linear(parts[0], f"{where}[0]")
-    fc2_w, fc2_b = _linear(parts[2], f"{where}[-1]")
-    return fc1_w, fc1_b, parts[1], fc2_w, fc2_b
-
-
-def _patch_conv(conv: nn.Module, where: str) -> tuple[Tensor, Tensor | None]:
-    if not isinstance(conv, nn.Conv2d) or tuple(conv.kernel_size) != tuple(conv.stride) \
-            or any(conv.padding) or conv.groups != 1 or tuple(conv.dilation) != (1, 1):
-        raise TypeError(f"{where} must be a Conv2d with kernel_size == stride, no padding "
-                        f"(a plain patch embedding), got {conv!r}; models with a conv stem "
-                        "are not supported by transformer_attribution.")
-    return conv.weight.detach(), _d(conv.bias)
-
-
-def _course_weights(model: nn.Module) -> ViTWeights:
-    blocks = []
-    for i, blk in enumerate(model.transformer_encoder):
-        msa, mlp = blk.msa_block, blk.mlp_block
-        qkv_w, qkv_b = _linear(msa.qkv, f"block {i} msa_block.qkv")
-        proj_w, proj_b = _linear(msa.proj, f"block {i} msa_block.proj")
-        fc1_w, fc1_b, act, fc2_w, fc2_b = _mlp(mlp.mlp, f"block {i} mlp_block.mlp")
-        blocks.append(BlockWeights(
-            _norm(msa.layer_norm, f"block {i} msa_block.layer_norm"), qkv_w, qkv_b, proj_w,
-            proj_b, _norm(mlp.layer_norm, f"block {i} mlp_block.layer_norm"), fc1_w, fc1_b,
-            act, fc2_w, fc2_b))
-    patch_w, patch_b = _patch_conv(model.patch_embedding.patcher, "patch_embedding.patcher")
-    head_w, head_b = _linear(model.head, "head")
-    return ViTWeights("vit_course", patch_w, patch_b, model.class_embedding.detach(),
-                      model.position_embedding.detach(), tuple(blocks),
-                      _norm(model.norm, "norm"), head_w, head_b, int(model.num_heads))
-
-
-def _torchvision_weights(model: nn.Module) -> ViTWeights:
-    blocks = []
-    for i, blk in enumerate(model.encoder.layers):
-        mha = blk.self_attention
-        if not isinstance(mha, nn.MultiheadAttention) or not mha._qkv_same_embed_dim \
-                or mha.bias_k is not None or mha.add_zero_attn or not mha.batch_first:
-            raise TypeError(f"encoder layer {i}: expected a batch-first nn.MultiheadAttention "
-                            f"with packed in_proj, got {mha!r}")
-        proj_w, proj_b = _linear(mha.out_proj, f"encoder layer {i} out_proj")
-        fc1_w, fc1_b, act, fc2_w, fc2_b = _mlp(blk.mlp, f"encoder layer {i} mlp")
-        blocks.append(BlockWeights(
-            _norm(blk.ln_1, f"encoder layer {i} ln_1"), mha.in_proj_weight.detach(),
-            _d(mha.in_proj_bias), proj_w, proj_b, _norm(blk.ln_2, f"encoder layer {i} ln_2"),
-            fc1_w, fc1_b, act, fc2_w, fc2_b))
-    patch_w, patch_b = _patch_conv(model.conv_proj, "conv_proj")
-    heads = list(model.heads.children())
-    if len(heads) != 1:
-        raise TypeError("torchvision VisionTransformer with a pre-logits layer "
-                        "(representation_size) is not supported by transformer_attribution; "
-                        "its heads must be one Linear.")
-    head_w, head_b = _linear(heads[0], "heads.head")
-    return ViTWeights("torchvision", patch_w, patch_b, model.class_token.detach(),
-                      model.encoder.pos_embedding.detach(), tuple(blocks),
-                      _norm(model.encoder.ln, "encoder.ln"), head_w, head_b,
-                      int(model.encoder.layers[0].self_attention.num_heads))
+#: The module type each rule here expects, per part of a block.
+_RULE_TYPES = (("norm1", nn.LayerNorm), ("proj", nn.Linear), ("norm2", nn.LayerNorm),
+               ("fc1", nn.Linear), ("fc2", nn.Linear))
 
 
 def vit_weights(model: nn.Module) -> ViTWeights:
-    """Read a supported ViT's weights into :class:`ViTWeights` (no copies, detached).
+    """Read a supported ViT's parts into :class:`ViTWeights` (no copies except Hugging
+    Face's q/k/v concatenated into one qkv weight).
+
+    Everything is read through :mod:`vit_course.explain.families`, so every family whose
+    blocks fit :class:`~vit_course.explain.families.BlockParts` works: the course ViT,
+    torchvision, timm ViT/DeiT (not distilled) and Hugging Face ``ViTForImageClassification``.
 
     Args:
-        model: the course :class:`~vit_course.models.ViT` or a torchvision
-            ``VisionTransformer``.
+        model: a supported ViT with a plain patch embedding and a one-Linear head.
 
     Returns:
         the weights, in the model's device and dtype.
 
     Raises:
-        TypeError: another model (timm included) or an unsupported variant (conv stem,
-            pre-logits head).
+        TypeError: an unsupported model or variant: conv stem, pre-logits head, or parts
+            without an LRP rule here (timm layer-scale, qk-norm, distillation or register
+            tokens, average pooling, another MLP or norm type), named in the message.
     """
-    family = describe_model(model).family
-    if family == "vit_course":
-        return _course_weights(model)
-    if family == "torchvision":
-        return _torchvision_weights(model)
-    raise TypeError(f"transformer_attribution supports the course ViT and torchvision's "
-                    f"VisionTransformer, got a {family} model ({type(model).__name__}); use "
-                    "'gae' or 'grad_rollout' for it, which need only attention and gradients.")
+    fam = family_of(model)
+    blocks = [fam.block(blk) for blk in blocks_of(model)]
+    norm = part(model, "norm")
+    bad = list(fam.extras(model)) + ([] if isinstance(norm, nn.LayerNorm) else ["final norm"])
+    for i, p in enumerate(blocks):
+        bad += [f"block {i} {e}" for e in p.extras] + [
+            f"block {i} {name} ({type(getattr(p, name)).__name__}, not {kind.__name__})"
+            for name, kind in _RULE_TYPES if not isinstance(getattr(p, name), kind)]
+    if bad:
+        raise TypeError(
+            f"transformer_attribution has no LRP rule for {', '.join(bad)} of this "
+            f"{fam.name} model ({type(model).__name__}); use 'gae' or 'grad_rollout', which "
+            "need only attention and gradients.")
+    conv = part(model, "patch")
+    if not isinstance(conv, nn.Conv2d) or tuple(conv.kernel_size) != tuple(conv.stride) \
+            or any(conv.padding) or conv.groups != 1 or tuple(conv.dilation) != (1, 1):
+        raise TypeError(f"the patch embedding must be a Conv2d with kernel_size == stride, no "
+                        f"padding (a plain patch embedding), got {conv!r}; models with a conv "
+                        "stem are not supported by transformer_attribution.")
+    head = head_linear(model)
+    return ViTWeights(fam.name, conv.weight.detach(), _detach(conv.bias),
+                      part(model, "class_token").detach(),
+                      part(model, "pos_embedding").detach(), tuple(blocks), norm,
+                      head.weight.detach(), _detach(head.bias), describe_model(model).num_heads)
 
 
 # ----------------------------------------------------------------------------- forward
@@ -323,7 +217,7 @@ class Trace:
     _graph: bool = field(default=False, repr=False)
 
 
-def _block_forward(w: BlockWeights, x: Tensor, num_heads: int) -> BlockTrace:
+def _block_forward(w: BlockParts, x: Tensor, num_heads: int) -> BlockTrace:
     B, T, D = x.shape
     d = D // num_heads
     h = w.norm1(x)
@@ -331,11 +225,11 @@ def _block_forward(w: BlockWeights, x: Tensor, num_heads: int) -> BlockTrace:
     q, k, v = qkv.reshape(B, T, 3, num_heads, d).permute(2, 0, 3, 1, 4).unbind(0)
     attn = ((q * d ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)   # (B, heads, T, T)
     ctx = (attn @ v).transpose(1, 2).reshape(B, T, D)                # (B, T, D)
-    a = F.linear(ctx, w.proj_weight, w.proj_bias)
+    a = w.proj(ctx)
     mid = x + a
     m = w.norm2(mid)
-    g = w.act(F.linear(m, w.fc1_weight, w.fc1_bias))                 # (B, T, M)
-    y = F.linear(g, w.fc2_weight, w.fc2_bias)
+    g = w.act(w.fc1(m))                                              # (B, T, M)
+    y = w.fc2(g)
     return BlockTrace(x, h, q, k, v, attn, ctx, a, mid, m, g, y)
 
 
@@ -344,8 +238,8 @@ def forward_trace(weights: ViTWeights, images: Tensor) -> Trace:
 
     This is the model's eval-mode forward pass (dropout off) with explicit attention. The
     autograd graph from the (internally marked) embedded tokens to the logits is kept so
-    :func:`attention_gradients` can compute ∂y/∂A without a second forward; weights are
-    detached, so no parameter gradients are ever computed or stored.
+    :func:`attention_gradients` can compute ∂y/∂A without a second forward; it asks for
+    ∂y/∂A only, so no parameter gradients are ever computed or stored.
 
     Args:
         weights: from :func:`vit_weights`.
@@ -424,7 +318,7 @@ class Relevance:
     pixels: Tensor | None = None
 
 
-def relprop_block(w: BlockWeights, bt: BlockTrace, relevance: Tensor, num_heads: int,
+def relprop_block(w: BlockParts, bt: BlockTrace, relevance: Tensor, num_heads: int,
                   alpha: float = 1.0, eps: float = EPS, stop_at_attention: bool = False
                   ) -> tuple[Tensor | None, Tensor]:
     """Propagate relevance through one encoder block, top to bottom.
@@ -445,13 +339,13 @@ def relprop_block(w: BlockWeights, bt: BlockTrace, relevance: Tensor, num_heads:
     B, T, D = relevance.shape
     # out = mid + y, y = fc2(act(fc1(norm2(mid)))): MLP branch
     r_mid_skip, r_y = relprop_add(bt.mid, bt.y, relevance, eps)
-    r_g = relprop_linear(bt.g, w.fc2_weight, r_y, alpha, eps)
+    r_g = relprop_linear(bt.g, w.fc2.weight, r_y, alpha, eps)
     r_u = relprop_identity(r_g)                                      # GELU
-    r_m = relprop_linear(bt.m, w.fc1_weight, r_u, alpha, eps)
+    r_m = relprop_linear(bt.m, w.fc1.weight, r_u, alpha, eps)
     r_mid = relprop_clone(r_mid_skip, relprop_identity(r_m))         # LayerNorm, branch
     # mid = x + a, a = proj(attn @ v): attention branch
     r_x_skip, r_a = relprop_add(bt.x, bt.a, r_mid, eps)
-    r_ctx = relprop_linear(bt.ctx, w.proj_weight, r_a, alpha, eps)
+    r_ctx = relprop_linear(bt.ctx, w.proj.weight, r_a, alpha, eps)
     r_ctx = r_ctx.reshape(B, T, num_heads, D // num_heads).transpose(1, 2)  # (B, H, T, d)
     r_attn, r_v = relprop_matmul(bt.attn, bt.v, r_ctx, eps)          # each half of Σ R
     if stop_at_attention:
@@ -484,7 +378,7 @@ def relevance_pass(weights: ViTWeights, trace: Trace, targets: Tensor, *,
         a :class:`Relevance`.
     """
     L = len(weights.blocks)
-    stop = 0 if to_input else _check_layer_index(stop_layer, L, "stop_layer")
+    stop = 0 if to_input else check_layer_index(stop_layer, L, "stop_layer")
     with torch.no_grad():
         logits = trace.logits.detach()
         B, K = logits.shape
@@ -550,16 +444,17 @@ class TransformerAttribution(Explainer):
 
     One functional forward, one backward and one relevance pass for the whole batch (about
     6–8 forward passes of cost). The model is read, never modified. Works for the course
-    ViT and torchvision ``VisionTransformer``; on CPU or GPU; per image, so a batch gives
+    ViT, torchvision, timm ViT/DeiT and Hugging Face ViTs (see :func:`vit_weights`); on CPU or GPU; per image, so a batch gives
     each image's map alone.
 
     Not available from a :class:`~vit_course.explain.capture.Capture`: the relevance needs
-    every layer's activations, not just attention (``supports_capture = False``;
-    ``from_capture`` raises TypeError).
+    every layer's activations, not just attention (``supports_capture = False``:
+    ``explain(..., capture=cap)`` raises TypeError).
     """
 
     needs_grad = True
-    supports_capture: ClassVar[bool] = False
+    class_specific = True
+    supports_capture = False
     defaults: ClassVar[dict[str, Any]] = {"start_layer": 0}
 
     def __init__(self, model: nn.Module, **options: Any):
@@ -567,47 +462,17 @@ class TransformerAttribution(Explainer):
         vit_weights(model)                    # unsupported families fail here, early
 
     def check_options(self, start_layer: int) -> None:
-        _check_layer_index(start_layer, self.info.num_layers, "start_layer")
+        check_layer_index(start_layer, self.info.num_layers, "start_layer")
 
-    def attribute(self, images: Tensor, target: object = None, **options: Any) -> Tensor:
-        """Explain ``images`` for ``target``.
-
-        Args:
-            images: (B, C, H, W), transformed for the model.
-            target: ``None`` (each image's predicted class), an int, or B ints.
-                Default: ``None``.
-            **options: ``start_layer``.
-
-        Returns:
-            (B, h, w) maps on the patch grid, non-negative, not normalised.
-        """
-        opts = self._merge(options)
-        start = _check_layer_index(opts["start_layer"], self.info.num_layers, "start_layer")
+    def compute(self, images: Tensor, target: object, start_layer: int) -> Tensor:
+        start = check_layer_index(start_layer, self.info.num_layers, "start_layer")
         weights = vit_weights(self.model)
-        x = check_images(self.info, images, weights.head_weight.device,
-                         weights.head_weight.dtype)
-        t = _target_tensor(target, x.shape[0])
-        if t is not None and self.info.num_classes is not None:
-            _check_target_range(t, self.info.num_classes)
+        _, x = prepare_images(self.model, images)
+        check_targets(target, x.shape[0], self.info.num_classes)
         trace = forward_trace(weights, x)
         targets = resolve_targets(target, trace.logits.detach())
         grads = attention_gradients(trace, targets)
         rel = relevance_pass(weights, trace, targets, stop_layer=start)
         with torch.no_grad():
-            row = gae_cls_row(rel.attention[start:], grads[start:])  # row 0, (B, T)
-        return cls_row_to_grid(row, self.info.grid(*x.shape[-2:]), self.info.num_prefix_tokens)
-
-    def token_scores(self, cap: Capture, **options: Any) -> Tensor:
-        raise TypeError(self._no_capture())
-
-    def from_capture(self, cap: Capture, **options: Any) -> Tensor:
-        """Not available: raises TypeError (use :meth:`attribute`)."""
-        raise TypeError(self._no_capture())
-
-    @staticmethod
-    def _no_capture() -> str:
-        return ("transformer_attribution cannot be computed from a Capture: its relevance "
-                "pass needs every layer's activations, which a capture does not keep; call "
-                "TransformerAttribution(model).attribute(images, target=...) or "
-                "explain(model, images, method='transformer_attribution', target=...).")
+            return gae_rollout(rel.attention[start:], grads[start:])[:, 0]   # row 0, (B, T)
 

@@ -16,7 +16,7 @@ tokens, for one layer (default: the last).
 
 Needs the attention's input tokens, which a :class:`~vit_course.explain.capture.Capture`
 does not hold, so the explainer records them with a forward hook (removed afterwards)
-during its own capture; :meth:`NormAttention.from_capture` raises ``TypeError``.
+during its own capture; it has no Capture path (``supports_capture = False``).
 
 Shapes: B batch, H heads, T = P + N tokens, D width, d = D / H per head.
 """
@@ -28,41 +28,26 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .capture import Capture, capture
-from .gradcam import LayerRecorder
+from ..checks import check_layer_index
+from .capture import LayerRecorder, capture
+from .families import block_parts
 from .methods import Explainer, register_method
-from .rollout import _check_layer_index, cls_row_to_grid
 
 __all__ = ["value_output_weights", "norm_contributions", "NormAttention"]
 
 
-def value_output_weights(model: nn.Module, layer: int, family: str
+def value_output_weights(model: nn.Module, layer: int
                          ) -> tuple[nn.Module, Tensor, Tensor | None, Tensor]:
-    """The pieces of block ``layer``'s attention the decomposition needs.
+    """The pieces of block ``layer``'s attention the decomposition needs (any family).
 
     Returns:
         (the LayerNorm whose output enters the attention, W_V (D, D) as
         ``nn.Linear`` stores it (out × in), b_V (D,) or ``None``, W_O (D, D) out × in).
     """
-    if family == "vit_course":
-        msa = model.transformer_encoder[layer].msa_block
-        D = msa.embedding_dim
-        bias = msa.qkv.bias
-        return (msa.layer_norm, msa.qkv.weight[2 * D:], None if bias is None else bias[2 * D:],
-                msa.proj.weight)
-    if family == "torchvision":
-        blk = model.encoder.layers[layer]
-        mha = blk.self_attention
-        D = mha.embed_dim
-        bias = mha.in_proj_bias
-        return (blk.ln_1, mha.in_proj_weight[2 * D:], None if bias is None else bias[2 * D:],
-                mha.out_proj.weight)
-    blk = model.blocks[layer]                                   # timm
-    qkv = blk.attn.qkv
-    D = qkv.in_features
-    bias = qkv.bias
-    return (blk.norm1, qkv.weight[2 * D:], None if bias is None else bias[2 * D:],
-            blk.attn.proj.weight)
+    p = block_parts(model, layer)
+    D = p.qkv_weight.shape[1]
+    b_v = None if p.qkv_bias is None else p.qkv_bias[2 * D:]
+    return p.norm1, p.qkv_weight[2 * D:], b_v, p.proj.weight
 
 
 def norm_contributions(tokens: Tensor, attn: Tensor, w_v: Tensor, b_v: Tensor | None,
@@ -100,26 +85,18 @@ class NormAttention(Explainer):
     Class-agnostic (``target`` is checked, not used). One forward pass.
     """
 
-    supports_capture: ClassVar[bool] = False
+    supports_capture = False
     defaults: ClassVar[dict[str, Any]] = {"layer": -1}
 
     def check_options(self, layer: int) -> None:
-        _check_layer_index(layer, self.info.num_layers, "layer")
+        check_layer_index(layer, self.info.num_layers, "layer")
 
-    def attribute(self, images: Tensor, target: object = None, **options: Any) -> Tensor:
-        opts = self._merge(options)
-        layer = _check_layer_index(opts["layer"], self.info.num_layers, "layer")
-        ln, w_v, b_v, w_o = value_output_weights(self.model, layer, self.info.family)
+    def compute(self, images: Tensor, target: object, layer: int) -> Tensor:
+        layer = check_layer_index(layer, self.info.num_layers, "layer")
+        ln, w_v, b_v, w_o = value_output_weights(self.model, layer)
         with LayerRecorder(ln) as rec:
             cap = capture(self.model, images, target=target)
             tokens = rec.output.detach()
         with torch.no_grad():
             contrib = norm_contributions(tokens, cap.attentions[layer], w_v, b_v, w_o)
-        return cls_row_to_grid(contrib.norm(dim=-1), cap.grid, cap.num_prefix_tokens)
-
-    def token_scores(self, cap: Capture, **options: Any) -> Tensor:
-        raise TypeError("attention_norm needs the attention's input tokens, which a Capture does not "
-                        "hold; call attribute(images).")
-
-    def from_capture(self, cap: Capture, **options: Any) -> Tensor:
-        return self.token_scores(cap, **options)
+        return contrib.norm(dim=-1)                                 # (B, T)

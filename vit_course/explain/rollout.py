@@ -7,6 +7,12 @@ hand and recomputed cheaply from cached attentions (the slider explorer does exa
 Shapes: B batch, L layers, H heads (here *heads*, not pixels), T = P + N tokens with P
 prefix tokens (1 class token; 2 for distilled DeiT) and N = h·w patches.
 
+The steps, each defined once and in this order: :func:`fuse_heads` (step 1),
+:func:`discard_lowest` (step 2, per image), :func:`rollout_step` (step 3: add the residual
+identity and normalise rows), :func:`chain_layers` (step 4: multiply the layers) and
+:func:`cls_row_to_grid` (step 5: read the class token's row). :func:`rollout` and
+:func:`grad_rollout` compose them; argument checks live in :mod:`vit_course.checks`.
+
 Definitions and how they differ from jacobgil/vit-explain (the reference code the course
 seeds use):
 
@@ -41,11 +47,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..checks import HEAD_FUSIONS, check_attentions, check_fusion, check_gradients, \
+    check_head_index, check_layer_index, check_ratio
+
 __all__ = [
     "HEAD_FUSIONS",
     "fuse_heads",
     "discard_lowest",
     "rollout_step",
+    "chain_layers",
     "rollout",
     "grad_rollout",
     "cls_row_to_grid",
@@ -54,79 +64,10 @@ __all__ = [
     "attention_entropy",
 ]
 
-#: Ways to fuse the heads of one layer into one (T, T) matrix.
-HEAD_FUSIONS: tuple[str, ...] = ("mean", "max", "min")
 
-
-# ----------------------------------------------------------------------------- checks
-def _check_fusion(mode: object) -> str:
-    if not isinstance(mode, str) or mode not in HEAD_FUSIONS:
-        raise ValueError(
-            f"head_fusion must be one of {list(HEAD_FUSIONS)}, got {mode!r}; "
-            "'mean' averages the heads (the default), 'max'/'min' take the largest/smallest "
-            "value of any head."
-        )
-    return mode
-
-
-def _check_ratio(ratio: object) -> float:
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
-        raise TypeError(f"discard_ratio must be a float in [0, 1), got "
-                        f"{type(ratio).__name__}: {ratio!r}")
-    if not 0.0 <= float(ratio) < 1.0:
-        raise ValueError(
-            f"discard_ratio must be in [0, 1), got {ratio}; it is the fraction of each "
-            "fused attention matrix set to zero (0 keeps everything, 0.9 keeps the top 10 %). "
-            "1.0 would discard everything, so it is not allowed."
-        )
-    return float(ratio)
-
-
-def _check_attn(attn: object, name: str = "attn") -> Tensor:
-    if not isinstance(attn, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor (B, heads, T, T), "
-                        f"got {type(attn).__name__}")
-    if attn.ndim != 4 or attn.shape[-1] != attn.shape[-2]:
-        raise ValueError(
-            f"{name} must have shape (B, heads, T, T) with square (T, T) attention, got "
-            f"{tuple(attn.shape)}; pass one layer of Capture.attentions (add a batch "
-            "dimension with .unsqueeze(0) for a single image)."
-        )
-    return attn
-
-
-def _check_layers(attentions: object, name: str = "attentions") -> list[Tensor]:
-    if isinstance(attentions, Tensor) and attentions.ndim == 5:
-        return list(attentions.unbind(0))
-    if isinstance(attentions, Tensor) or not isinstance(attentions, Sequence) or not attentions:
-        raise TypeError(
-            f"{name} must be a non-empty list of per-layer tensors (B, heads, T, T) or one "
-            f"stacked tensor (L, B, heads, T, T), got {type(attentions).__name__}"
-            + (f" of shape {tuple(attentions.shape)}" if isinstance(attentions, Tensor) else "")
-            + "; use Capture.attentions."
-        )
-    layers = [_check_attn(a, f"{name}[{i}]") for i, a in enumerate(attentions)]
-    shape = layers[0].shape
-    for i, a in enumerate(layers):
-        if a.shape != shape:
-            raise ValueError(f"all layers must have the same shape; {name}[0] is "
-                             f"{tuple(shape)} but {name}[{i}] is {tuple(a.shape)}")
-    return layers
-
-
-def _check_layer_index(index: object, num_layers: int, name: str) -> int:
-    if isinstance(index, bool) or not isinstance(index, int):
-        raise TypeError(f"{name} must be an int layer index, got {type(index).__name__}: "
-                        f"{index!r}")
-    if not -num_layers <= index < num_layers:
-        raise ValueError(f"{name} must be in [{-num_layers}, {num_layers - 1}] for a model "
-                         f"with {num_layers} layers, got {index}")
-    return index % num_layers
-
-
-# ----------------------------------------------------------------------------- steps
+# ----------------------------------------------------------------------------- the steps
 def fuse_heads(attn: Tensor, mode: str = "mean") -> Tensor:
-    """Fuse the heads of one layer.
+    """Step 1: fuse the heads of one layer.
 
     Args:
         attn: one layer's attention (or attention⊙gradient) (B, heads, T, T); extra
@@ -136,16 +77,14 @@ def fuse_heads(attn: Tensor, mode: str = "mean") -> Tensor:
     Returns:
         (B, T, T) (or (L, B, T, T)).
     """
-    mode = _check_fusion(mode)
-    if not isinstance(attn, Tensor):
-        raise TypeError(f"attn must be a torch.Tensor (B, heads, T, T), got "
-                        f"{type(attn).__name__}")
-    if attn.ndim not in (4, 5) or attn.shape[-1] != attn.shape[-2]:
+    mode = check_fusion(mode)
+    if not isinstance(attn, Tensor) or attn.ndim not in (4, 5) \
+            or attn.shape[-1] != attn.shape[-2]:
+        got = tuple(attn.shape) if isinstance(attn, Tensor) else type(attn).__name__
         raise ValueError(
             f"attn must have shape (B, heads, T, T) (or stacked (L, B, heads, T, T)) with "
-            f"square (T, T) attention, got {tuple(attn.shape)}; pass one layer of "
-            "Capture.attentions (add a batch dimension with .unsqueeze(0) for one image)."
-        )
+            f"square (T, T) attention, got {got}; pass one layer of "
+            "Capture.attentions (add a batch dimension with .unsqueeze(0) for one image).")
     if mode == "mean":
         return attn.mean(dim=-3)
     if mode == "max":
@@ -154,7 +93,7 @@ def fuse_heads(attn: Tensor, mode: str = "mean") -> Tensor:
 
 
 def discard_lowest(fused: Tensor, ratio: float) -> Tensor:
-    """Set each image's lowest ``ratio`` fraction of entries to zero, never the CLS→CLS one.
+    """Step 2: set each image's lowest ``ratio`` fraction of entries to zero, never CLS→CLS.
 
     For every image separately, ``floor(ratio · T²)`` entries are zeroed: the smallest ones
     among all entries except [0, 0] (vit-explain's intent; its code zeroes the lowest
@@ -170,7 +109,7 @@ def discard_lowest(fused: Tensor, ratio: float) -> Tensor:
         a new tensor shaped like ``fused`` (the input is not modified); the input itself
         when nothing is discarded.
     """
-    ratio = _check_ratio(ratio)
+    ratio = check_ratio(ratio)
     if not isinstance(fused, Tensor) or fused.ndim < 3 or fused.shape[-1] != fused.shape[-2]:
         got = tuple(fused.shape) if isinstance(fused, Tensor) else type(fused).__name__
         raise ValueError(f"fused must have shape (B, T, T), got {got}; fuse the heads "
@@ -195,7 +134,7 @@ def discard_lowest(fused: Tensor, ratio: float) -> Tensor:
 
 
 def rollout_step(fused: Tensor, discard_ratio: float = 0.0) -> Tensor:
-    """One layer's rollout matrix: discard, add the identity, normalise every row to 1.
+    """Steps 2 and 3 for one layer: discard, add the identity, normalise every row to 1.
 
     Ã = (D + I) / rowsum(D + I) where D is ``fused`` after :func:`discard_lowest`. With
     non-negative input every row of D + I sums to at least 1, so an all-zero matrix (e.g.
@@ -216,69 +155,12 @@ def rollout_step(fused: Tensor, discard_ratio: float = 0.0) -> Tensor:
     return a / torch.where(sums == 0, torch.ones_like(sums), sums)
 
 
-def _chain(steps: Tensor) -> Tensor:
-    """R = Ã_last · … · Ã_first for stacked steps (L, B, T, T), input side first."""
+def chain_layers(steps: Sequence[Tensor]) -> Tensor:
+    """Step 4: R = Ã_last · … · Ã_first, input side first in ``steps`` (each (B, T, T))."""
     result = steps[0]
     for a in steps[1:]:
         result = a @ result                         # later layer on the left
     return result
-
-
-def _chain_row(steps: Tensor, row: int = 0) -> Tensor:
-    """Row ``row`` of the chained product, (B, T), as a vector-matrix chain from the top.
-
-    Same value as ``_chain(steps)[:, row]`` without the T³ matrix products.
-    """
-    vec = steps[-1][:, row].unsqueeze(1)             # (B, 1, T)
-    for a in steps[:-1].flip(0):
-        vec = vec @ a                                # (B, 1, T) @ (B, T, T)
-    return vec.squeeze(1)
-
-
-def _fused_layers(attentions: Sequence[Tensor] | Tensor, head_fusion: str,
-                  gradients: Sequence[Tensor] | Tensor | None = None) -> Tensor:
-    """Every layer's fused matrix, stacked (L, B, T, T).
-
-    Rollout: fuse(A_l). Gradient rollout: max(fuse(A_l ⊙ G_l), 0), with G_l paired with
-    its own layer A_l (vit-explain pairs reversed lists). Layer by layer, so no stacked
-    copy of the (much larger) per-head tensors is ever made.
-    """
-    head_fusion = _check_fusion(head_fusion)
-    layers = _check_layers(attentions)
-    if gradients is None:
-        return torch.stack([fuse_heads(a, head_fusion) for a in layers])
-    grads = _check_layers(gradients, "gradients")
-    if len(grads) != len(layers) or grads[0].shape != layers[0].shape:
-        raise ValueError(
-            f"gradients must match attentions layer by layer: got {len(grads)} layers of "
-            f"{tuple(grads[0].shape)} for {len(layers)} layers of {tuple(layers[0].shape)}; "
-            "use Capture.gradients from capture(..., with_grad=True)."
-        )
-    return torch.stack([fuse_heads(a * g, head_fusion).clamp(min=0)
-                        for a, g in zip(layers, grads)])
-
-
-def _steps_from_fused(fused: Tensor, discard_ratio: float, start_layer: int) -> Tensor:
-    """Ã for layers ``start_layer``.. from fused (L, B, T, T): stacked (L', B, T, T)."""
-    discard_ratio = _check_ratio(discard_ratio)
-    start = _check_layer_index(start_layer, fused.shape[0], "start_layer")
-    return rollout_step(fused[start:], discard_ratio)
-
-
-def _rollout_steps(attentions: Sequence[Tensor] | Tensor, head_fusion: str,
-                   discard_ratio: float, start_layer: int,
-                   gradients: Sequence[Tensor] | Tensor | None = None) -> Tensor:
-    """Every layer's Ã from ``start_layer`` up, stacked (L', B, T, T)."""
-    _check_fusion(head_fusion)
-    _check_ratio(discard_ratio)
-    layers = _check_layers(attentions)
-    start = _check_layer_index(start_layer, len(layers), "start_layer")
-    grads = None if gradients is None else _check_layers(gradients, "gradients")
-    if grads is not None and len(grads) != len(layers):
-        raise ValueError(f"gradients must match attentions layer by layer: got {len(grads)} "
-                         f"layers for {len(layers)}; use Capture.gradients.")
-    fused = _fused_layers(layers[start:], head_fusion, None if grads is None else grads[start:])
-    return rollout_step(fused, discard_ratio)
 
 
 # ----------------------------------------------------------------------------- rollouts
@@ -305,7 +187,10 @@ def rollout(attentions: Sequence[Tensor] | Tensor, head_fusion: str = "mean",
         R = rollout(cap.attentions, discard_ratio=0.9)          # (B, 197, 197)
         maps = cls_row_to_grid(R, cap.grid, cap.num_prefix_tokens)   # (B, 14, 14)
     """
-    return _chain(_rollout_steps(attentions, head_fusion, discard_ratio, start_layer))
+    layers = check_attentions(attentions)
+    start = check_layer_index(start_layer, len(layers), "start_layer")
+    return chain_layers([rollout_step(fuse_heads(a, head_fusion), discard_ratio)
+                         for a in layers[start:]])
 
 
 def grad_rollout(attentions: Sequence[Tensor] | Tensor, gradients: Sequence[Tensor] | Tensor,
@@ -329,35 +214,16 @@ def grad_rollout(attentions: Sequence[Tensor] | Tensor, gradients: Sequence[Tens
     Returns:
         R (B, T, T); every row sums to 1.
     """
-    return _chain(_rollout_steps(attentions, head_fusion, discard_ratio, start_layer,
-                                 gradients))
-
-
-def _rollout_cls(attentions: Sequence[Tensor] | Tensor,
-                 gradients: Sequence[Tensor] | Tensor | None = None,
-                 head_fusion: str = "mean", discard_ratio: float = 0.0,
-                 start_layer: int = 0) -> Tensor:
-    """Row 0 of :func:`rollout` (or :func:`grad_rollout` with ``gradients``), (B, T).
-
-    The same numbers without the T³ matrix products.
-    """
-    steps = _rollout_steps(attentions, head_fusion, discard_ratio, start_layer, gradients)
-    return _chain_row(steps, row=0)
-
-
-def _rollout_cls_from_fused(fused: Tensor, discard_ratio: float = 0.0,
-                            start_layer: int = 0) -> Tensor:
-    """Row 0 of the rollout from already fused layers (L, B, T, T) (see ``_fused_layers``).
-
-    The explainers cache the fused layers, so a discard-ratio or start-layer change costs
-    only the discard, the normalisation and a vector-matrix chain.
-    """
-    return _chain_row(_steps_from_fused(fused, discard_ratio, start_layer), row=0)
+    layers = check_attentions(attentions)
+    grads = check_gradients(gradients, layers)
+    start = check_layer_index(start_layer, len(layers), "start_layer")
+    return chain_layers([rollout_step(fuse_heads(a * g, head_fusion).clamp(min=0), discard_ratio)
+                         for a, g in zip(layers[start:], grads[start:])])
 
 
 # ----------------------------------------------------------------------------- readout
 def cls_row_to_grid(R: Tensor, grid: tuple[int, int], num_prefix_tokens: int = 1) -> Tensor:
-    """Read the class token's row and lay the patch columns out on the patch grid.
+    """Step 5: read the class token's row and lay the patch columns out on the patch grid.
 
     Args:
         R: a (B, T, T) token-to-token matrix (row 0 is read) or (B, T) rows already read.
@@ -377,8 +243,7 @@ def cls_row_to_grid(R: Tensor, grid: tuple[int, int], num_prefix_tokens: int = 1
         raise ValueError(
             f"R has {row.shape[-1]} tokens but grid {(h, w)} with {num_prefix_tokens} prefix "
             f"token(s) needs {num_prefix_tokens + h * w} (and at least one prefix token to "
-            "read); pass Capture.grid and Capture.num_prefix_tokens from the same capture."
-        )
+            "read); pass Capture.grid and Capture.num_prefix_tokens from the same capture.")
     return row[:, num_prefix_tokens:].reshape(row.shape[0], h, w)
 
 
@@ -396,15 +261,11 @@ def attention_map(attentions: Sequence[Tensor] | Tensor, layer: int = -1,
     Returns:
         (B, T, T).
     """
-    layers = _check_layers(attentions)
-    attn = layers[_check_layer_index(layer, len(layers), "layer")]
+    layers = check_attentions(attentions)
+    attn = layers[check_layer_index(layer, len(layers), "layer")]
     if head is None:
         return fuse_heads(attn, head_fusion)
-    H = attn.shape[1]
-    if isinstance(head, bool) or not isinstance(head, int) or not -H <= head < H:
-        raise ValueError(f"head must be None (fuse all heads) or an int in [{-H}, {H - 1}] "
-                         f"for {H} heads, got {head!r}")
-    return attn[:, head]
+    return attn[:, check_head_index(head, attn.shape[1])]
 
 
 def attention_grid(attentions: Sequence[Tensor] | Tensor, grid: tuple[int, int],
@@ -418,7 +279,7 @@ def attention_grid(attentions: Sequence[Tensor] | Tensor, grid: tuple[int, int],
     Returns:
         (B, L, heads, h, w); ``[b, l, k]`` is image b's CLS row of layer l, head k.
     """
-    layers = _check_layers(attentions)
+    layers = check_attentions(attentions)
     B, H, T, _ = layers[0].shape
     rows = torch.stack([a[:, :, 0] for a in layers], dim=1)      # (B, L, H, T)
     maps = cls_row_to_grid(rows.reshape(-1, T), grid, num_prefix_tokens)

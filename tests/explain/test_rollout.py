@@ -15,6 +15,7 @@ from vit_course.explain import (
     attention_entropy,
     attention_grid,
     attention_map,
+    chain_layers,
     cls_row_to_grid,
     discard_lowest,
     fuse_heads,
@@ -24,7 +25,6 @@ from vit_course.explain import (
     rollout_step,
     upsample,
 )
-from vit_course.explain.rollout import _rollout_cls
 from vit_course.runtime import set_seed
 
 
@@ -173,14 +173,26 @@ def test_rollout_rows_sum_to_one(fusion, ratio):
     assert torch.allclose(G.sum(-1), torch.ones(3, 10, dtype=G.dtype))
 
 
+def _cls_row_by_vector_chain(steps: list[torch.Tensor]) -> torch.Tensor:
+    """Row 0 of Ã_last · … · Ã_first as a vector-matrix chain from the top (a reference)."""
+    vec = steps[-1][:, 0].unsqueeze(1)                       # (B, 1, T)
+    for a in reversed(steps[:-1]):
+        vec = vec @ a
+    return vec.squeeze(1)
+
+
 @pytest.mark.parametrize("fusion", HEAD_FUSIONS)
-def test_cls_row_fast_path_equals_full_rollout(fusion):
+def test_cls_row_of_the_rollout_equals_a_vector_chain_over_the_steps(fusion):
     atts = random_attentions()
     grads = [torch.randn_like(a) for a in atts]
     for start in (0, 2):
-        assert torch.allclose(_rollout_cls(atts, None, fusion, 0.7, start),
+        steps = [rollout_step(fuse_heads(a, fusion), 0.7) for a in atts[start:]]
+        assert torch.allclose(_cls_row_by_vector_chain(steps),
                               rollout(atts, fusion, 0.7, start)[:, 0])
-        assert torch.allclose(_rollout_cls(atts, grads, fusion, 0.7, start),
+        assert torch.allclose(chain_layers(steps), rollout(atts, fusion, 0.7, start))
+        steps = [rollout_step(fuse_heads(a * g, fusion).clamp(min=0), 0.7)
+                 for a, g in zip(atts[start:], grads[start:])]
+        assert torch.allclose(_cls_row_by_vector_chain(steps),
                               grad_rollout(atts, grads, fusion, 0.7, start)[:, 0])
 
 
@@ -248,7 +260,7 @@ def test_attention_map_one_head_or_fused():
     assert torch.equal(attention_map(atts, layer=1, head=1), atts[1][:, 1])
     assert torch.allclose(attention_map(atts), atts[-1].mean(1))
     assert torch.allclose(attention_map(atts, layer=0, head_fusion="max"), atts[0].amax(1))
-    with pytest.raises(ValueError, match="head must be None"):
+    with pytest.raises(ValueError, match=r"head must be in \[-2, 1\]"):
         attention_map(atts, head=2)
     with pytest.raises(ValueError, match="layer must be in"):
         attention_map(atts, layer=3)
