@@ -47,7 +47,8 @@ AUCS = ("deletion_auc", "insertion_auc", "chefer_positive_auc", "chefer_negative
 
 def course_data(n: int):
     """The trained synthetic course ViT and ``n`` synthetic test images in [0, 1]."""
-    from vit_course.data.synthetic import SyntheticFood, load_or_train_synthetic_vit
+    from vit_course.data.synthetic import SyntheticFood
+    from vit_course.models import load_or_train_synthetic_vit
 
     model, _ = load_or_train_synthetic_vit(setting="full")
     test = SyntheticFood(n, split="test")

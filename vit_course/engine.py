@@ -16,10 +16,7 @@ Dataloaders yield ``(images, labels, ...)``: the first two items are used.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
 import torch
@@ -27,7 +24,9 @@ from torch import nn
 
 from .checks import check_positive_int
 from .runtime import SEED, eval_mode, set_seed
-from .tools.weights import atomic_torch_save
+# Checkpoint files (format, atomic write, weights-only load, mismatch diagnostics) are
+# infrastructure: vit_course.tools.checkpoints. Re-exported here, where training happens.
+from .tools.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint  # noqa: F401
 
 __all__ = [
     "train",
@@ -43,7 +42,6 @@ __all__ = [
     "CHECKPOINT_FORMAT",
 ]
 
-CHECKPOINT_FORMAT = "vit_course.checkpoint/1"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -382,120 +380,3 @@ def predict(model: nn.Module, images: torch.Tensor, device: str | torch.device |
         for chunk in images.split(batch_size):
             out.append(model(chunk.to(device)).float().softmax(dim=1).cpu())
     return torch.cat(out)
-
-
-# ----------------------------------------------------------------------------- checkpoints
-def save_checkpoint(model: nn.Module, path: str | os.PathLike, **meta: Any) -> Path:
-    """Save ``model``'s weights and JSON-able metadata, atomically.
-
-    The file is written next to ``path`` under a temporary name and renamed with
-    ``os.replace`` only when complete, so an interrupted save never leaves a broken file.
-    The model's ``config`` (for :class:`vit_course.models.ViT`) and class name are stored
-    too, so a mismatch can be explained on load.
-
-    Args:
-        model: the model.
-        path: target file (parent folders are created).
-        **meta: JSON-able values, e.g. ``class_names=[...]``, ``epochs=10``.
-
-    Returns:
-        the path written.
-    """
-    path = Path(path)
-    try:
-        meta_json = json.dumps(meta)
-    except TypeError as exc:
-        bad = [k for k, v in meta.items() if not _json_ok(v)]
-        raise TypeError(f"checkpoint metadata must be JSON-able (str, int, float, bool, None, "
-                        f"lists and dicts of them); not JSON-able: {bad} ({exc}). Convert "
-                        "tensors with .tolist() and paths with str().") from None
-    config = getattr(model, "config", None)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "model_class": type(model).__name__,
-        "config": json.dumps(config) if _json_ok(config) else "null",
-        "meta": meta_json,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-    return atomic_torch_save(payload, path)
-
-
-def _json_ok(value: Any) -> bool:
-    try:
-        json.dumps(value)
-        return True
-    except (TypeError, ValueError):
-        return False
-
-
-def load_checkpoint(model: nn.Module, path: str | os.PathLike,
-                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load weights saved by :func:`save_checkpoint` into ``model`` and return the metadata.
-
-    Reads with ``torch.load(..., weights_only=True)`` (no arbitrary code runs). A bare
-    state dict (e.g. a torchvision weights file) is accepted too and gives ``{}``. Keys and
-    shapes are checked before anything is copied, so on a mismatch the model is untouched.
-
-    Args:
-        model: a model of the same architecture.
-        path: the checkpoint file.
-        map_location: where tensors are loaded. Default: ``"cpu"``.
-
-    Returns:
-        the ``**meta`` given to :func:`save_checkpoint`.
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        ValueError: not a readable checkpoint, or weights that do not fit ``model``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; train the model and save it with "
-                                "vit_course.engine.save_checkpoint(model, path), or check the path")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # corrupt file, or pickled objects weights_only refuses
-        raise ValueError(f"{path} is not a readable weights-only checkpoint ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}); re-save it with "
-                         "vit_course.engine.save_checkpoint") from exc
-    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
-        state = payload["state_dict"]
-        meta = json.loads(payload.get("meta", "{}"))
-        saved_config = json.loads(payload.get("config", "null"))
-        saved_class = payload.get("model_class")
-    elif isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()):
-        state, meta, saved_config, saved_class = payload, {}, None, None
-    else:
-        raise ValueError(f"{path} holds a {type(payload).__name__}, not a vit_course checkpoint "
-                         "or a state dict; save with vit_course.engine.save_checkpoint")
-
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        def few(items: list[str]) -> str:
-            return ", ".join(items[:4]) + (f" (+{len(items) - 4} more)" if len(items) > 4 else "")
-
-        parts = []
-        if wrong:
-            parts.append(f"{len(wrong)} shape mismatches: {few(wrong)}")
-        if missing:
-            parts.append(f"{len(missing)} weights missing from the checkpoint: {few(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected weights: {few(unexpected)}")
-        built = ""
-        if saved_config is not None or saved_class is not None:
-            built = f" The checkpoint was saved from {saved_class} with config {saved_config}"
-            own_config = getattr(model, "config", None)
-            if own_config is not None:
-                built += f"; this model has config {own_config}"
-            built += "."
-        raise ValueError(
-            f"checkpoint {path} does not fit this {type(model).__name__}: " + "; ".join(parts)
-            + "." + built + " Build the model with the same settings (e.g. the same "
-            "build_vit name and num_classes) before loading."
-        )
-    model.load_state_dict(state, strict=True)
-    return meta

@@ -48,6 +48,7 @@ from torchvision.models._api import WeightsEnum
 from tqdm.auto import tqdm
 
 from .checks import check_positive_int
+from .explain.families import describe_model, head_of, part, set_head
 from .runtime import SEED, artifacts_dir, eval_mode, set_seed
 # Weights as files (cache location, stand-in detection by hash, download, atomic writes)
 # are infrastructure, in vit_course.tools.weights; the public names are re-exported here.
@@ -144,7 +145,7 @@ def build_pretrained_vit(weights: WeightsEnum | str = "DEFAULT", num_classes: in
     if freeze:
         for p in model.parameters():
             p.requires_grad_(False)
-    attach_head(model, new_head(_feature_dim(model), num_classes, seed))
+    attach_head(model, new_head(describe_model(model).width, num_classes, seed))
     model.pretrained_info = info
     return model, transform
 
@@ -177,40 +178,21 @@ def _build_timm(arch: str, weights: Any, num_classes: int) -> tuple[nn.Module, C
     return model, transform, info
 
 
-def _feature_dim(model: nn.Module) -> int:
-    if isinstance(model, VisionTransformer):
-        return model.hidden_dim
-    if hasattr(model, "num_features"):  # timm
-        return int(model.num_features)
-    raise TypeError(f"model must be a torchvision VisionTransformer or a timm ViT, got "
-                    f"{type(model).__name__}.")
-
-
-def head_of(model: nn.Module) -> nn.Module:
-    """The classification head: torchvision ``model.heads``, timm ``model.get_classifier()``."""
-    if isinstance(model, VisionTransformer):
-        return model.heads
-    if hasattr(model, "get_classifier"):
-        return model.get_classifier()
-    raise TypeError(f"model must be a torchvision VisionTransformer or a timm ViT, got "
-                    f"{type(model).__name__}.")
-
-
 def attach_head(model: nn.Module, head: nn.Module) -> nn.Module:
-    """Put ``head`` (input: the (B, D) CLS feature) on ``model`` in place; returns ``model``."""
+    """Put ``head`` (input: the (B, D) CLS feature) on ``model`` in place; returns ``model``.
+
+    Where the head goes is the model family's business (:func:`vit_course.explain.families.set_head`):
+    torchvision's ``model.heads`` becomes the bare head (not ``Sequential(head=...)``), timm's
+    ``model.head``; the explainers accept both.
+    """
     if not isinstance(head, nn.Module):
         raise TypeError(f"head must be an nn.Module, got {type(head).__name__}.")
+    width = describe_model(model).width
     in_features = getattr(head, "in_features", None)
-    if in_features is not None and in_features != _feature_dim(model):
+    if in_features is not None and in_features != width:
         raise ValueError(f"head takes {in_features} features but the model's CLS feature has "
-                         f"{_feature_dim(model)}; build the head with nn.Linear({_feature_dim(model)}, n).")
-    if isinstance(model, VisionTransformer):
-        model.heads = head
-    elif hasattr(model, "get_classifier"):
-        model.head = head
-    else:
-        _feature_dim(model)  # raises the TypeError
-    return model
+                         f"{width}; build the head with nn.Linear({width}, n).")
+    return set_head(model, head)
 
 
 def frozen_trainable_counts(model: nn.Module) -> dict[str, int]:
@@ -536,15 +518,8 @@ def position_embedding_similarity(model: nn.Module) -> torch.Tensor:
         (h, w, h, w): entry ``[i, j]`` is the (h, w) map of patch (i, j)'s similarity to every
         patch; class-token embedding excluded.
     """
-    if isinstance(model, VisionTransformer):
-        pos = model.encoder.pos_embedding[0]
-        side = model.image_size // model.patch_size
-    elif hasattr(model, "pos_embed"):
-        pos = model.pos_embed[0]
-        side = int(round((pos.shape[0] - getattr(model, "num_prefix_tokens", 1)) ** 0.5))
-    else:
-        raise TypeError(f"model must be a torchvision VisionTransformer or a timm ViT, got "
-                        f"{type(model).__name__}.")
+    pos = part(model, "pos_embedding")[0]                          # (P+N, D)
+    side = int(round((pos.shape[0] - describe_model(model).num_prefix_tokens) ** 0.5))
     pos = pos.detach().float()[-side * side:]                     # (N, D), prefix tokens dropped
     pos = nn.functional.normalize(pos, dim=-1)
     return (pos @ pos.T).reshape(side, side, side, side)          # (h, w, h, w)

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..checks import check_choice, check_positive_int
 from ..runtime import SEED
 from .download import CLASS_NAMES, SPLITS  # the photos' classes, same order: ("pizza", "steak", "sushi")
 
@@ -511,8 +512,7 @@ class SyntheticFood(Dataset):
                  antialias: int = 2) -> None:
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n <= 0:
             raise ValueError(f"n is the number of images, expected an int > 0, got {n!r}")
-        if split not in SPLITS:
-            raise ValueError(f"split={split!r} is not valid; use one of {SPLITS}")
+        check_choice(split, "split", SPLITS)
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {seed!r}")
         self.size = _check_size(size)
@@ -560,8 +560,7 @@ def synthetic_dataloaders(n_train: int = 1500, n_test: int = 300, size: int | Se
     Returns:
         ``(train_dl, test_dl, class_names)``, like ``vit_course.data.create_dataloaders``.
     """
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
-        raise ValueError(f"batch_size must be an int > 0, got {batch_size!r}")
+    check_positive_int(batch_size, "batch_size")
     train = SyntheticFood(n_train, size, seed=seed, split="train")
     test = SyntheticFood(n_test, size, seed=seed, split="test")
     g = torch.Generator().manual_seed(seed)
