@@ -194,16 +194,19 @@ def _q3_chefer(suite, model, images, labels, steps) -> str | None:
 def _q3_controls(suite, model, images, labels, steps) -> str | None:
     import inspect
 
-    from vit_course.metrics import CenterGaussianExplainer, RandomExplainer, run_suite
+    from vit_course.explain import explain
+    from vit_course.metrics import run_suite
 
     chunk = inspect.signature(run_suite).parameters["explain_batch_size"].default
     seed = inspect.signature(run_suite).parameters["seed"].default
-    rnd = RandomExplainer(seed)
-    ref = torch.cat([rnd(model, images[i:i + chunk]) for i in range(0, len(images), chunk)])
+    stream = torch.Generator().manual_seed(seed)  # one random stream over the chunks, as run_suite
+    ref = torch.cat([explain(model, images[i:i + chunk], method="random", target=suite.targets[i:i + chunk],
+                             seed=stream) for i in range(0, len(images), chunk)])
     problem = _close(suite.maps["random"], ref, f"random control maps (run_suite's default seed {seed})", atol=0)
     if problem:
         return problem
-    return _close(suite.maps["center_gaussian"], CenterGaussianExplainer()(model, images), "centre-Gaussian maps")
+    centre = explain(model, images, method="center_gaussian", target=suite.targets)
+    return _close(suite.maps["center_gaussian"], centre, "centre-Gaussian maps")
 
 
 def _q3_more_maps(suite, model, images, labels, steps) -> str | None:
