@@ -1,14 +1,12 @@
-"""Notebook 06's questions q3 (the evaluation suite) and q4 (the results table).
+"""Tests for vit_course.tools.grading.reference: reference answers and hidden cases.
 
-The reference answers must earn every case (public and hidden), and the mistakes the
-questions are written to catch must lose cases. A tiny course ViT on 32-px synthetic images
+Notebook 06's questions, q1 and q2 (on hand-computed values), q3 (the evaluation suite) and
+q4 (the results table). The reference answers must earn every case (public and hidden), and
+the mistakes the questions are written to catch must lose cases. A tiny course ViT on 32-px synthetic images
 (4×4 patch grid) keeps the suite runs to a second or two.
 """
 
 from __future__ import annotations
-
-import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,13 +14,44 @@ import torch
 from vit_course.data.synthetic import SyntheticFood
 from vit_course.grading import get_question
 from vit_course.grading.checks import run_cases
-from vit_course.grading.questions import Q3_ALL_METHODS, Q3_METRICS, compare_rows
-from vit_course.tools.grading.assignment import load_assignment
-from vit_course.tools.grading.markers import render_versions
-from vit_course.tools.grading.reference import explainer, run_course_suite, summary_table
+from vit_course.grading.questions import Q3_ALL_METHODS, Q3_METRICS
 from vit_course.metrics import run_suite, summarise
 from vit_course.models import ViT
 from vit_course.runtime import set_seed
+from vit_course.tools.grading.reference import deletion_auc as ref_deletion_auc
+from vit_course.tools.grading.reference import explainer, run_course_suite, summary_table
+from vit_course.tools.grading.reference import reference_q2_pointing as ref_grid_pointing_score
+
+# ----------------------------------------------------------------------------- q1, q2
+
+
+def test_reference_answers_match_hand_computed_values():
+    assert ref_deletion_auc(torch.tensor([1.0, 0.5, 0.0])) == pytest.approx(0.5)
+    assert ref_deletion_auc(torch.tensor([1.0, 0.2, 0.1, 0.0])) == pytest.approx(0.8 / 3)
+    m = torch.tensor([[1.0, 2.0], [-3.0, 1.0]])
+    assert ref_grid_pointing_score(m, 1) == pytest.approx(0.5)
+    assert ref_grid_pointing_score(m, 2) == 0.0
+    with pytest.raises(ValueError, match="even"):
+        ref_grid_pointing_score(torch.ones(3, 4), 0)
+
+
+def test_hidden_cases_pass_for_the_reference_and_fail_for_mistakes():
+    q2 = get_question("q2")
+    cases = q2.public_cases() + q2.hidden_cases()
+    assert len(cases) == 14
+    assert run_cases("q2", cases, (ref_grid_pointing_score,)).fraction == 1.0
+    assert run_cases("q2", cases, (_wrong_q2,)).n_passed == 6  # the partial submission's mistake
+
+
+def _wrong_q2(attribution, target_tile):  # counts negative attribution too
+    m = torch.as_tensor(attribution, dtype=torch.float64)
+    h, w = m.shape[0] // 2, m.shape[1] // 2
+    row, col = divmod(target_tile, 2)
+    return float(m[row * h:(row + 1) * h, col * w:(col + 1) * w].sum() / m.sum())
+
+
+# ----------------------------------------------------------------------------- q3
+
 
 STEPS = 3
 
@@ -162,31 +191,3 @@ def test_q4_mistakes_are_caught():
     nan_result = run_cases("q4", cases, (counts_nan,))
     assert [c.name for c in nan_result.cases if not c.passed] == ["hidden: NaN values are dropped and not counted"]
     assert run_cases("q4", cases, (plain_mean_only,)).n_passed == 1  # only the constant-values case
-
-
-def test_compare_rows_messages():
-    expected = [{"metric": "m", "method": "a", "mean": 0.5, "lo": 0.4, "hi": 0.6, "n": 3}]
-    assert compare_rows(expected, expected) is None
-    assert "expected a list" in compare_rows({"m": 1}, expected)
-    assert "missing keys ['n']" in compare_rows([{k: v for k, v in expected[0].items() if k != "n"}], expected)
-    assert "expected lo 0.4, got 0.3" in compare_rows([{**expected[0], "lo": 0.3}], expected)
-    nan = [{**expected[0], "mean": math.nan, "lo": math.nan, "hi": math.nan}]
-    assert compare_rows(nan, nan) is None
-
-
-# ----------------------------------------------------------------------------- the notebook
-
-SOURCE = Path(__file__).resolve().parents[1] / "notebooks" / "source" / "06_evaluation_source.ipynb"
-
-
-@pytest.mark.skipif(not SOURCE.is_file(), reason="notebook 06's source is not in this checkout")
-def test_notebook06_questions_points_and_hidden_tests():
-    assignment = load_assignment(SOURCE)
-    assert [(q.qid, q.kind, q.points) for q in assignment.questions] == [
-        ("q1", "auto", 2), ("q2", "auto", 2), ("q3", "auto", 2), ("q4", "auto", 2), ("q5", "manual", 3)]
-    for cell in assignment.hidden_cells:  # each hidden cell grades its own, registered question
-        qid = assignment.cells[cell["id"]].question
-        assert f'autograde("{qid}", ' in cell["source"]
-        get_question(qid)
-    student, _ = render_versions(SOURCE)
-    assert "autograde" not in student and "Example answer" not in student
