@@ -62,7 +62,7 @@ def test_each_family_recognised_with_blocks_prefix_tokens_and_grid(kind):
                head_of(model).named_parameters(prefix=family_of(model).paths["head"]))
 
 
-def test_hf_qkv_rows_are_q_k_v_projections():
+def test_hf_qkv_rows_are_q_k_v_projections_and_norm_gradcam_read_them():
     model = make_model("hf")
     attn = model.vit.layers[1].attention
     p = block_parts(model, 1)
@@ -70,6 +70,14 @@ def test_hf_qkv_rows_are_q_k_v_projections():
                                                         attn.v_proj.weight]))
     torch.testing.assert_close(p.qkv_bias[64:], attn.v_proj.bias)
     assert p.proj is attn.o_proj and p.norm1 is model.vit.layers[1].layernorm_before
+    # what norm.py and gradcam.py read through the family
+    from vit_course.explain.gradcam import default_gradcam_layer
+    from vit_course.explain.norm import value_output_weights
+    ln, w_v, b_v, w_o = value_output_weights(model, 1)
+    assert ln is p.norm1 and w_o is attn.o_proj.weight
+    torch.testing.assert_close(w_v, attn.v_proj.weight)
+    torch.testing.assert_close(b_v, attn.v_proj.bias)
+    assert default_gradcam_layer(model) is model.vit.layers[-1].layernorm_before
 
 
 def test_unsupported_model_error_lists_all_four_families():
