@@ -8,7 +8,7 @@ import nbformat
 from _grading_exercise import outputs_of
 
 from vit_course.grading import get_question
-from vit_course.grading.checks import GRADE_MIME
+from vit_course.tools.grading.checks import GRADE_MIME
 from vit_course.tools.grading.executor import execute_notebook
 
 

@@ -13,8 +13,8 @@ import torch
 
 from vit_course.data.synthetic import SyntheticFood
 from vit_course.grading import get_question
-from vit_course.grading.checks import run_cases
-from vit_course.grading.questions import Q3_ALL_METHODS, Q3_METRICS
+from vit_course.tools.grading.checks import run_cases
+from vit_course.tools.grading.questions import Q3_ALL_METHODS, Q3_METRICS
 from vit_course.metrics import run_suite, summarise
 from vit_course.models import ViT
 from vit_course.runtime import set_seed

@@ -5,7 +5,7 @@ Modules:
 
 - ``markers``: source notebook → student and solution versions (``generate``)
 - ``reference``: reference answers and hidden cases; importing it attaches the hidden cases
-  to the questions registered in ``vit_course.grading.questions``
+  to the questions registered in ``vit_course.tools.grading.questions``
 - ``assignment``: what the grader reads from the source notebook
 - ``executor``: run one notebook in a fresh kernel in its own process, with limits
   (``_run_one`` is that process, ``_limit`` the kernel's memory-capped launcher)

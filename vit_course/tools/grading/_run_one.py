@@ -49,7 +49,7 @@ from jupyter_client.manager import AsyncKernelManager  # noqa: E402
 from nbclient import NotebookClient  # noqa: E402
 from nbclient.exceptions import DeadKernelError  # noqa: E402
 
-from vit_course.grading.checks import GRADE_MIME  # noqa: E402
+from vit_course.tools.grading.checks import GRADE_MIME  # noqa: E402
 
 SPEC_NAME = "vit-course-grading"
 INTERRUPT_GRACE_S = 5.0

@@ -1,17 +1,17 @@
 """Reference answers and hidden test cases for the notebook-06 questions (grader only).
 
 Importing this module attaches the hidden cases to the questions registered in
-``vit_course.grading.questions`` (``set_hidden_cases``, at the end of this file). The
+``vit_course.tools.grading.questions`` (``set_hidden_cases``, at the end of this file). The
 hidden-test cells' ``autograde`` imports it inside the grading kernel (and under nbval, in
 the solution version); student notebooks never import it. It can be left out of a student
-distribution: ``check`` only needs ``vit_course.grading.questions``.
+distribution: ``check`` only needs ``vit_course.tools.grading.questions``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from vit_course.grading.questions import (
+from vit_course.tools.grading.questions import (
     Q3_ALL_METHODS,
     Q3_CHEFER_IMAGES,
     Q3_METHODS,

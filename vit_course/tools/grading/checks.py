@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from vit_course.grading.questions import Case, get_question
+from vit_course.tools.grading.questions import Case, get_question
 
 GRADE_MIME = "application/vnd.vit-course.grade+json"
 MAX_SHOWN_FAILURES = 5

@@ -1,4 +1,4 @@
-"""Tests for vit_course.grading.questions: the registry and the public-case comparisons."""
+"""Tests for vit_course.tools.grading.questions: the registry and the public-case comparisons."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 
 from vit_course.grading import Case, check, register_question
-from vit_course.grading.questions import compare_rows, get_question, set_hidden_cases, unregister_question
+from vit_course.tools.grading.questions import compare_rows, get_question, set_hidden_cases, unregister_question
 
 
 def test_registry_rejects_duplicates_and_unknown_ids():
