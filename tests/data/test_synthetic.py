@@ -258,7 +258,7 @@ def test_size_wrong_type() -> None:
 
 @pytest.mark.parametrize("n", [0, -3, 2.5])
 def test_dataset_bad_n(n) -> None:
-    with pytest.raises(ValueError, match="n is the number of images"):
+    with pytest.raises((TypeError, ValueError), match="n is the number of images"):
         SyntheticFood(n)
 
 

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..checks import check_choice, check_positive_int
+from ..checks import check_choice, check_nonnegative_int, check_positive_int
 from ..runtime import SEED
 from .download import CLASS_NAMES, SPLITS  # the photos' classes, same order: ("pizza", "steak", "sushi")
 
@@ -117,15 +117,6 @@ def _check_rng(rng: np.random.Generator | int) -> np.random.Generator:
         f"rng must be a numpy.random.Generator (e.g. np.random.default_rng(0)) or an int "
         f"seed, got {type(rng).__name__}"
     )
-
-
-def _check_antialias(antialias: int) -> int:
-    if not isinstance(antialias, (int, np.integer)) or isinstance(antialias, bool) or antialias < 1:
-        raise ValueError(
-            f"antialias is the supersampling factor, expected an int >= 1 (1 = off), "
-            f"got {antialias!r}"
-        )
-    return int(antialias)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -406,13 +397,12 @@ def make_image(cls: int | str, rng: np.random.Generator | int, size: int | Seque
     c = _class_index(cls)
     H, W = _check_size(size)
     rng = _check_rng(rng)
-    s = _check_antialias(antialias)
+    s = check_positive_int(antialias, "antialias", "the supersampling factor (1 = off)")
     lo, hi = scale
     if not 0.05 <= lo <= hi <= 0.5:
         raise ValueError(f"scale must satisfy 0.05 <= low <= high <= 0.5 (a fraction of the "
                          f"image side), got {scale!r}; e.g. scale=(0.2, 0.45)")
-    image, coverage, _ = _render([_single_layout(c, rng, H, W, scale)], rng, H, W, s)
-    img, masks = _to_tensors(image, coverage)
+    img, masks = _to_tensors(*_render([_single_layout(c, rng, H, W, scale)], rng, H, W, s)[:2])
     return img, masks[0]
 
 
@@ -467,9 +457,8 @@ def make_two_object_image(classes: Sequence[int | str], rng: np.random.Generator
                          f"pick two of {CLASS_NAMES}")
     H, W = _check_size(size)
     rng = _check_rng(rng)
-    s = _check_antialias(antialias)
-    image, coverage, _ = _render(_two_layout(pair, rng, H, W, scale), rng, H, W, s)
-    img, masks = _to_tensors(image, coverage)
+    s = check_positive_int(antialias, "antialias", "the supersampling factor (1 = off)")
+    img, masks = _to_tensors(*_render(_two_layout(pair, rng, H, W, scale), rng, H, W, s)[:2])
     return img, masks, torch.tensor(pair, dtype=torch.int64)
 
 
@@ -510,14 +499,12 @@ class SyntheticFood(Dataset):
                  two_objects: bool = False, split: str = "train",
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  antialias: int = 2) -> None:
-        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n <= 0:
-            raise ValueError(f"n is the number of images, expected an int > 0, got {n!r}")
+        check_positive_int(n, "n", "n is the number of images")
         check_choice(split, "split", SPLITS)
-        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        check_nonnegative_int(seed, "seed")
         self.size = _check_size(size)
         H, W = self.size
-        s = _check_antialias(antialias)
+        s = check_positive_int(antialias, "antialias", "the supersampling factor (1 = off)")
         self.n, self.seed, self.split, self.two_objects = int(n), int(seed), split, bool(two_objects)
         self.transform = transform
         self.classes = list(CLASS_NAMES)
