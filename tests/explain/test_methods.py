@@ -366,3 +366,16 @@ def test_explain_classes_counts_classes_of_a_replaced_head():
     attach_head(model, nn.Linear(32, 5))
     assert describe_model(model).num_classes == 5
     assert explain_classes(model, images(2), "grad_rollout").shape == (2, 5, 4, 4)
+
+
+@pytest.mark.parametrize("method", ["attention", "rollout", "attention_flow", "attention_norm",
+                                    "gradcam", "saliency", "smoothgrad", "integrated_gradients",
+                                    "center_gaussian"])
+def test_explain_inside_no_grad_gives_the_same_maps(method):
+    # (grad_rollout, gae, attention_gradcam and transformer_attribution need autograd on
+    # under torch.no_grad(); they raise there, before and after the reshape.)
+    model = make_model("torchvision")
+    opts = FAST.get(method, {})
+    with torch.no_grad():
+        inside = explain(model, images(2), method, **opts)
+    torch.testing.assert_close(inside, explain(model, images(2), method, **opts))
