@@ -6,7 +6,7 @@ head): timings do not depend on the values, and nothing here needs pretrained kn
 
 1. Slider move. One image is captured once (attentions and gradients); each move of a
    control (discard ratio, head fusion, start layer, layer/head) recomputes the map from
-   the cached tensors with ``Explainer.from_capture``. A forward pre-hook counts model
+   the cached tensors with ``explain(model, None, method, capture=cap, ...)``. A forward pre-hook counts model
    calls during the moves (must be 0). Compared with recomputing the forward (and, for
    gradient rollout, the backward) pass on every move, which is what vit-explain does.
 2. Rollout overhead. ``explain(model, x, "rollout")`` vs a plain ``model(x)`` under
@@ -43,10 +43,7 @@ from torch import nn
 
 from _common import publish, random_vit_b16
 from vit_course.explain import (
-    AttentionMap,
     AttentionRecorder,
-    GradRollout,
-    Rollout,
     capture,
     cls_row_to_grid,
     explain,
@@ -102,11 +99,10 @@ def bench_slider(model: nn.Module, x1: torch.Tensor, alt_threads: int,
             previous = torch.get_num_threads()
             torch.set_num_threads(threads)
             try:
-                # Fresh explainers: the first move of each pays the head fusion (no cache).
-                explainers = {"rollout": Rollout(model), "grad_rollout": GradRollout(model),
-                              "attention": AttentionMap(model)}
-                for name, explainer in explainers.items():
-                    times = [timed(lambda e=explainer, o=opts: e.from_capture(cap, **o))[0]
+                # Every move fuses the heads again (no cache) and runs no model pass.
+                for name in ("rollout", "grad_rollout", "attention"):
+                    times = [timed(lambda n=name, o=opts: explain(model, None, n, capture=cap,
+                                                                  **o))[0]
                              for opts in (attn_moves if name == "attention" else moves)]
                     result[f"{tag}{name}_move_ms"] = median_ms(times)
                     result[f"{tag}{name}_move_max_ms"] = 1000 * max(times)
@@ -149,8 +145,8 @@ def bench_overhead(model: nn.Module, x: torch.Tensor, repeats: int) -> dict:
         t_plain.append(timed(plain)[0])
         t_roll.append(timed(with_rollout)[0])
     cap = capture(model, x)
-    t_math = [timed(lambda: Rollout(model).from_capture(cap, head_fusion="max",
-                                                        discard_ratio=0.9))[0]
+    t_math = [timed(lambda: explain(model, None, "rollout", capture=cap, head_fusion="max",
+                                    discard_ratio=0.9))[0]
               for _ in range(repeats)]
     p, r = statistics.median(t_plain), statistics.median(t_roll)
     return {"batch": x.shape[0], "repeats": repeats, "plain_s": p, "rollout_s": r,

@@ -348,7 +348,7 @@ def gradients_for_targets(cap: Capture, targets: Sequence[object],
 
         cap = capture(model, images, keep_graph=True)
         per_class = gradients_for_targets(cap, range(cap.num_classes))
-        maps = [GradRollout(model).from_capture(cap.with_gradients(g, c))
+        maps = [explain(model, None, "grad_rollout", capture=cap.with_gradients(g, c))
                 for c, g in enumerate(per_class)]
     """
     if not isinstance(cap, Capture):
