@@ -51,7 +51,11 @@ def token_counts(steps: int, num_tokens: int) -> list[int]:
 
 
 def fraction_counts(fractions: Sequence[float], num_tokens: int) -> list[int]:
-    """Tokens perturbed for each fraction f: ``floor(f·N)`` (the authors' ``int(f·size)``).
+    """Tokens perturbed for each fraction f: ``floor(f·N)``.
+
+    Chefer et al.'s script (``baselines/ViT/pertubation_eval_from_hdf5.py`` in
+    hila-chefer/Transformer-Explainability) removes ``int(base_size * step)`` pixels with
+    ``base_size = 224 * 224``; here the same rounding on N tokens.
 
     A tiny epsilon guards against 0.3·10 = 2.9999999999999996 style rounding.
     """

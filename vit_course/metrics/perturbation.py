@@ -220,19 +220,23 @@ def perturbation_test(model: nn.Module, images: Tensor, maps: Tensor, labels: An
     in the model's input space, and top-1 accuracy is recorded. Positive: lower AUC is
     better; negative: higher is better.
 
-    Differences from the authors' code, on purpose: they upsample the map to pixels and
-    remove ``int(f·224·224)`` single pixels; here whole patches are removed (the maps live on
-    the patch grid), ``floor(f·N)`` of them.
+    Differences from the authors' script (``baselines/ViT/pertubation_eval_from_hdf5.py`` in
+    hila-chefer/Transformer-Explainability), on purpose: it ranks the 224·224 pixels of
+    the stored map and sets the top ``int(f·224·224)`` of them to 0 (``torch.topk`` +
+    ``scatter_``); here whole patches are removed (the maps live on the patch grid),
+    ``floor(f·N)`` of them, ties broken by token index.
 
     Args:
         model: ``model(images) -> logits``.
         images: (B, C, H, W) normalised with ``mean``/``std``.
         maps: (B, h, w) explanations on the patch grid.
-        labels: B ground-truth labels; ``None`` scores against the class predicted on the
-            unperturbed image (their "original prediction" variant, which starts at 1).
+        labels: B ground-truth labels (the script compares with the dataset's ``target``);
+            ``None`` scores against the class predicted on the unperturbed image, so every
+            curve starts at 1.
         mean, std: the normalisation the images went through. Default: ImageNet (the
             course's transforms). For images that were not normalised pass
-            ``mean=(0, 0, 0), std=(1, 1, 1)``. (The authors' own ViT used 0.5/0.5.)
+            ``mean=(0, 0, 0), std=(1, 1, 1)``. (The script's ``normalize`` uses 0.5/0.5 for
+            its ViT.)
         batch_size: perturbed images per forward pass. Default: 64.
         progress: tqdm bars. Default: True.
         precision: ``"float32"`` or ``"bfloat16"``, as in :func:`deletion_curve`.
