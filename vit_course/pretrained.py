@@ -33,47 +33,32 @@ sees the features.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
-from torchvision.models import VisionTransformer, get_model, list_models
+from torch.utils.data import DataLoader, TensorDataset
+from torchvision.models import VisionTransformer, list_models
 from torchvision.models._api import WeightsEnum
 from tqdm.auto import tqdm
 
+from . import engine
 from .checks import check_positive_int
 from .explain.families import describe_model, head_of, part, set_head
 from .runtime import SEED, artifacts_dir, eval_mode, set_seed
-# Weights as files (cache location, stand-in detection by hash, download, atomic writes)
-# are infrastructure, in vit_course.tools.weights; the public names are re-exported here.
-from .tools.weights import (  # noqa: F401
-    DEFAULT_ARCH,
-    PREPARE_COMMAND,
-    STATUSES,
-    PretrainedInfo,
-    WeightsUnavailableError,
-    atomic_torch_save,
-    checkpoint_status,
-    data_fingerprint,
-    ensure_weights,
-    file_sha256,
-    resolve_weights,
-    standin_notice,
-    state_fingerprint,
-    transform_key,
-    unavailable_message,
-    weights_file,
-    weights_status,
+# Weights as files (cache location, stand-in detection by hash, download, atomic writes,
+# the feature cache) are infrastructure, in vit_course.tools.weights.
+from .tools.weights import (  # noqa: F401  (re-exported: notebooks and tests use them here)
+    DEFAULT_ARCH, WeightsUnavailableError, atomic_torch_save, checkpoint_status,
+    feature_cache_key, load_timm, load_torchvision, read_features, standin_notice,
+    state_fingerprint, weights_status, write_features,
 )
 
 HEAD_FORMAT = "vit_course.head/1"
-FEATURES_FORMAT = "vit_course.features/1"
 
 # --------------------------------------------------------------------------- building
 
@@ -85,11 +70,6 @@ def new_head(in_features: int, num_classes: int, seed: int = SEED) -> nn.Linear:
                        "use the number of class folders, e.g. 3 for pizza/steak/sushi.")
     set_seed(seed)
     return nn.Linear(in_features, num_classes)
-
-
-def is_timm_arch(arch: str) -> bool:
-    """True when ``arch`` is not a torchvision model name (then it is taken as a timm name)."""
-    return arch not in list_models()
 
 
 def build_pretrained_vit(weights: WeightsEnum | str = "DEFAULT", num_classes: int = 3,
@@ -119,27 +99,10 @@ def build_pretrained_vit(weights: WeightsEnum | str = "DEFAULT", num_classes: in
     """
     if not isinstance(arch, str):
         raise TypeError(f"arch must be a model name (str), got {type(arch).__name__}: {arch!r}.")
-    if is_timm_arch(arch):
-        model, transform, info = _build_timm(arch, weights, num_classes)
+    if arch in list_models():   # a torchvision name; anything else is taken as a timm name
+        model, transform, info = load_torchvision(arch, weights, progress)
     else:
-        weights = resolve_weights(weights, arch)
-        path = ensure_weights(weights, arch, progress=progress)
-        status = weights_status(weights, arch)
-        info = PretrainedInfo(arch=arch, weights=f"{type(weights).__name__}.{weights.name}",
-                              status=status, file=str(path),
-                              sha256=file_sha256(path) if status != "unverified" else None)
-        try:
-            model = get_model(arch, weights=weights, progress=progress)
-        except WeightsUnavailableError:
-            raise
-        except Exception as exc:
-            raise WeightsUnavailableError(unavailable_message(
-                path, weights.url, f"the cached file could not be loaded ({type(exc).__name__}: "
-                f"{exc}); delete it and download again")) from exc
-        if not isinstance(model, VisionTransformer):
-            raise ValueError(f"arch={arch!r} is not a torchvision VisionTransformer; use e.g. "
-                             "'vit_b_16'.")
-        transform = weights.transforms()
+        model, transform, info = load_timm(arch, weights)
     if info.is_standin:
         print(standin_notice(info))
     if freeze:
@@ -148,34 +111,6 @@ def build_pretrained_vit(weights: WeightsEnum | str = "DEFAULT", num_classes: in
     attach_head(model, new_head(describe_model(model).width, num_classes, seed))
     model.pretrained_info = info
     return model, transform
-
-
-def _build_timm(arch: str, weights: Any, num_classes: int) -> tuple[nn.Module, Callable, PretrainedInfo]:
-    try:
-        import timm
-        from timm.data import create_transform, resolve_data_config
-    except ImportError as exc:
-        raise ImportError(f"arch={arch!r} is not a torchvision model, so it needs timm, which is "
-                          "not installed. Install the optional extra: pip install -e .[timm] "
-                          "(or use arch='vit_b_16').") from exc
-    if weights not in ("DEFAULT", None):
-        raise ValueError(f"weights={weights!r} cannot be combined with timm arch={arch!r}; pass "
-                         "weights='DEFAULT' (the model's pretrained tag).")
-    if arch not in timm.list_models():
-        raise ValueError(f"arch={arch!r} is neither a torchvision nor a timm model; use e.g. "
-                         "'vit_b_16' or 'deit_tiny_patch16_224'.")
-    try:
-        model = timm.create_model(arch, pretrained=True)
-    except Exception as exc:
-        hub = os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface"))
-        raise WeightsUnavailableError(
-            f"Pretrained timm weights for {arch!r} are not available ({type(exc).__name__}: {exc}). "
-            f"timm caches them under {hub} (HF_HOME). Fix: run timm.create_model({arch!r}, "
-            f"pretrained=True) once on a machine with internet, with the same HF_HOME.") from exc
-    transform = create_transform(**resolve_data_config({}, model=model))
-    info = PretrainedInfo(arch=arch, weights=f"timm:{arch}", status="unverified", file=None,
-                          sha256=None)
-    return model, transform, info
 
 
 def attach_head(model: nn.Module, head: nn.Module) -> nn.Module:
@@ -225,28 +160,6 @@ def cls_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
                     f"{type(model).__name__}.")
 
 
-def backbone_fingerprint(model: nn.Module) -> str:
-    """SHA-256 over the backbone's state (names, dtypes, shapes, values), head excluded
-    (:func:`vit_course.tools.weights.state_fingerprint`)."""
-    return state_fingerprint(model, skip=head_of(model))
-
-
-def feature_cache_key(model: nn.Module, dataset: Dataset, transform: Callable | None = None,
-                      data_key: str | None = None) -> str:
-    """Hex key of (backbone weights, preprocessing, data) for the feature cache."""
-    parts = {"format": FEATURES_FORMAT, "model": type(model).__qualname__,
-             "backbone": backbone_fingerprint(model),
-             "data": data_key if data_key is not None else data_fingerprint(dataset, transform)}
-    if data_key is not None and transform is not None:
-        parts["transform"] = transform_key(transform)
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def default_feature_dir() -> Path:
-    """``artifacts_dir()/features``."""
-    return artifacts_dir() / "features"
-
-
 @torch.inference_mode()
 def _compute_features(model: nn.Module, loader: DataLoader, device: torch.device,
                       progress: bool, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -274,7 +187,7 @@ def extract_features(model: nn.Module, dataloader: DataLoader, *, cache: bool = 
     The dataset is read in its own order (a shuffling loader is re-read without shuffling,
     same batch size and collate function), in batches under ``torch.inference_mode()`` with
     a progress bar. The result is stored in ``cache_dir/<key>.pt`` (atomic write) with the
-    key from :func:`feature_cache_key`: a change to the backbone weights, the preprocessing
+    key from :func:`vit_course.tools.weights.feature_cache_key`: a change to the backbone weights, the preprocessing
     or the data (files, labels, class names) gives a new key and a fresh computation.
 
     Args:
@@ -296,23 +209,18 @@ def extract_features(model: nn.Module, dataloader: DataLoader, *, cache: bool = 
     dataset = dataloader.dataset
     path = None
     if cache:
-        key = feature_cache_key(model, dataset, transform, data_key)
-        path = Path(cache_dir) if cache_dir is not None else default_feature_dir()
-        path = path / f"{key}.pt"
-        if path.is_file():
-            try:
-                stored = torch.load(path, map_location="cpu", weights_only=True)
-                if stored.get("format") == FEATURES_FORMAT and stored.get("key") == key:
-                    return stored["features"], stored["labels"]
-            except Exception:  # damaged cache file: recompute and overwrite
-                pass
+        backbone = state_fingerprint(model, skip=head_of(model))
+        key = feature_cache_key(model, backbone, dataset, transform, data_key)
+        path = Path(cache_dir or artifacts_dir() / "features") / f"{key}.pt"
+        stored = read_features(path, key)
+        if stored is not None:
+            return stored
     loader = DataLoader(dataset, batch_size=dataloader.batch_size or 32, shuffle=False,
                         num_workers=dataloader.num_workers, collate_fn=dataloader.collate_fn,
                         pin_memory=dataloader.pin_memory)
     features, labels = _compute_features(model, loader, device, progress, desc)
     if path is not None:
-        atomic_torch_save({"format": FEATURES_FORMAT, "key": key, "features": features,
-                            "labels": labels}, path)
+        write_features(path, key, features, labels)
     return features, labels
 
 
@@ -364,8 +272,6 @@ def train_head(train_features: torch.Tensor, train_labels: torch.Tensor,
         ``(head, history)`` with ``history`` as from ``engine.train`` (``train_loss``,
         ``train_acc``, ``test_loss``, ``test_acc``; test entries empty without test data).
     """
-    from . import engine
-
     _check_features("train", train_features, train_labels)
     if (test_features is None) != (test_labels is None):
         raise ValueError("pass both test_features and test_labels, or neither.")
@@ -432,19 +338,6 @@ def save_head(model_or_head: nn.Module, path: str | os.PathLike, meta: dict[str,
     return path
 
 
-def load_head_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a file written by :func:`save_head` (``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no saved head at {path}; train one in notebook 03 "
-                                "(it saves artifacts/03_vit_b16_head.pt).")
-    stored = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(stored, dict) or stored.get("format") != HEAD_FORMAT:
-        raise ValueError(f"{path} is not a head saved by vit_course.pretrained.save_head "
-                         f"(format {HEAD_FORMAT!r}).")
-    return stored
-
-
 def load_pretrained_classifier(path: str | os.PathLike, *, freeze: bool = True,
                                progress: bool = True) -> tuple[nn.Module, Callable, dict[str, Any]]:
     """Rebuild the full classifier from a saved head: backbone from its weights + the head.
@@ -454,7 +347,14 @@ def load_pretrained_classifier(path: str | os.PathLike, *, freeze: bool = True,
         (``class_names``, ``stand_in``, ...). If the backbone's stand-in status now differs
         from when the head was trained, one line says so (the head will not fit).
     """
-    stored = load_head_file(path)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no saved head at {path}; train one in notebook 03 "
+                                "(it saves artifacts/03_vit_b16_head.pt).")
+    stored = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(stored, dict) or stored.get("format") != HEAD_FORMAT:
+        raise ValueError(f"{path} is not a head saved by vit_course.pretrained.save_head "
+                         f"(format {HEAD_FORMAT!r}).")
     meta = stored["meta"]
     weights = meta["weights"]
     model, transform = build_pretrained_vit(
@@ -462,7 +362,7 @@ def load_pretrained_classifier(path: str | os.PathLike, *, freeze: bool = True,
         arch=meta["arch"], freeze=freeze, progress=progress)
     head_of(model).load_state_dict(stored["state_dict"])
     if model.pretrained_info.status != meta.get("status"):
-        print(f"WARNING: the head in {Path(path).name} was trained on {meta.get('status')} "
+        print(f"WARNING: the head in {path.name} was trained on {meta.get('status')} "
               f"weights but the backbone now has {model.pretrained_info.status} weights; its "
               "predictions are not meaningful until it is retrained.")
     return model, transform, meta
@@ -525,13 +425,9 @@ def position_embedding_similarity(model: nn.Module) -> torch.Tensor:
     return (pos @ pos.T).reshape(side, side, side, side)          # (h, w, h, w)
 
 
-__all__: Sequence[str] = [
-    "PREPARE_COMMAND", "PretrainedInfo", "WeightsUnavailableError", "attach_head",
-    "backbone_fingerprint", "build_pretrained_vit", "checkpoint_status", "cls_features", "data_fingerprint",
-    "default_feature_dir", "ensure_weights", "extract_features", "feature_cache_key",
-    "feature_loader", "file_sha256", "frozen_trainable_counts", "head_of", "load_head_file",
+__all__ = [
+    "WeightsUnavailableError", "attach_head", "build_pretrained_vit", "checkpoint_status",
+    "cls_features", "extract_features", "feature_loader", "frozen_trainable_counts", "head_of",
     "load_or_rebuild_classifier", "load_pretrained_classifier", "new_head",
-    "position_embedding_similarity",
-    "resolve_weights", "save_head", "standin_notice", "train_head", "weights_file",
-    "weights_status",
+    "position_embedding_similarity", "save_head", "train_head", "weights_status",
 ]

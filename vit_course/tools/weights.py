@@ -4,6 +4,10 @@ downloading it, and the hashes and atomic writes behind the caches.
 Used by :mod:`vit_course.pretrained` (which re-exports the public names), the download and
 stand-in commands, and the explain CLI.
 
+Also here: the torchvision and timm weight lookups behind
+:func:`vit_course.pretrained.build_pretrained_vit` (file, status, :class:`PretrainedInfo`) and
+the frozen-feature cache of :func:`vit_course.pretrained.extract_features` (key, read, write).
+
 Stand-in detection. torchvision's file names carry the first 8 hex digits of the file's
 SHA-256 (``vit_b_16-c867db91.pth``), so :func:`checkpoint_status` tells the real file from a
 stand-in (:mod:`vit_course.tools.standin`'s random file under the same name) by hashing it.
@@ -12,6 +16,7 @@ stand-in (:mod:`vit_course.tools.standin`'s random file under the same name) by 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import sys
@@ -25,13 +30,14 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
-from torchvision.models import get_model_weights, get_weight
+from torchvision.models import VisionTransformer, get_model, get_model_weights, get_weight
 from torchvision.models._api import WeightsEnum
 
 PREPARE_COMMAND = "python -m vit_course.download --all"
 PREPARE_MAKE = "make download"
 DEFAULT_ARCH = "vit_b_16"
 STATUSES = ("genuine", "stand-in", "missing", "unverified")
+FEATURES_FORMAT = "vit_course.features/1"
 
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")  # same rule torch.hub uses for check_hash
 
@@ -210,6 +216,67 @@ def standin_notice(info: PretrainedInfo) -> str:
             f"from a random backbone, NOT the real pretrained {info.arch}.")
 
 
+def load_torchvision(arch: str, weights: WeightsEnum | str, progress: bool = True
+                     ) -> tuple[nn.Module, Callable, PretrainedInfo]:
+    """torchvision's pretrained ``arch`` (weights cached or downloaded), its transform and info.
+
+    Raises:
+        WeightsUnavailableError: weights neither cached nor downloadable, or the cached file
+            does not load.
+    """
+    weights = resolve_weights(weights, arch)
+    path = ensure_weights(weights, arch, progress=progress)
+    status = weights_status(weights, arch)
+    info = PretrainedInfo(arch=arch, weights=f"{type(weights).__name__}.{weights.name}",
+                          status=status, file=str(path),
+                          sha256=file_sha256(path) if status != "unverified" else None)
+    try:
+        model = get_model(arch, weights=weights, progress=progress)
+    except WeightsUnavailableError:
+        raise
+    except Exception as exc:
+        raise WeightsUnavailableError(unavailable_message(
+            path, weights.url, f"the cached file could not be loaded ({type(exc).__name__}: "
+            f"{exc}); delete it and download again")) from exc
+    if not isinstance(model, VisionTransformer):
+        raise ValueError(f"arch={arch!r} is not a torchvision VisionTransformer; use e.g. "
+                         "'vit_b_16'.")
+    return model, weights.transforms(), info
+
+
+def load_timm(arch: str, weights: Any) -> tuple[nn.Module, Callable, PretrainedInfo]:
+    """timm's pretrained ``arch`` (from the Hugging Face cache), its transform and info.
+
+    Raises:
+        ImportError: timm is not installed. WeightsUnavailableError: weights not available.
+    """
+    try:
+        import timm
+        from timm.data import create_transform, resolve_data_config
+    except ImportError as exc:
+        raise ImportError(f"arch={arch!r} is not a torchvision model, so it needs timm, which is "
+                          "not installed. Install the optional extra: pip install -e .[timm] "
+                          "(or use arch='vit_b_16').") from exc
+    if weights not in ("DEFAULT", None):
+        raise ValueError(f"weights={weights!r} cannot be combined with timm arch={arch!r}; pass "
+                         "weights='DEFAULT' (the model's pretrained tag).")
+    if arch not in timm.list_models():
+        raise ValueError(f"arch={arch!r} is neither a torchvision nor a timm model; use e.g. "
+                         "'vit_b_16' or 'deit_tiny_patch16_224'.")
+    try:
+        model = timm.create_model(arch, pretrained=True)
+    except Exception as exc:
+        hub = os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface"))
+        raise WeightsUnavailableError(
+            f"Pretrained timm weights for {arch!r} are not available ({type(exc).__name__}: {exc}). "
+            f"timm caches them under {hub} (HF_HOME). Fix: run timm.create_model({arch!r}, "
+            f"pretrained=True) once on a machine with internet, with the same HF_HOME.") from exc
+    transform = create_transform(**resolve_data_config({}, model=model))
+    info = PretrainedInfo(arch=arch, weights=f"timm:{arch}", status="unverified", file=None,
+                          sha256=None)
+    return model, transform, info
+
+
 # --------------------------------------------------------------------------- fingerprints
 
 
@@ -291,3 +358,35 @@ def data_fingerprint(dataset: Dataset, transform: Callable | None = None) -> dic
     raise TypeError(f"cannot identify the content of a {type(base).__name__} for the feature "
                     "cache; use an ImageFolder-like dataset (.samples) or a TensorDataset, or "
                     "pass data_key=... to extract_features (or cache=False).")
+
+
+# --------------------------------------------------------------------------- feature cache
+
+
+def feature_cache_key(model: nn.Module, backbone: str, dataset: Dataset,
+                      transform: Callable | None = None, data_key: str | None = None) -> str:
+    """Hex key of (backbone weights, preprocessing, data) for the feature cache; ``backbone``
+    is the backbone's :func:`state_fingerprint`."""
+    parts = {"format": FEATURES_FORMAT, "model": type(model).__qualname__, "backbone": backbone,
+             "data": data_key if data_key is not None else data_fingerprint(dataset, transform)}
+    if data_key is not None and transform is not None:
+        parts["transform"] = transform_key(transform)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def read_features(path: Path, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(features, labels)`` cached at ``path`` under ``key``; None if missing or damaged."""
+    if path.is_file():
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            if stored.get("format") == FEATURES_FORMAT and stored.get("key") == key:
+                return stored["features"], stored["labels"]
+        except Exception:  # damaged cache file: recompute and overwrite
+            pass
+    return None
+
+
+def write_features(path: Path, key: str, features: torch.Tensor, labels: torch.Tensor) -> None:
+    """Store ``(features, labels)`` at ``path`` under ``key`` (atomic write)."""
+    atomic_torch_save({"format": FEATURES_FORMAT, "key": key, "features": features,
+                       "labels": labels}, path)
