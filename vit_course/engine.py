@@ -16,6 +16,7 @@ Dataloaders yield ``(images, labels, ...)``: the first two items are used.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -28,35 +29,18 @@ from .runtime import SEED, eval_mode, set_seed
 # infrastructure: vit_course.tools.checkpoints. Re-exported here, where training happens.
 from .tools.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint  # noqa: F401
 
-__all__ = [
-    "train",
-    "train_step",
-    "test_step",
-    "evaluate",
-    "Evaluation",
-    "confusion_matrix",
-    "classification_metrics",
-    "predict",
-    "save_checkpoint",
-    "load_checkpoint",
-    "CHECKPOINT_FORMAT",
-]
-
+__all__ = ["train", "train_step", "test_step", "evaluate", "Evaluation", "confusion_matrix",
+           "classification_metrics", "predict", "save_checkpoint", "load_checkpoint",
+           "CHECKPOINT_FORMAT"]
 
 
 # ----------------------------------------------------------------------------- helpers
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
 def _resolve_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
-    """``None`` → the model's device; otherwise move the model there."""
+    """``None`` → the model's device (of its first parameter or buffer; CPU if it has
+    neither); otherwise move the model there."""
     if device is None:
-        return _model_device(model)
+        tensors = itertools.chain(model.parameters(), model.buffers())
+        return next((t.device for t in tensors), torch.device("cpu"))
     device = torch.device(device)
     model.to(device)
     return device
@@ -90,6 +74,32 @@ def _check_loader(name: str, loader: Any) -> None:
                         f"torch DataLoader, got {type(loader).__name__}")
 
 
+def _epoch(model: nn.Module, dataloader: Iterable, loss_fn: nn.Module,
+           device: str | torch.device | None, optimizer: torch.optim.Optimizer | None = None
+           ) -> tuple[float, float]:
+    """One pass over ``dataloader``, training when ``optimizer`` is given: (loss, accuracy)."""
+    _check_loader("dataloader", dataloader)
+    device = _resolve_device(model, device)
+    loss_sum, correct, total = 0.0, 0, 0
+    for batch in dataloader:
+        X, y = _unpack(batch)
+        X, y = X.to(device), y.to(device)
+        logits = model(X)
+        loss, batch_sum = _batch_loss_sum(loss_fn, logits, y)
+        if optimizer is not None:
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        loss_sum += batch_sum.item()
+        correct += (logits.argmax(dim=1) == y).sum().item()
+        total += y.shape[0]
+    if total == 0:
+        hint = "train dataloader yielded no images; check the dataset folder and max_per_class"
+        raise ValueError(hint if optimizer is not None else
+                         "test dataloader yielded no images; check the dataset folder")
+    return loss_sum / total, correct / total
+
+
 # ----------------------------------------------------------------------------- steps
 def train_step(model: nn.Module, dataloader: Iterable, loss_fn: nn.Module,
                optimizer: torch.optim.Optimizer, device: str | torch.device | None = None
@@ -106,25 +116,8 @@ def train_step(model: nn.Module, dataloader: Iterable, loss_fn: nn.Module,
     Returns:
         (loss, accuracy) over the epoch, both per image (sum over images / number of images).
     """
-    _check_loader("dataloader", dataloader)
-    device = _resolve_device(model, device)
     model.train()
-    loss_sum, correct, total = 0.0, 0, 0
-    for batch in dataloader:
-        X, y = _unpack(batch)
-        X, y = X.to(device), y.to(device)
-        logits = model(X)
-        loss, batch_sum = _batch_loss_sum(loss_fn, logits, y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        loss_sum += batch_sum.item()
-        correct += (logits.argmax(dim=1) == y).sum().item()
-        total += y.shape[0]
-    if total == 0:
-        raise ValueError("train dataloader yielded no images; check the dataset folder "
-                         "and max_per_class")
-    return loss_sum / total, correct / total
+    return _epoch(model, dataloader, loss_fn, device, optimizer)
 
 
 def test_step(model: nn.Module, dataloader: Iterable, loss_fn: nn.Module,
@@ -134,21 +127,8 @@ def test_step(model: nn.Module, dataloader: Iterable, loss_fn: nn.Module,
     Returns:
         (loss, accuracy), both per image.
     """
-    _check_loader("dataloader", dataloader)
-    device = _resolve_device(model, device)
-    loss_sum, correct, total = 0.0, 0, 0
     with eval_mode(model), torch.no_grad():
-        for batch in dataloader:
-            X, y = _unpack(batch)
-            X, y = X.to(device), y.to(device)
-            logits = model(X)
-            _, batch_sum = _batch_loss_sum(loss_fn, logits, y)
-            loss_sum += batch_sum.item()
-            correct += (logits.argmax(dim=1) == y).sum().item()
-            total += y.shape[0]
-    if total == 0:
-        raise ValueError("test dataloader yielded no images; check the dataset folder")
-    return loss_sum / total, correct / total
+        return _epoch(model, dataloader, loss_fn, device)
 
 
 def train(model: nn.Module, train_dataloader: Iterable, test_dataloader: Iterable | None,
