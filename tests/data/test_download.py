@@ -16,16 +16,12 @@ import pytest
 from PIL import Image
 
 from vit_course.data import (
-    DATA_DIR_ENV,
-    DATASET_URL,
-    SOURCE_ENV,
-    DataError,
     create_dataloaders,
     default_data_dir,
     download_pizza_steak_sushi,
     simple_transform,
-    verify_dataset,
 )
+from vit_course.data.download import DATA_DIR_ENV, DATASET_URL, SOURCE_ENV, DataError, verify_dataset
 from vit_course.data import download as download_module
 from vit_course.tools import transport
 
