@@ -44,6 +44,7 @@ small course ViT that learns this data is :mod:`vit_course.models.synthetic`.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -64,9 +65,7 @@ SINGLE_SCALE = (0.2, 0.45)  # object radius / image side, single-object images
 TWO_OBJECT_SCALE = (0.19, 0.245)  # same, two-object images (each object fits its half)
 _SPLIT_KEY = {"train": 0, "test": 1}
 # Ordered pairs of distinct classes; two-object items cycle through them for exact balance.
-CLASS_PAIRS: tuple[tuple[int, int], ...] = tuple(
-    (a, b) for a in range(len(CLASS_NAMES)) for b in range(len(CLASS_NAMES)) if a != b
-)
+CLASS_PAIRS: tuple[tuple[int, int], ...] = tuple(itertools.permutations(range(len(CLASS_NAMES)), 2))
 
 Array = np.ndarray
 
@@ -74,49 +73,47 @@ Array = np.ndarray
 # ----------------------------------------------------------------------------- validation
 def _class_index(cls: int | str) -> int:
     """Turn a class name or index into an index in ``CLASS_NAMES``."""
-    if isinstance(cls, str):
-        if cls not in CLASS_NAMES:
-            raise ValueError(
-                f"cls={cls!r} is not a synthetic class; expected one of {CLASS_NAMES} "
-                f"or an index 0..{len(CLASS_NAMES) - 1}."
-            )
+    if isinstance(cls, bool) or not isinstance(cls, (str, int, np.integer)):
+        raise TypeError(f"cls must be a class name or index, got {type(cls).__name__}: {cls!r}")
+    if cls in CLASS_NAMES:
         return CLASS_NAMES.index(cls)
-    if isinstance(cls, (int, np.integer)) and not isinstance(cls, bool):
-        if not 0 <= int(cls) < len(CLASS_NAMES):
-            raise ValueError(
-                f"cls={cls} is out of range; expected an index 0..{len(CLASS_NAMES) - 1} "
-                f"or a name in {CLASS_NAMES}."
-            )
-        return int(cls)
-    raise TypeError(f"cls must be a class name or index, got {type(cls).__name__}: {cls!r}")
+    if isinstance(cls, str) or not 0 <= cls < len(CLASS_NAMES):
+        raise ValueError(f"cls={cls!r} is not a synthetic class or is out of range; expected a "
+                         f"name in {CLASS_NAMES} or an index 0..{len(CLASS_NAMES) - 1}.")
+    return int(cls)
 
 
 def _check_size(size: int | Sequence[int]) -> tuple[int, int]:
     """Turn ``size`` (int or (H, W)) into ``(H, W)``, each at least ``MIN_SIZE``."""
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-        hw = (int(size), int(size))
-    elif (isinstance(size, (tuple, list)) and len(size) == 2
-          and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in size)):
-        hw = (int(size[0]), int(size[1]))
-    else:
+    pair = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    if len(pair) != 2 or any(isinstance(s, bool) or not isinstance(s, (int, np.integer))
+                             for s in pair):
         raise TypeError(f"size must be an int or a pair (H, W) of ints, got {size!r}")
-    if min(hw) < MIN_SIZE:
+    if min(pair) < MIN_SIZE:
         raise ValueError(
             f"size={size!r} is too small to draw recognisable objects; use at least "
             f"{MIN_SIZE} pixels per side (e.g. size={DEFAULT_SIZE})."
         )
-    return hw
+    return int(pair[0]), int(pair[1])
 
 
-def _check_rng(rng: np.random.Generator | int) -> np.random.Generator:
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
-        return np.random.default_rng(int(rng))
-    raise TypeError(
-        f"rng must be a numpy.random.Generator (e.g. np.random.default_rng(0)) or an int "
-        f"seed, got {type(rng).__name__}"
-    )
+def _check_antialias(antialias: int) -> int:
+    return check_positive_int(antialias, "antialias", "the supersampling factor (1 = off)")
+
+
+def _draw(layout: Callable[[np.random.Generator, int, int], list], size: int | Sequence[int],
+          rng: np.random.Generator | int, antialias: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check ``size``, ``rng`` and ``antialias``, lay the objects out (``layout(rng, H, W)``)
+    and render them: image ``(3, H, W)`` float32, masks ``(K, H, W)`` bool."""
+    H, W = _check_size(size)
+    if isinstance(rng, bool) or not isinstance(rng, (np.random.Generator, int, np.integer)):
+        raise TypeError(
+            f"rng must be a numpy.random.Generator (e.g. np.random.default_rng(0)) or an int "
+            f"seed, got {type(rng).__name__}"
+        )
+    rng = np.random.default_rng(rng)  # a Generator comes back unchanged
+    s = _check_antialias(antialias)
+    return _to_tensors(*_render(layout(rng, H, W), rng, H, W, s)[:2])
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -395,14 +392,12 @@ def make_image(cls: int | str, rng: np.random.Generator | int, size: int | Seque
         # image: (3, 64, 64), mask: (64, 64)
     """
     c = _class_index(cls)
-    H, W = _check_size(size)
-    rng = _check_rng(rng)
-    s = check_positive_int(antialias, "antialias", "the supersampling factor (1 = off)")
     lo, hi = scale
     if not 0.05 <= lo <= hi <= 0.5:
         raise ValueError(f"scale must satisfy 0.05 <= low <= high <= 0.5 (a fraction of the "
                          f"image side), got {scale!r}; e.g. scale=(0.2, 0.45)")
-    img, masks = _to_tensors(*_render([_single_layout(c, rng, H, W, scale)], rng, H, W, s)[:2])
+    img, masks = _draw(lambda rng, H, W: [_single_layout(c, rng, H, W, scale)], size, rng,
+                       antialias)
     return img, masks[0]
 
 
@@ -415,11 +410,8 @@ def _two_layout(pair: tuple[int, int], rng: np.random.Generator, H: int, W: int,
     objects = []
     for slot, cls in enumerate(pair):
         side = slot ^ swap
-        if horizontal:
-            box = (side * W / 2, 0.0, W / 2, float(H))
-        else:
-            box = (0.0, side * H / 2, float(W), H / 2)
-        bx, by, bw, bh = box
+        bx, by, bw, bh = ((side * W / 2, 0.0, W / 2, float(H)) if horizontal
+                          else (0.0, side * H / 2, float(W), H / 2))
         radius = min(rng.uniform(*scale) * S, bw / 2 - 0.5, bh / 2 - 0.5)
         cx = bx + rng.uniform(radius, bw - radius)
         cy = by + rng.uniform(radius, bh - radius)
@@ -455,10 +447,8 @@ def make_two_object_image(classes: Sequence[int | str], rng: np.random.Generator
     if pair[0] == pair[1]:
         raise ValueError(f"classes must be two different classes, got {classes!r}; "
                          f"pick two of {CLASS_NAMES}")
-    H, W = _check_size(size)
-    rng = _check_rng(rng)
-    s = check_positive_int(antialias, "antialias", "the supersampling factor (1 = off)")
-    img, masks = _to_tensors(*_render(_two_layout(pair, rng, H, W, scale), rng, H, W, s)[:2])
+    img, masks = _draw(lambda rng, H, W: _two_layout(pair, rng, H, W, scale), size, rng,
+                       antialias)
     return img, masks, torch.tensor(pair, dtype=torch.int64)
 
 
@@ -504,7 +494,7 @@ class SyntheticFood(Dataset):
         check_nonnegative_int(seed, "seed")
         self.size = _check_size(size)
         H, W = self.size
-        s = check_positive_int(antialias, "antialias", "the supersampling factor (1 = off)")
+        s = _check_antialias(antialias)
         self.n, self.seed, self.split, self.two_objects = int(n), int(seed), split, bool(two_objects)
         self.transform = transform
         self.classes = list(CLASS_NAMES)
