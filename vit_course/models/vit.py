@@ -42,18 +42,9 @@ from torch import nn
 
 from ..checks import check_images, check_positive_int, check_ratio
 
-__all__ = [
-    "PatchEmbedding",
-    "MultiheadSelfAttentionBlock",
-    "MLPBlock",
-    "TransformerEncoderBlock",
-    "ViT",
-    "CONFIGS",
-    "build_vit",
-    "count_parameters",
-    "parameter_table",
-    "format_parameter_table",
-]
+__all__ = ["PatchEmbedding", "MultiheadSelfAttentionBlock", "MLPBlock", "TransformerEncoderBlock",
+           "ViT", "CONFIGS", "build_vit", "count_parameters", "parameter_table",
+           "format_parameter_table"]
 
 _RESIZE_FIX = "resize the images first, e.g. with vit_course.data.simple_transform({size})"
 
@@ -222,14 +213,11 @@ class TransformerEncoderBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, return_attention: bool = False
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        if return_attention:
-            a, attn = self.msa_block(x, return_attention=True)
-            x = x + a
-            x = x + self.mlp_block(x)
-            return x, attn
-        x = x + self.msa_block(x)
+        out = self.msa_block(x, return_attention=return_attention)
+        a, attn = out if return_attention else (out, None)
+        x = x + a
         x = x + self.mlp_block(x)
-        return x
+        return (x, attn) if return_attention else x
 
 
 # ----------------------------------------------------------------------------- model
