@@ -318,7 +318,7 @@ def test_controls_that_do_not_apply_are_disabled(model: nn.Module) -> None:
 
 
 # ----------------------------------------------------------------------------- display
-def test_display_images_and_raw_images(model: nn.Module) -> None:
+def test_display_images_from_the_transform_or_raw_images(model: nn.Module) -> None:
     from torchvision.transforms import Normalize
 
     x = batch()
