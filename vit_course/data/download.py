@@ -23,7 +23,8 @@ that every image decodes. The archive is checked by content rather than by a has
 mirrors may repack the same images into different bytes. Downloads and extraction are
 atomic, so ``data_dir`` never holds a half-written file or folder, and a small marker file
 records a verified copy, so later calls only recount the files and return. How all that is
-done (retries, archive checks, markers) is infrastructure: :mod:`vit_course.tools.transport`.
+done (argument checks, source order, retries, archive checks, markers) is
+infrastructure: :mod:`vit_course.tools.transport`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ from pathlib import Path
 
 from ..checks import check_nonnegative_int
 from ..runtime import project_root
-from ..tools.transport import DataError, existing_copy, install_archive, verify_folder
+from ..tools.transport import (  # noqa: F401  (DataError: raised here, documented here)
+    DataError, check_counts, choose_source, existing_copy, install_archive, verify_folder,
+)
 
 __all__ = ["CLASS_NAMES", "DATASET_URL", "DATA_DIR_ENV", "EXPECTED_COUNTS", "SOURCE_ENV", "SPLITS",
            "DataError", "default_data_dir", "download_pizza_steak_sushi", "verify_dataset"]
@@ -78,33 +81,8 @@ def _fix_text(data_dir: Path) -> str:
     )
 
 
-def _check_expected(expected: Mapping[str, Mapping[str, int]] | None) -> dict[str, dict[str, int]]:
-    if expected is None:
-        return {split: dict(counts) for split, counts in EXPECTED_COUNTS.items()}
-    if not isinstance(expected, Mapping) or not expected:
-        raise TypeError(
-            "expected must be a non-empty mapping {split: {class_name: image_count}}, e.g. "
-            f"{EXPECTED_COUNTS}; got {expected!r}. Pass None for the real dataset's counts."
-        )
-    out: dict[str, dict[str, int]] = {}
-    for split, counts in expected.items():
-        if not isinstance(split, str) or not isinstance(counts, Mapping) or not counts:
-            raise TypeError(
-                f"expected[{split!r}] must be a non-empty mapping {{class_name: image_count}}, "
-                f"got {counts!r}."
-            )
-        for name, n in counts.items():
-            if not isinstance(name, str) or not isinstance(n, int) or isinstance(n, bool) or n < 0:
-                raise TypeError(
-                    f"expected[{split!r}][{name!r}] must be a non-negative int image count, got {n!r}."
-                )
-        out[split] = dict(counts)
-    return out
-
-
-def verify_dataset(
-    root: str | os.PathLike, expected: Mapping[str, Mapping[str, int]] | None = None
-) -> dict[str, dict[str, int]]:
+def verify_dataset(root: str | os.PathLike, expected: Mapping[str, Mapping[str, int]] | None = None
+                   ) -> dict[str, dict[str, int]]:
     """Check a dataset folder: split folders, class folders, image counts, every image decodes.
 
     Args:
@@ -118,39 +96,14 @@ def verify_dataset(
     Raises:
         DataError: naming the folder or file that is wrong and what was expected.
     """
-    return verify_folder(Path(root), _check_expected(expected))
+    return verify_folder(Path(root), check_counts(expected, EXPECTED_COUNTS))
 
 
-def _resolve_source(source: str | os.PathLike | None, data_dir: Path) -> tuple[str, str]:
-    """Return (source, where it came from)."""
-    if source is not None:
-        if not isinstance(source, (str, os.PathLike)):
-            raise TypeError(
-                f"source must be a URL or a path to {ARCHIVE_NAME} (str or os.PathLike), "
-                f"got {type(source).__name__}: {source!r}."
-            )
-        if not str(source).strip():
-            raise ValueError(f"source is an empty string; pass a URL or a path to {ARCHIVE_NAME}, or None.")
-        return os.fspath(source), "the source argument"
-    env = os.environ.get(SOURCE_ENV, "").strip()
-    if env:
-        return env, f"${SOURCE_ENV}"
-    manual = data_dir / ARCHIVE_NAME
-    if manual.is_file():
-        return str(manual), "the zip placed in the data folder"
-    return DATASET_URL, "the default URL"
-
-
-def download_pizza_steak_sushi(
-    data_dir: str | os.PathLike | None = None,
-    source: str | os.PathLike | None = None,
-    force: bool = False,
-    expected: Mapping[str, Mapping[str, int]] | None = None,
-    *,
-    timeout: float = 30.0,
-    retries: int = 3,
-    backoff: float = 0.5,
-) -> Path:
+def download_pizza_steak_sushi(data_dir: str | os.PathLike | None = None,
+                               source: str | os.PathLike | None = None, force: bool = False,
+                               expected: Mapping[str, Mapping[str, int]] | None = None, *,
+                               timeout: float = 30.0, retries: int = 3, backoff: float = 0.5
+                               ) -> Path:
     """Download, verify and extract the pizza/steak/sushi dataset; skip if a verified copy exists.
 
     Args:
@@ -172,7 +125,7 @@ def download_pizza_steak_sushi(
     Raises:
         DataError: the download, the archive or its content failed; the message says what to do.
     """
-    expected = _check_expected(expected)
+    expected = check_counts(expected, EXPECTED_COUNTS)
     check_nonnegative_int(retries, "retries", "the extra attempts after a transient failure")
     if not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}.")
@@ -193,7 +146,7 @@ def download_pizza_steak_sushi(
         present, stale_reason = existing_copy(root, expected)
         if present:
             return root
-    src, origin = _resolve_source(source, data_dir)
+    src, origin = choose_source(source, data_dir, ARCHIVE_NAME, SOURCE_ENV, DATASET_URL)
     return install_archive(src, origin, data_dir, DATASET_NAME, expected, default_url=DATASET_URL,
                            fix_text=_fix_text(data_dir), source_env=SOURCE_ENV,
                            stale_reason=stale_reason, timeout=timeout, retries=retries,

@@ -26,8 +26,9 @@ import time
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import requests
 from PIL import Image
@@ -53,6 +54,57 @@ class _TransientError(Exception):
 
 class _PermanentError(Exception):
     """A failure retrying will not fix (404, bad URL)."""
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def check_counts(expected: Any, default: Counts) -> Counts:
+    """``expected`` image counts ``{split: {class_name: count}}``, checked and copied;
+    ``None`` gives a copy of ``default`` (the real dataset's)."""
+    if expected is None:
+        return {split: dict(counts) for split, counts in default.items()}
+    if not isinstance(expected, Mapping) or not expected:
+        raise TypeError(
+            "expected must be a non-empty mapping {split: {class_name: image_count}}, e.g. "
+            f"{default}; got {expected!r}. Pass None for the real dataset's counts."
+        )
+    out: Counts = {}
+    for split, counts in expected.items():
+        if not isinstance(split, str) or not isinstance(counts, Mapping) or not counts:
+            raise TypeError(
+                f"expected[{split!r}] must be a non-empty mapping {{class_name: image_count}}, "
+                f"got {counts!r}."
+            )
+        for name, n in counts.items():
+            if not isinstance(name, str) or not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                raise TypeError(
+                    f"expected[{split!r}][{name!r}] must be a non-negative int image count, got {n!r}."
+                )
+        out[split] = dict(counts)
+    return out
+
+
+def choose_source(source: Any, data_dir: Path, archive_name: str, source_env: str,
+                  default_url: str) -> tuple[str, str]:
+    """The archive to fetch and where that choice came from: ``source``, else
+    ``$source_env``, else ``data_dir/archive_name`` if it is there, else ``default_url``."""
+    if source is not None:
+        if not isinstance(source, (str, os.PathLike)):
+            raise TypeError(
+                f"source must be a URL or a path to {archive_name} (str or os.PathLike), "
+                f"got {type(source).__name__}: {source!r}."
+            )
+        if not str(source).strip():
+            raise ValueError(f"source is an empty string; pass a URL or a path to {archive_name}, or None.")
+        return os.fspath(source), "the source argument"
+    env = os.environ.get(source_env, "").strip()
+    if env:
+        return env, f"${source_env}"
+    manual = data_dir / archive_name
+    if manual.is_file():
+        return str(manual), "the zip placed in the data folder"
+    return default_url, "the default URL"
 
 
 # --------------------------------------------------------------------------- verification
