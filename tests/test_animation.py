@@ -19,7 +19,6 @@ from vit_course.animation import (
     save_gif,
 )
 from vit_course.explain import explain
-from vit_course.metrics import mass_on_mask
 
 RATIOS = (0.0, 0.5, 0.9)
 FUSIONS = ("mean", "max", "min")
@@ -110,31 +109,6 @@ def test_bad_input(model: nn.Module, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"maps must be \(R, F, h, w\)"):
         render_discard_sweep(image(), maps[:2], RATIOS, FUSIONS)
     assert list(tmp_path.iterdir()) == []
-
-
-def test_panel_share_is_mass_on_mask_by_hand() -> None:
-    """The panels' "on mask" share is vit_course.metrics.mass_on_mask (checked by hand).
-
-    TODO(issue 10): move to tests/metrics/test_localisation.py with the metric.
-    """
-    mask = torch.zeros(4, 4, dtype=torch.bool)
-    mask[:2, :2] = True                                  # covers patch (0, 0) of a 2x2 grid
-    maps = torch.tensor([[[1.0, 0.0], [0.0, 3.0]],       # 1 of 4 on the mask
-                         [[-1.0, 0.0], [0.0, 0.0]],      # negative only: no mass
-                         [[2.0, -5.0], [0.0, 0.0]]])     # negatives ignored: all on the mask
-    expected = torch.tensor([0.25, 0.0, 1.0], dtype=torch.float64)
-    torch.testing.assert_close(mass_on_mask(maps, mask), expected)
-    half = torch.zeros(4, 4)
-    half[:1, :2] = 1.0                                   # half of patch (0, 0)
-    torch.testing.assert_close(mass_on_mask(maps[:1], half),
-                               torch.tensor([0.125], dtype=torch.float64))
-    per_map = torch.stack([mask, ~mask, mask])           # one mask per map
-    torch.testing.assert_close(mass_on_mask(maps, per_map), expected)
-    torch.testing.assert_close(mass_on_mask(maps, mask[::2, ::2]), expected)  # already on the grid
-    with pytest.raises(ValueError, match="do not split into the 2x2 patch grid"):
-        mass_on_mask(maps, torch.ones(5, 5))
-    with pytest.raises(ValueError, match=r"masks must be \(H, W\) for every map or \(3, H, W\)"):
-        mass_on_mask(maps, per_map[:2])
 
 
 def test_default_ratios_are_valid_and_increasing() -> None:

@@ -77,25 +77,6 @@ def test_plot_patches_cuts_the_image_into_the_grid():
         viz.plot_patches(image(40), patch_size=16)
 
 
-def test_upsample_for_display_shapes_and_modes():
-    """plot_maps and overlay take maps brought to pixels by vit_course.imaging.upsample."""
-    maps = torch.arange(2 * 2 * 2, dtype=torch.float32).reshape(2, 2, 2)
-    up = upsample(maps, size=(8, 8), mode="nearest")
-    assert up.shape == (2, 8, 8)
-    # nearest: each patch becomes a constant 4x4 block with the patch's value
-    assert torch.equal(up[1, :4, 4:], torch.full((4, 4), maps[1, 0, 1].item()))
-    bil = upsample(maps, size=16)
-    assert bil.shape == (2, 16, 16)
-    assert bil.min() >= maps.min() and bil.max() <= maps.max()
-    single = upsample(torch.ones(1, 4, 4) * 0.3, size=(32, 32))[0]
-    assert single.shape == (32, 32)
-    torch.testing.assert_close(single, torch.full((32, 32), 0.3))
-    with pytest.raises(ValueError, match="mode must be"):
-        upsample(maps, 8, mode="area")
-    with pytest.raises(ValueError, match=r"\(B, h, w\)"):
-        upsample(torch.ones(1, 1, 2, 2), 8)
-
-
 def test_overlay_blends_image_and_colormap():
     img = image(16)
     heat = torch.linspace(0, 1, 16 * 16).reshape(16, 16)

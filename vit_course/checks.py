@@ -251,8 +251,6 @@ def check_labels(labels: Any, batch_size: int, num_classes: int | None = None,
     """B integer class labels → (B,) long (range-checked when ``num_classes`` is given)."""
     if labels is None:
         raise TypeError(f"{name} must be B integer class labels, got None.")
-    if isinstance(labels, int) and not isinstance(labels, bool):
-        labels = [labels] * batch_size if batch_size == 1 else labels
     try:
         t = torch.as_tensor(labels)
     except (TypeError, ValueError, RuntimeError):
