@@ -46,7 +46,8 @@ def _resolve_device(model: nn.Module, device: str | torch.device | None) -> torc
     return device
 
 
-def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)``: the first two items of a dataloader batch."""
     if isinstance(batch, (list, tuple)) and len(batch) >= 2:
         return batch[0], batch[1]
     raise TypeError(
@@ -82,7 +83,7 @@ def _epoch(model: nn.Module, dataloader: Iterable, loss_fn: nn.Module,
     device = _resolve_device(model, device)
     loss_sum, correct, total = 0.0, 0, 0
     for batch in dataloader:
-        X, y = _unpack(batch)
+        X, y = unpack_batch(batch)
         X, y = X.to(device), y.to(device)
         logits = model(X)
         loss, batch_sum = _batch_loss_sum(loss_fn, logits, y)
@@ -311,7 +312,7 @@ def evaluate(model: nn.Module, dataloader: Iterable, class_names: list[str],
     probs, y_true = [], []
     with eval_mode(model), torch.no_grad():
         for batch in dataloader:
-            X, y = _unpack(batch)
+            X, y = unpack_batch(batch)
             logits = model(X.to(device))
             if logits.ndim != 2 or logits.shape[1] != K:
                 raise ValueError(
@@ -326,11 +327,8 @@ def evaluate(model: nn.Module, dataloader: Iterable, class_names: list[str],
     y_true_t = torch.cat(y_true)
     y_pred_t = probs_t.argmax(dim=1)
     cm = confusion_matrix(y_true_t, y_pred_t, K)
-    m = classification_metrics(cm)
-    return Evaluation(accuracy=m["accuracy"], precision=m["precision"], recall=m["recall"],
-                      f1=m["f1"], macro_f1=m["macro_f1"], support=m["support"],
-                      confusion_matrix=cm, y_true=y_true_t, y_pred=y_pred_t, probs=probs_t,
-                      class_names=list(class_names))
+    return Evaluation(**classification_metrics(cm), confusion_matrix=cm, y_true=y_true_t,
+                      y_pred=y_pred_t, probs=probs_t, class_names=list(class_names))
 
 
 def predict(model: nn.Module, images: torch.Tensor, device: str | torch.device | None = None,

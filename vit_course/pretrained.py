@@ -166,10 +166,7 @@ def _compute_features(model: nn.Module, loader: DataLoader, device: torch.device
     feats, labels = [], []
     with eval_mode(model):
         for batch in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
-            if not isinstance(batch, (list, tuple)) or len(batch) < 2:
-                raise TypeError("the dataloader must yield (images, labels) batches, got "
-                                f"{type(batch).__name__}.")
-            images, y = batch[0], batch[1]
+            images, y = engine.unpack_batch(batch)
             feats.append(cls_features(model, images.to(device)).float().cpu())
             labels.append(torch.as_tensor(y).long().cpu())
     if not feats:

@@ -38,12 +38,8 @@ def imagenet_transform(img_size: int = 224) -> transforms.Compose:
     Returns:
         A transform: PIL image → normalised tensor (3, img_size, img_size).
     """
-    check_positive_int(img_size, "img_size", "the side in pixels, e.g. 224")
-    return transforms.Compose([
-        transforms.Resize((img_size, img_size)),
-        transforms.ToTensor(),
-        transforms.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
-    ])
+    return transforms.Compose([*simple_transform(img_size).transforms,
+                               transforms.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -197,16 +193,10 @@ def _has_random_step(transform: Callable) -> bool:
     return any(type(step).__name__.startswith("Random") for step in steps)
 
 
-def create_dataloaders(
-    train_dir: str | os.PathLike,
-    test_dir: str | os.PathLike,
-    transform: Callable,
-    batch_size: int = 32,
-    num_workers: int = 0,
-    max_per_class: int | None = None,
-    cache: bool = True,
-    seed: int = SEED,
-) -> tuple[DataLoader, DataLoader, list[str]]:
+def create_dataloaders(train_dir: str | os.PathLike, test_dir: str | os.PathLike,
+                       transform: Callable, batch_size: int = 32, num_workers: int = 0,
+                       max_per_class: int | None = None, cache: bool = True, seed: int = SEED
+                       ) -> tuple[DataLoader, DataLoader, list[str]]:
     """Training and test DataLoaders from two image folders (one sub-folder per class).
 
     Args:

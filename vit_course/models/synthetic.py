@@ -19,8 +19,9 @@ import torch
 
 from ..data import synthetic as drawing
 from ..data.synthetic import CLASS_NAMES, DEFAULT_SIZE, synthetic_dataloaders
-from ..engine import load_checkpoint, save_checkpoint, test_step, train_step
+from ..engine import save_checkpoint, test_step, train_step
 from ..runtime import SEED, artifacts_dir, get_device, get_profile, set_seed
+from ..tools.checkpoints import load_matching_checkpoint
 from .vit import ViT
 
 SYNTHETIC_VIT_CONFIG: dict[str, Any] = dict(
@@ -30,11 +31,10 @@ SYNTHETIC_VIT_CONFIG: dict[str, Any] = dict(
 )
 """The course ViT (``vit_course.models.ViT``) sized for 64×64 synthetic images: 8×8 grid."""
 
+_RECIPE = dict(batch_size=32, lr=1e-3, weight_decay=0.05, clip_grad_norm=1.0)
 SYNTHETIC_SETTINGS: dict[str, dict[str, Any]] = {
-    "full": dict(n_train=1500, n_test=300, epochs=10, batch_size=32, lr=1e-3, weight_decay=0.05,
-                 clip_grad_norm=1.0),
-    "quick": dict(n_train=600, n_test=150, epochs=8, batch_size=32, lr=1e-3, weight_decay=0.05,
-                  clip_grad_norm=1.0),
+    "full": dict(n_train=1500, n_test=300, epochs=10, **_RECIPE),
+    "quick": dict(n_train=600, n_test=150, epochs=8, **_RECIPE),
 }
 """Training settings per course profile (``setting=None`` follows ``VIT_COURSE_PROFILE``).
 
@@ -175,13 +175,8 @@ def load_or_train_synthetic_vit(path: str | Path | None = None, size: int = DEFA
                 seed=seed, generator_version=drawing.GENERATOR_VERSION, class_names=list(CLASS_NAMES))
     if path.is_file() and not retrain:
         model = build_synthetic_vit(img_size=size)
-        try:
-            saved = load_checkpoint(model, path)
-            stale = [k for k, v in meta.items() if saved.get(k) != v]
-            reason = f"it was saved with other {', '.join(stale)}" if stale else ""
-        except (ValueError, KeyError) as exc:  # unreadable or other weights: retrain
-            reason = f"it could not be loaded ({exc})"
-        if not reason:
+        saved, reason = load_matching_checkpoint(model, path, meta)
+        if saved is not None:
             model.to(device).eval()
             if progress:
                 print(f"Loaded synthetic ViT from {path} "

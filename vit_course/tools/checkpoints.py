@@ -137,3 +137,22 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike,
         )
     model.load_state_dict(state, strict=True)
     return meta
+
+
+def load_matching_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any]
+                             ) -> tuple[dict[str, Any] | None, str]:
+    """Load ``path`` into ``model`` if it was saved with metadata equal to ``meta`` (every key).
+
+    Returns:
+        ``(saved_meta, "")`` when it matches; ``(None, reason)`` when the file is missing,
+        unreadable, holds other weights or was saved with other values (the reason names
+        them, for a "Retraining: ..." line). ``model`` may hold the loaded weights even then.
+    """
+    if not Path(path).is_file():
+        return None, "there is no file"
+    try:
+        saved = load_checkpoint(model, path)
+    except (ValueError, KeyError) as exc:  # unreadable or other weights
+        return None, f"it could not be loaded ({exc})"
+    stale = [k for k, v in meta.items() if saved.get(k) != v]
+    return (None, f"it was saved with other {', '.join(stale)}") if stale else (saved, "")
