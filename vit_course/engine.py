@@ -353,8 +353,6 @@ def predict(model: nn.Module, images: torch.Tensor, device: str | torch.device |
         raise ValueError(f"images must be (B, C, H, W) or (C, H, W), got shape "
                          f"{tuple(images.shape)}")
     device = _resolve_device(model, device)
-    out = []
     with eval_mode(model), torch.no_grad():
-        for chunk in images.split(batch_size):
-            out.append(model(chunk.to(device)).float().softmax(dim=1).cpu())
-    return torch.cat(out)
+        return torch.cat([model(chunk.to(device)).float().softmax(dim=1).cpu()
+                          for chunk in images.split(batch_size)])

@@ -184,8 +184,9 @@ def extract_features(model: nn.Module, dataloader: DataLoader, *, cache: bool = 
     The dataset is read in its own order (a shuffling loader is re-read without shuffling,
     same batch size and collate function), in batches under ``torch.inference_mode()`` with
     a progress bar. The result is stored in ``cache_dir/<key>.pt`` (atomic write) with the
-    key from :func:`vit_course.tools.weights.feature_cache_key`: a change to the backbone weights, the preprocessing
-    or the data (files, labels, class names) gives a new key and a fresh computation.
+    key from :func:`vit_course.tools.weights.feature_cache_key`: a change to the backbone
+    weights, the preprocessing or the data (files, labels, class names) gives a new key and
+    a fresh computation.
 
     Args:
         model: torchvision ``VisionTransformer`` or timm ViT (the head is ignored).
@@ -272,13 +273,13 @@ def train_head(train_features: torch.Tensor, train_labels: torch.Tensor,
     _check_features("train", train_features, train_labels)
     if (test_features is None) != (test_labels is None):
         raise ValueError("pass both test_features and test_labels, or neither.")
+    test_dl = None
     if test_features is not None:
         _check_features("test", test_features, test_labels)
+        test_dl = feature_loader(test_features, test_labels, batch_size)
     if head is None:
         head = new_head(train_features.shape[1], num_classes, seed)
     train_dl = feature_loader(train_features, train_labels, batch_size, shuffle=True, seed=seed)
-    test_dl = (feature_loader(test_features, test_labels, batch_size) if test_features is not None
-               else None)
     head = head.to(device)
     optimizer = torch.optim.Adam(head.parameters(), lr=lr)
     history = engine.train(head, train_dl, test_dl, optimizer, nn.CrossEntropyLoss(), epochs,
@@ -305,14 +306,12 @@ def save_head(model_or_head: nn.Module, path: str | os.PathLike, meta: dict[str,
         ``arch``, ``weights``, ``status``, ``stand_in``, ``num_classes``, ``in_features``
         and yours.
     """
-    meta = {**(meta or {}), **more_meta}
     info = getattr(model_or_head, "pretrained_info", None)
     head = head_of(model_or_head) if info is not None else model_or_head
     if not isinstance(head, nn.Linear):
         raise TypeError(f"expected a model from build_pretrained_vit or its nn.Linear head, got "
                         f"{type(head).__name__}.")
-    full = dict(info.to_meta()) if info is not None else {}
-    full.update(meta)
+    full = {**(info.to_meta() if info is not None else {}), **(meta or {}), **more_meta}
     if "weights" not in full:
         raise ValueError("meta must name the backbone weights for a bare head, e.g. "
                          "meta={'weights': 'ViT_B_16_Weights.IMAGENET1K_V1'}; or pass the model.")

@@ -33,10 +33,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..checks import check_nonnegative_int
 from ..runtime import project_root
 from ..tools.transport import (  # noqa: F401  (DataError: raised here, documented here)
-    DataError, check_counts, choose_source, existing_copy, install_archive, verify_folder,
+    DataError, check_counts, check_network_options, choose_source, existing_copy,
+    install_archive, make_data_dir, verify_folder,
 )
 
 __all__ = ["CLASS_NAMES", "DATASET_URL", "DATA_DIR_ENV", "EXPECTED_COUNTS", "SOURCE_ENV", "SPLITS",
@@ -126,19 +126,8 @@ def download_pizza_steak_sushi(data_dir: str | os.PathLike | None = None,
         DataError: the download, the archive or its content failed; the message says what to do.
     """
     expected = check_counts(expected, EXPECTED_COUNTS)
-    check_nonnegative_int(retries, "retries", "the extra attempts after a transient failure")
-    if not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}.")
-    if not isinstance(backoff, (int, float)) or backoff < 0:
-        raise ValueError(f"backoff must be a number of seconds >= 0, got {backoff!r}.")
-    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
-        raise TypeError(f"data_dir must be a path (str or os.PathLike) or None, got {type(data_dir).__name__}.")
-    data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-    if data_dir.exists() and not data_dir.is_dir():
-        raise ValueError(
-            f"data_dir {data_dir} exists but is a file; pass a folder (or set ${DATA_DIR_ENV})."
-        )
-    data_dir.mkdir(parents=True, exist_ok=True)
+    check_network_options(timeout, retries, backoff)
+    data_dir = make_data_dir(data_dir, default_data_dir, DATA_DIR_ENV)
     root = data_dir / DATASET_NAME
 
     stale_reason = None

@@ -244,17 +244,14 @@ def create_dataloaders(train_dir: str | os.PathLike, test_dir: str | os.PathLike
         _first_per_class(train_data, max_per_class)
         _first_per_class(test_data, max_per_class)
 
-    train_ds: Dataset = train_data
-    test_ds: Dataset = test_data
-    if cache:
-        if _has_random_step(transform):
-            warnings.warn(
-                "create_dataloaders(cache=True) applies the transform once, so its random steps "
-                "are frozen for every epoch; pass cache=False to re-draw them each epoch.",
-                UserWarning, stacklevel=2,
-            )
-        train_ds = TensorImageDataset(train_data, transform)
-        test_ds = TensorImageDataset(test_data, transform)
+    if cache and _has_random_step(transform):
+        warnings.warn(
+            "create_dataloaders(cache=True) applies the transform once, so its random steps "
+            "are frozen for every epoch; pass cache=False to re-draw them each epoch.",
+            UserWarning, stacklevel=2,
+        )
+    train_ds = TensorImageDataset(train_data, transform) if cache else train_data
+    test_ds = TensorImageDataset(test_data, transform) if cache else test_data
 
     pin = torch.cuda.is_available()
     train_dl = DataLoader(train_ds, batch_size=batch_size, shuffle=True, num_workers=num_workers,

@@ -97,10 +97,6 @@ def _check_size(size: int | Sequence[int]) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
-def _check_antialias(antialias: int) -> int:
-    return check_positive_int(antialias, "antialias", "the supersampling factor (1 = off)")
-
-
 def _draw(layout: Callable[[np.random.Generator, int, int], list], size: int | Sequence[int],
           rng: np.random.Generator | int, antialias: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Check ``size``, ``rng`` and ``antialias``, lay the objects out (``layout(rng, H, W)``)
@@ -112,7 +108,7 @@ def _draw(layout: Callable[[np.random.Generator, int, int], list], size: int | S
             f"seed, got {type(rng).__name__}"
         )
     rng = np.random.default_rng(rng)  # a Generator comes back unchanged
-    s = _check_antialias(antialias)
+    s = check_positive_int(antialias, "antialias", "the supersampling factor (1 = off)")
     return _to_tensors(*_render(layout(rng, H, W), rng, H, W, s)[:2])
 
 
@@ -492,9 +488,8 @@ class SyntheticFood(Dataset):
         check_positive_int(n, "n", "n is the number of images")
         check_choice(split, "split", SPLITS)
         check_nonnegative_int(seed, "seed")
-        self.size = _check_size(size)
-        H, W = self.size
-        s = _check_antialias(antialias)
+        H, W = self.size = _check_size(size)
+        s = check_positive_int(antialias, "antialias", "the supersampling factor (1 = off)")
         self.n, self.seed, self.split, self.two_objects = int(n), int(seed), split, bool(two_objects)
         self.transform = transform
         self.classes = list(CLASS_NAMES)

@@ -167,9 +167,8 @@ def load_or_train_synthetic_vit(path: str | Path | None = None, size: int = DEFA
         ``history``, ``setting``, ``trained`` (False when loaded) and ``path``.
     """
     name, cfg = _resolve_setting(setting, {})
-    if path is None:
-        path = artifacts_dir() / ("synthetic_vit.pt" if name == "full" else f"synthetic_vit_{name}.pt")
-    path = Path(path)
+    default = "synthetic_vit.pt" if name == "full" else f"synthetic_vit_{name}.pt"
+    path = Path(path) if path is not None else artifacts_dir() / default
     device = get_device() if device is None else torch.device(device)
     meta = dict(config={**SYNTHETIC_VIT_CONFIG, "img_size": size}, setting=cfg, size=size,
                 seed=seed, generator_version=drawing.GENERATOR_VERSION, class_names=list(CLASS_NAMES))

@@ -457,8 +457,8 @@ def parameter_table(names: list[str] | None = None, num_classes: int = 1000
 def format_parameter_table(rows: list[dict[str, Any]] | None = None) -> str:
     """Render :func:`parameter_table` rows as a Markdown table (parameters in millions too)."""
     rows = parameter_table() if rows is None else rows
-    head = "| model | layers | hidden D | MLP | heads | patch | tokens | parameters |"
-    lines = [head, "|" + "---|" * 8]
+    lines = ["| model | layers | hidden D | MLP | heads | patch | tokens | parameters |",
+             "|" + "---|" * 8]
     for r in rows:
         lines.append(
             f"| {r['name']} | {r['layers']} | {r['hidden_size']} | {r['mlp_size']} | "

@@ -26,13 +26,15 @@ import time
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 import requests
 from PIL import Image
 from tqdm.auto import tqdm
+
+from ..checks import check_nonnegative_int
 
 MARKER_NAME = ".vit_course_verified.json"
 #: File endings counted as images (the same list torchvision's ImageFolder accepts).
@@ -83,6 +85,28 @@ def check_counts(expected: Any, default: Counts) -> Counts:
                 )
         out[split] = dict(counts)
     return out
+
+
+def check_network_options(timeout: Any, retries: Any, backoff: Any) -> None:
+    """``timeout`` > 0 and ``backoff`` >= 0 seconds, ``retries`` an int >= 0."""
+    check_nonnegative_int(retries, "retries", "the extra attempts after a transient failure")
+    if not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}.")
+    if not isinstance(backoff, (int, float)) or backoff < 0:
+        raise ValueError(f"backoff must be a number of seconds >= 0, got {backoff!r}.")
+
+
+def make_data_dir(data_dir: Any, default: Callable[[], Path], env: str) -> Path:
+    """``data_dir`` (or ``default()`` for None) as a Path, created; refuses a file."""
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise TypeError(f"data_dir must be a path (str or os.PathLike) or None, got {type(data_dir).__name__}.")
+    data_dir = Path(data_dir).expanduser() if data_dir is not None else default()
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ValueError(
+            f"data_dir {data_dir} exists but is a file; pass a folder (or set ${env})."
+        )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return data_dir
 
 
 def choose_source(source: Any, data_dir: Path, archive_name: str, source_env: str,
