@@ -19,14 +19,25 @@ HEAD_FUSIONS: tuple[str, ...] = ("mean", "max", "min")
 
 
 # ----------------------------------------------------------------------------- numbers
+def check_int(value: Any, name: str, fix: str = "", minimum: int = 1) -> int:
+    """An int ≥ ``minimum`` (bools refused); the message says "a positive int" for 1."""
+    what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}: {value!r}"
+                        + (f"; {fix}" if fix else "."))
+    if value < minimum:
+        raise ValueError(f"{name} must be {what}, got {value}" + (f"; {fix}" if fix else "."))
+    return value
+
+
 def check_positive_int(value: Any, name: str, fix: str = "") -> int:
     """An int ≥ 1 (bools refused)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}: {value!r}"
-                        + (f"; {fix}" if fix else "."))
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}" + (f"; {fix}" if fix else "."))
-    return value
+    return check_int(value, name, fix)
+
+
+def check_nonnegative_int(value: Any, name: str, fix: str = "") -> int:
+    """An int ≥ 0 (bools refused): a count that may be zero (workers, retries) or a seed."""
+    return check_int(value, name, fix, minimum=0)
 
 
 def check_ratio(value: Any, name: str = "discard_ratio", fix: str = "") -> float:
@@ -278,12 +289,3 @@ def check_gradients(gradients: Any, attentions: Sequence[Tensor],
             "capture(..., with_grad=True).")
     return grads
 
-
-def check_nonnegative_int(value: Any, name: str, fix: str = "") -> int:
-    """An int ≥ 0 (bools refused): a count that may be zero (workers, retries) or a seed."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= 0, got {type(value).__name__}: {value!r}"
-                        + (f"; {fix}" if fix else "."))
-    if value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value}" + (f"; {fix}" if fix else "."))
-    return value
