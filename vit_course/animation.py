@@ -21,7 +21,6 @@ mass on the object (:func:`vit_course.metrics.mass_on_mask`).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from .checks import HEAD_FUSIONS, check_fractions, check_fusion, check_images
 from .explain import capture, explain, get_method
 from .imaging import upsample
 from .metrics import mass_on_mask
+from .tools.weights import atomic_write
 from .viz import overlay
 
 __all__ = ["DEFAULT_RATIOS", "discard_sweep_maps", "render_discard_sweep", "save_gif",
@@ -230,16 +230,9 @@ def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, fps: float =
     step = int(round(1000 / fps))
     durations = [step] * len(images)
     durations[-1] = max(step, int(round(1000 * hold_last)))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            images[0].save(fh, format="GIF", save_all=True, append_images=images[1:],
-                           duration=durations, loop=0)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as fh:
+        images[0].save(fh, format="GIF", save_all=True, append_images=images[1:],
+                       duration=durations, loop=0)
     return path
 
 

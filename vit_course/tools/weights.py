@@ -21,10 +21,11 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
 import torch
@@ -49,18 +50,20 @@ class WeightsUnavailableError(RuntimeError):
 # --------------------------------------------------------------------------- files
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file.
+@contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Write a file through a temporary one beside ``path``, renamed onto it at the end.
 
-    Parent folders are created; the file gets mode 0644 (``mkstemp`` makes 0600). On any
-    error (an interrupt included) the temporary file is removed and ``path`` is untouched.
+    ``with atomic_write(path) as f: f.write(...)``: never a half-written file. Parent
+    folders are created; the file gets mode 0644 (``mkstemp`` makes 0600). On any error in
+    the block (an interrupt included) the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
@@ -68,7 +71,13 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` through :func:`atomic_write`: never a half-written file."""
+    with atomic_write(path) as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 _SHA_MEMO: dict[tuple[str, int, int], str] = {}
