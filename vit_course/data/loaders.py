@@ -63,6 +63,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
+def _fspath(value: object, name: str, what: str) -> str:
+    """``value`` as a str path, or a TypeError saying what ``name`` must be."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}: {value!r}.")
+    return os.fspath(value)
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Open an image file and return it as an RGB PIL image (fully loaded, file closed).
 
@@ -86,9 +93,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         FileNotFoundError: nothing at ``path``.
         ValueError: ``path`` is a folder, or a file PIL cannot decode.
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike pointing at an image file, got {type(path).__name__}: {path!r}.")
-    path = os.fspath(path)
+    path = _fspath(path, "path", "a str or os.PathLike pointing at an image file")
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"No image at {path!r} (resolved to {os.path.abspath(path)!r}; current folder {os.getcwd()!r}). "
@@ -158,9 +163,7 @@ class TensorImageDataset(Dataset):
 
 
 def _image_folder(folder: str | os.PathLike, split: str, transform: Callable) -> datasets.ImageFolder:
-    if not isinstance(folder, (str, os.PathLike)):
-        raise TypeError(f"{split}_dir must be a path (str or os.PathLike), got {type(folder).__name__}: {folder!r}.")
-    folder = os.fspath(folder)
+    folder = _fspath(folder, f"{split}_dir", "a path (str or os.PathLike)")
     if not os.path.isdir(folder):
         raise FileNotFoundError(
             f"{split}_dir {folder!r} does not exist or is not a folder (current folder {os.getcwd()!r}). "
