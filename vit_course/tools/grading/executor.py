@@ -42,25 +42,26 @@ def stop_all() -> None:
         _sweep(token, [])
 
 
-@dataclass
-class CellRun:
+@dataclass(kw_only=True)
+class _Run:
+    status: str  # ok | error | timeout | died | not_run
+    ename: str = ""
+    evalue: str = ""
+
+
+@dataclass(kw_only=True)
+class CellRun(_Run):
     """Final state of one submission cell (``index`` into the notebook's cells)."""
 
     index: int
-    status: str  # ok | error | timeout | died | not_run
-    ename: str = ""
-    evalue: str = ""
     seconds: float = 0.0
 
 
-@dataclass
-class HiddenRun:
+@dataclass(kw_only=True)
+class HiddenRun(_Run):
     """Result of one hidden-test cell; ``payload`` is ``CheckResult.to_dict()`` when published."""
 
     id: str
-    status: str  # ok | error | timeout | died | not_run
-    ename: str = ""
-    evalue: str = ""
     payload: dict | None = None
 
 

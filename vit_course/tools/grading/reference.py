@@ -151,10 +151,11 @@ def _q3_curves(suite, model, images, labels, steps) -> str | None:
     from vit_course.metrics import deletion_curve, insertion_curve
 
     k = min(Q3_CURVE_IMAGES, len(images))
+    images, targets = images[:k], suite.targets[:k]
     for method in Q3_ALL_METHODS:
-        maps, targets = suite.maps[method][:k], suite.targets[:k]
         for kind, fn in (("deletion", deletion_curve), ("insertion", insertion_curve)):
-            ref = fn(model, images[:k], maps, targets, steps=steps, baseline="blur", progress=False)
+            ref = fn(model, images, suite.maps[method][:k], targets, steps=steps, baseline="blur",
+                     progress=False)
             problem = _close(suite.curves[method][kind][:k], ref,
                              f"{kind} curve of {method!r} (blur baseline, steps={steps})")
             if problem:
@@ -280,26 +281,19 @@ def summary_table(scores: dict) -> list[dict]:
         Rows ``{"metric", "method", "mean", "lo", "hi", "n"}``: metrics in order of first
         appearance, then methods in the order of ``scores``; ``n`` counts non-NaN values.
     """
-    import warnings
-
     import numpy as np
 
     from vit_course.metrics import bootstrap_ci
 
-    metrics: list[str] = []
-    for per in scores.values():
-        metrics += [m for m in per if m not in metrics]
+    metrics = list(dict.fromkeys(m for per in scores.values() for m in per))
     rows = []
     for metric in metrics:
-        for method, per in scores.items():
-            if metric not in per:
-                continue
-            values = torch.as_tensor(np.asarray(per[metric], dtype=np.float64)).flatten()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                mean, lo, hi = bootstrap_ci(values)
-            n = int((~torch.isnan(values)).sum())
-            rows.append({"metric": metric, "method": method, "mean": mean, "lo": lo, "hi": hi, "n": n})
+        for method in [m for m, per in scores.items() if metric in per]:
+            values = np.asarray(scores[method][metric], dtype=np.float64).ravel()
+            values = values[~np.isnan(values)]        # NaN dropped here, so no warning below
+            mean, lo, hi = bootstrap_ci(values)
+            rows.append({"metric": metric, "method": method, "mean": mean, "lo": lo, "hi": hi,
+                         "n": int(values.size)})
     return rows
 
 
