@@ -55,11 +55,11 @@ class CliError(Exception):
 def _imagenet_vit_b_16() -> tuple[nn.Module, Callable, list[str]]:
     from torchvision.models import get_model
 
-    from vit_course import pretrained
+    from vit_course.tools import weights as files
 
-    weights = pretrained.resolve_weights("IMAGENET1K_V1", "vit_b_16")
-    path = pretrained.ensure_weights(weights, "vit_b_16")
-    status = pretrained.checkpoint_status(path)
+    weights = files.resolve_weights("IMAGENET1K_V1", "vit_b_16")
+    path = files.ensure_weights(weights, "vit_b_16")
+    status = files.checkpoint_status(path)
     model = get_model("vit_b_16", weights=weights)
     if status == "stand-in":
         print(f"WARNING: STAND-IN WEIGHTS - {path.name} is a random test checkpoint, not "
