@@ -38,8 +38,6 @@ from .metrics import mass_on_mask
 from .tools.weights import atomic_write
 from .viz import overlay
 
-__all__ = ["DEFAULT_RATIOS", "discard_sweep_maps", "render_discard_sweep", "save_gif",
-           "discard_sweep_gif"]
 
 #: Ratios of the default sweep: coarse at first, fine near the end where maps change most.
 DEFAULT_RATIOS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9,

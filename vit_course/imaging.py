@@ -30,11 +30,7 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # ----------------------------------------------------------------------------- display
 def normalization_of(transform: Callable | None) -> tuple[Sequence[float], Sequence[float]] | None:
     """(mean, std) a transform normalises with, if it says (torchvision presets, Compose)."""
-    if transform is None:
-        return None
-    if hasattr(transform, "mean") and hasattr(transform, "std"):
-        return transform.mean, transform.std
-    for t in getattr(transform, "transforms", []):
+    for t in [transform, *getattr(transform, "transforms", [])]:   # None: no step, no answer
         if hasattr(t, "mean") and hasattr(t, "std"):
             return t.mean, t.std
     return None
@@ -120,6 +116,17 @@ def normalize_maps(maps: Tensor) -> Tensor:
     return out.reshape(maps.shape)
 
 
+def _check_pair(value: Any, name: str, what: str) -> tuple[int, int]:
+    """One positive int (square) or a pair of them → ``(a, b)``; ValueError naming ``what``."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (int(value), int(value))
+    if (not isinstance(value, Sequence) or len(value) != 2
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+                       for v in value)):
+        raise ValueError(f"{name} must be a positive int or {what}, got {value!r}")
+    return int(value[0]), int(value[1])
+
+
 def upsample(maps: Tensor, size: int | tuple[int, int], normalize: bool = False,
              mode: str = "bilinear") -> Tensor:
     """Bring patch-grid maps to pixels (for overlays).
@@ -140,11 +147,7 @@ def upsample(maps: Tensor, size: int | tuple[int, int], normalize: bool = False,
                          ".unsqueeze(0) for a single map.")
     if mode not in ("bilinear", "bicubic", "nearest"):
         raise ValueError(f"mode must be 'bilinear', 'bicubic' or 'nearest', got {mode!r}")
-    if isinstance(size, int) and not isinstance(size, bool):
-        size = (size, size)
-    if (not isinstance(size, (tuple, list)) or len(size) != 2
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)):
-        raise ValueError(f"size must be a positive int or (H, W), got {size!r}")
+    size = _check_pair(size, "size", "(H, W)")
     x = maps.unsqueeze(1)
     if not x.is_floating_point():
         x = x.float()
@@ -154,16 +157,6 @@ def upsample(maps: Tensor, size: int | tuple[int, int], normalize: bool = False,
 
 
 # ----------------------------------------------------------------------------- masks
-def _as_grid(grid: Any) -> tuple[int, int]:
-    if isinstance(grid, (int, np.integer)) and not isinstance(grid, bool):
-        grid = (int(grid), int(grid))
-    if (not isinstance(grid, Sequence) or len(grid) != 2
-            or not all(isinstance(g, (int, np.integer)) and not isinstance(g, bool) and g > 0
-                       for g in grid)):
-        raise ValueError(f"grid must be a positive int or a pair (h, w) of positive ints, got {grid!r}")
-    return int(grid[0]), int(grid[1])
-
-
 def mask_coverage(masks: Tensor | np.ndarray, grid: int | Sequence[int]) -> Tensor:
     """Fraction of each patch's pixels inside a pixel mask.
 
@@ -184,14 +177,13 @@ def mask_coverage(masks: Tensor | np.ndarray, grid: int | Sequence[int]) -> Tens
         if m.numel() and (m.min() < 0 or m.max() > 1):
             raise ValueError("float masks must hold fractions in [0, 1], got values in "
                              f"[{float(m.min()):.3g}, {float(m.max()):.3g}]; use mask > 0.5.")
-    h, w = _as_grid(grid)
+    h, w = _check_pair(grid, "grid", "a pair (h, w) of positive ints")
     H, W = m.shape[-2:]
     if H % h or W % w:
         raise ValueError(f"masks of {H}x{W} pixels do not split into the {h}x{w} patch grid "
                          "(H % h and W % w must be 0); resize the masks to the image size.")
     flat = m.double().reshape(-1, 1, H, W)
-    out = F.avg_pool2d(flat, (H // h, W // w)).reshape(*m.shape[:-2], h, w)
-    return out
+    return F.avg_pool2d(flat, (H // h, W // w)).reshape(*m.shape[:-2], h, w)
 
 
 def mask_to_grid(masks: Tensor | np.ndarray, grid: int | Sequence[int],

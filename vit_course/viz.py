@@ -15,10 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .checks import check_positive_int
 from .imaging import normalize_maps, upsample
-
-__all__ = ["plot_loss_curves", "plot_confusion_matrix", "plot_prediction", "plot_patches",
-           "overlay", "plot_maps"]
 
 
 def _plt():
@@ -27,20 +25,15 @@ def _plt():
     return plt
 
 
-def _array(x: Any, name: str) -> np.ndarray:
+def _array(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().float().numpy()
-    if isinstance(x, np.ndarray):
-        return x
-    try:
-        return np.asarray(x)
-    except Exception:  # pragma: no cover - exotic inputs
-        raise TypeError(f"{name} must be a tensor or array, got {type(x).__name__}") from None
+    return np.asarray(x)
 
 
 def _image_hwc(image: Any, name: str = "image") -> np.ndarray:
     """(3, H, W) tensor/array in [0, 1] → (H, W, 3) float array."""
-    arr = _array(image, name).astype(np.float32)
+    arr = _array(image).astype(np.float32)
     if arr.ndim != 3 or arr.shape[0] != 3:
         raise ValueError(f"{name} must be (3, H, W) (channels first, as ToTensor gives), got "
                          f"shape {arr.shape}; for an (H, W, 3) array pass arr.transpose(2, 0, 1)")
@@ -93,7 +86,7 @@ def plot_confusion_matrix(cm: Any, class_names: Sequence[str], normalize: bool =
     Returns:
         a Figure with one axes whose image data is the (K, K) matrix shown.
     """
-    mat = _array(cm, "cm").astype(np.float64)
+    mat = _array(cm).astype(np.float64)
     K = len(class_names)
     if mat.shape != (K, K):
         raise ValueError(f"cm must be ({K}, {K}) for {K} class names, got shape {mat.shape}")
@@ -133,7 +126,7 @@ def plot_prediction(image: Any, probs: Any, class_names: Sequence[str]):
     Returns:
         a Figure with one axes showing the image; the title holds the prediction.
     """
-    p = _array(probs, "probs").reshape(-1)
+    p = _array(probs).reshape(-1)
     if p.size != len(class_names):
         raise ValueError(f"probs has {p.size} classes but {len(class_names)} "
                          f"class_names were given: {list(class_names)}")
@@ -162,8 +155,7 @@ def plot_patches(image: Any, patch_size: int, gap: int = 2):
     """
     img = _image_hwc(image)
     H, W, _ = img.shape
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size <= 0:
-        raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+    check_positive_int(patch_size, "patch_size")
     if H % patch_size or W % patch_size:
         raise ValueError(f"image size {H}x{W} is not divisible by patch_size={patch_size}; resize "
                          "it first, e.g. with vit_course.data.simple_transform(224)")
@@ -206,7 +198,7 @@ def overlay(image: Any, heat: Any, alpha: float = 0.5, cmap: str = "jet") -> np.
     import matplotlib
 
     img = _image_hwc(image)
-    hm = _array(heat, "heat").astype(np.float32)
+    hm = _array(heat).astype(np.float32)
     if hm.shape != img.shape[:2]:
         raise ValueError(f"heat must be (H, W) = {img.shape[:2]} like the image, got shape "
                          f"{hm.shape}; upsample a patch-grid map with "
@@ -252,8 +244,7 @@ def plot_maps(images: Any, maps: Any, titles: Sequence[str] | None = None, ncols
                          f"(3, H, W) image, got shape {tuple(imgs.shape)}")
     if titles is not None and len(titles) != B:
         raise ValueError(f"titles must have one entry per map ({B}), got {len(titles)}")
-    if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols <= 0:
-        raise ValueError(f"ncols must be a positive int, got {ncols!r}")
+    check_positive_int(ncols, "ncols")
     H, W = imgs.shape[-2:]
     maps_t = maps_t.detach().cpu().float()
     if tuple(maps_t.shape[-2:]) != (H, W):

@@ -17,8 +17,6 @@ import torch
 from .imaging import IMAGENET_MEAN, IMAGENET_STD, to_display, upsample
 from .viz import overlay
 
-__all__ = ["plot_deletion_insertion", "plot_grid_examples", "plot_summary"]
-
 
 def _np(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):

@@ -52,13 +52,12 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .checks import (HEAD_FUSIONS, check_fusion, check_head_index, check_images, check_index,
-                     check_layer_index, check_ratio, check_targets)
+                     check_layer_index, check_nonnegative_int, check_ratio, check_targets)
 from .explain import (METHODS, Capture, capture, describe_model, explain, get_method,
                       gradients_for_targets)
 from .imaging import to_display, upsample
 from .viz import overlay
 
-__all__ = ["CONTROL_OPTIONS", "ExplanationCache", "AttentionExplorer", "method_options"]
 
 #: Explorer controls that feed a method option of the same name.
 CONTROL_OPTIONS: tuple[str, ...] = ("discard_ratio", "head_fusion", "start_layer", "layer", "head")
@@ -137,10 +136,8 @@ class ExplanationCache:
         self.model = model
         self.info = describe_model(model)           # TypeError for unsupported models
         self.images = _batch(images)
-        for name, v in (("max_classes_upfront", max_classes_upfront), ("max_maps", max_maps)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
-        self.max_classes_upfront, self.max_maps = max_classes_upfront, max_maps
+        self.max_classes_upfront = check_nonnegative_int(max_classes_upfront, "max_classes_upfront")
+        self.max_maps = check_nonnegative_int(max_maps, "max_maps")
         self.passes = 0
         self._base: dict[int, Capture] = {}
         self._caps: dict[tuple[int, int], Capture] = {}     # (image, class) → with gradients
@@ -223,9 +220,8 @@ class ExplanationCache:
 
     def clear(self) -> None:
         """Forget every capture, gradient and map (the next request runs the model)."""
-        self._base.clear()
-        self._caps.clear()
-        self._maps.clear()
+        for store in (self._base, self._caps, self._maps):
+            store.clear()
 
 
 # ----------------------------------------------------------------------------- explorer
@@ -317,8 +313,7 @@ class AttentionExplorer:
 
         self.current_map: Tensor | None = None
         self.last_update_ms = float("nan")
-        self._holding = False
-        self._dirty = False
+        self._holding = self._dirty = False
         self.controls = self._build_controls(index, method, head_fusion, discard_ratio,
                                              start_layer, layer, head, target)
         self.status = widgets.HTML()
@@ -471,18 +466,13 @@ class AttentionExplorer:
         self.map_artist.set_data(m.numpy())
         lo, hi = float(m.min()), float(m.max())
         self.map_artist.set_clim(lo, hi if hi > lo else lo + 1e-12)
-        self._titles(s)
+        desc = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in method_options(s["method"], s).items())
+        self._ax_overlay.set_title(self.titles[s["image"]], fontsize=10)
+        self._ax_map.set_title(s["method"] + (f"\n{desc}" if desc else ""), fontsize=9)
         self.image_widget.value = _png(self.figure)
         self.last_update_ms = (time.perf_counter() - start) * 1e3
         self._status(s)
-
-    def _titles(self, s: Mapping[str, Any]) -> None:
-        method = s["method"]
-        opts = method_options(method, s)
-        desc = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
-                         for k, v in opts.items())
-        self._ax_overlay.set_title(self.titles[s["image"]], fontsize=10)
-        self._ax_map.set_title(f"{method}" + (f"\n{desc}" if desc else ""), fontsize=9)
 
     def _status(self, s: Mapping[str, Any]) -> None:
         i = s["image"]

@@ -47,16 +47,3 @@ from .sanity import (
 )
 from .suite import CONTROLS, SuiteResult, control_explainers, run_suite
 from .summary import METRIC_DIRECTIONS, bootstrap_ci, format_table, summarise
-
-__all__ = [
-    "ExplainFn", "PRECISIONS", "rank_tokens", "token_counts",
-    "BASELINES", "BLUR_SIGMA", "CHEFER_FRACTIONS", "make_baseline",
-    "deletion_curve", "insertion_curve", "auc", "perturbation_test", "chefer_auc",
-    "ROAD_FRACTIONS", "linear_impute", "noisy_linear_impute", "road_curve",
-    "GRID_CHANCE", "GridImages", "correctly_classified", "make_grid_images", "grid_pointing_score",
-    "mass_on_mask", "pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy",
-    "randomization_steps", "reinitialize_", "cascading_randomization", "class_sensitivity",
-    "rank_average", "spearman", "ssim",
-    "CONTROLS", "control_explainers", "run_suite", "SuiteResult",
-    "bootstrap_ci", "summarise", "format_table", "METRIC_DIRECTIONS",
-]

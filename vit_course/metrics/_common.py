@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +19,7 @@ from ..checks import check_choice, check_maps, check_positive_int
 from ..explain import ExplainFn
 from ..explain.families import logits_of
 from ..runtime import eval_mode
+
 
 def explain_maps(fn: ExplainFn, model: nn.Module, images: Tensor, target: Tensor,
                  name: str = "explain_fn output") -> Tensor:
@@ -89,12 +89,6 @@ def grid_to_pixels(mask: Tensor, grid: tuple[int, int], size: tuple[int, int]) -
 PRECISIONS = ("float32", "bfloat16")
 
 
-def _autocast(precision: str, device: torch.device) -> Any:
-    if precision == "float32":
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
 def forward_logits(model: nn.Module, build: Callable[[Tensor], Tensor], n: int, batch_size: int,
                    progress: bool = False, desc: str = "forward", precision: str = "float32") -> Tensor:
     """Logits of ``n`` images produced on demand, ``batch_size`` per forward pass.
@@ -118,12 +112,11 @@ def forward_logits(model: nn.Module, build: Callable[[Tensor], Tensor], n: int, 
                           leave=False):
             rows = torch.arange(start, min(start + batch_size, n))
             x = build(rows)
-            with _autocast(precision, x.device):
+            with (nullcontext() if precision == "float32"
+                  else torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)):
                 logits = logits_of(model, x)        # Hugging Face models return an object
             chunks.append(logits.float())
-    if not chunks:
-        return torch.empty(0, 0)
-    return torch.cat(chunks)
+    return torch.cat(chunks) if chunks else torch.empty(0, 0)
 
 
 def batch_logits(model: nn.Module, images: Tensor, batch_size: int = 64) -> Tensor:
@@ -181,11 +174,10 @@ def perturbed_logits(model: nn.Module, src_off: Tensor, src_on: Tensor, masks: T
     empty = ~masks.any(dim=2)                               # (B, S)
     full = masks.all(dim=2)
     todo = (~empty & ~full).flatten().nonzero().flatten()   # flat rows b*S + s
-    parts: dict[str, Tensor] = {}
-    if empty.any():
-        parts["off"] = cache.get(key_off, model, lambda: src_off, batch_size)
-    if full.any():
-        parts["on"] = cache.get(key_on, model, lambda: src_on, batch_size)
+    # rows that are exactly one source: (rows, cache key, source image) per source
+    whole = {"off": (empty, key_off, src_off), "on": (full, key_on, src_on)}
+    parts = {side: cache.get(key, model, lambda src=src: src, batch_size)
+             for side, (sel, key, src) in whole.items() if sel.any()}
     flat_masks = masks.reshape(B * S, N)
 
     def build(rows: Tensor) -> Tensor:
@@ -203,12 +195,9 @@ def perturbed_logits(model: nn.Module, src_off: Tensor, src_on: Tensor, masks: T
                       next(iter(parts.values())).device)
     if todo.numel():
         out[todo.to(out.device)] = computed
-    if "off" in parts:
-        rows = empty.flatten().nonzero().flatten()
-        out[rows.to(out.device)] = parts["off"].to(out.device)[torch.div(rows, S, rounding_mode="floor")]
-    if "on" in parts:
-        rows = full.flatten().nonzero().flatten()
-        out[rows.to(out.device)] = parts["on"].to(out.device)[torch.div(rows, S, rounding_mode="floor")]
+    for side, logits in parts.items():
+        rows = whole[side][0].flatten().nonzero().flatten()
+        out[rows.to(out.device)] = logits.to(out.device)[torch.div(rows, S, rounding_mode="floor")]
     return out.view(B, S, K)
 
 
@@ -223,8 +212,7 @@ def as_generator(seed: int | torch.Generator | None, default: int) -> torch.Gene
     """A CPU ``torch.Generator`` from a seed (int), an existing generator, or ``None`` (default seed)."""
     if isinstance(seed, torch.Generator):
         return seed
-    if seed is None:
-        seed = default
+    seed = default if seed is None else seed
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int or a torch.Generator, got {type(seed).__name__}: {seed!r}.")
     return torch.Generator().manual_seed(seed)

@@ -49,10 +49,6 @@ NEIGHBOUR_WEIGHTS = ((1 / 12, 1 / 6, 1 / 12),
                      (1 / 12, 1 / 6, 1 / 12))
 
 
-def _kernel(dtype: torch.dtype, device: torch.device) -> Tensor:
-    return torch.tensor(NEIGHBOUR_WEIGHTS, dtype=dtype, device=device).view(1, 1, 3, 3)
-
-
 def _neighbour_sum(x: Tensor, kernel: Tensor) -> Tensor:
     """Σ_j w_j x_j over in-image neighbours: (M, 1, H, W) → (M, 1, H, W) (zero padding = dropped).
 
@@ -80,7 +76,7 @@ def _solve(values: Tensor, known: Tensor, tol: float, max_iter: int) -> tuple[Te
     Returns:
         (filled images (M, 1, H, W), CG iterations used, largest relative residual).
     """
-    kernel = _kernel(values.dtype, values.device)
+    kernel = torch.tensor(NEIGHBOUR_WEIGHTS, dtype=torch.float64).to(values).view(1, 1, 3, 3)
     miss = (~known).to(values.dtype)
     v = values * known                                          # known pixels, 0 elsewhere
     d = _neighbour_sum(torch.ones_like(values[:1]), kernel)    # (1, 1, H, W) Σ in-image weights
@@ -257,9 +253,6 @@ def road_curve(model: nn.Module, images: Tensor, maps: Tensor, labels: Any = Non
     logits = perturbed_logits(model, images, images, masks, (h, w), batch_size=batch_size,
                               progress=progress, desc=f"ROAD {order}", cache=cache,
                               key_off="clean", key_on="road:unreachable", impute=impute)
-    return {
-        "fractions": torch.tensor(fractions, dtype=torch.float64),
-        "order": order,
-        "probs": target_probability(logits, t),
-        "correct": (logits.argmax(dim=2) == y.view(-1, 1)).double(),
-    }
+    return {"fractions": torch.tensor(fractions, dtype=torch.float64), "order": order,
+            "probs": target_probability(logits, t),
+            "correct": (logits.argmax(dim=2) == y.view(-1, 1)).double()}
