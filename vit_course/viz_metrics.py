@@ -18,12 +18,6 @@ from .imaging import IMAGENET_MEAN, IMAGENET_STD, to_display, upsample
 from .viz import overlay
 
 
-def _np(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().double().cpu().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
 def plot_deletion_insertion(curves: Mapping[str, Mapping[str, Any]],
                             kinds: Sequence[str] = ("deletion", "insertion"), band: bool = True):
     """Mean curve per method (and a ±1 standard-error band), one panel per kind.
@@ -46,7 +40,7 @@ def plot_deletion_insertion(curves: Mapping[str, Mapping[str, Any]],
         for method, per in curves.items():
             if kind not in per:
                 raise ValueError(f"curves[{method!r}] has no {kind!r} curve; it has {sorted(per)}.")
-            y = np.atleast_2d(_np(per[kind]))
+            y = np.atleast_2d(torch.as_tensor(per[kind]).detach().double().cpu().numpy())
             x = np.linspace(0, 1, y.shape[1])
             m = y.mean(axis=0)
             area = float(((m[:-1] + m[1:]) / 2).sum() / (len(m) - 1))

@@ -321,7 +321,10 @@ class AttentionExplorer:
         self._build_figure()
         for control in self.controls.values():
             control.observe(self._on_change, names="value")
-        self.widget = self._layout()
+        c = self.controls
+        left = widgets.VBox([c["image"], c["method"], c["target"], c["head_fusion"]])
+        right = widgets.VBox([c["discard_ratio"], c["start_layer"], c["layer"], c["head"]])
+        self.widget = widgets.VBox([widgets.HBox([left, right]), self.image_widget, self.status])
         self.update()
 
     # ------------------------------------------------------------------ widgets
@@ -356,12 +359,6 @@ class AttentionExplorer:
                                      value=_NONE if head is None else head,
                                      description="head", style=style),
         }
-
-    def _layout(self) -> widgets.Widget:
-        c = self.controls
-        left = widgets.VBox([c["image"], c["method"], c["target"], c["head_fusion"]])
-        right = widgets.VBox([c["discard_ratio"], c["start_layer"], c["layer"], c["head"]])
-        return widgets.VBox([widgets.HBox([left, right]), self.image_widget, self.status])
 
     def _build_figure(self) -> None:
         raw = self.raw_images[self.controls["image"].value]

@@ -202,9 +202,8 @@ def _chefer_curves(model: nn.Module, images: Tensor, maps: Tensor, labels: Any, 
         logits = perturbed_logits(model, images, black, masks, (h, w), batch_size=batch_size,
                                   progress=progress, desc=f"chefer {name}", cache=cache,
                                   key_off="clean", key_on="chefer:black")
-        hits = (logits.argmax(dim=2) == y.view(-1, 1)).double()
-        out[name] = hits
-        out[f"{name}_auc"] = chefer_auc(hits)
+        out[name] = (logits.argmax(dim=2) == y.view(-1, 1)).double()   # (B, 10) hits
+        out[f"{name}_auc"] = chefer_auc(out[name])
     return out
 
 
