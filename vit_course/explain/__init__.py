@@ -32,103 +32,28 @@ from __future__ import annotations
 from ..checks import HEAD_FUSIONS
 from ..imaging import normalize_maps, upsample
 from .capture import (
-    SUPPORTED_MODELS,
-    AttentionRecorder,
-    Capture,
-    LayerRecorder,
-    ModelInfo,
-    capture,
-    describe_model,
-    gradients_for_targets,
+    SUPPORTED_MODELS, AttentionRecorder, Capture, LayerRecorder, ModelInfo, capture,
+    describe_model, gradients_for_targets
 )
 from .methods import (
-    METHODS,
-    AttentionMap,
-    ExplainFn,
-    Explainer,
-    GradRollout,
-    Rollout,
-    explain,
-    explain_classes,
-    get_method,
-    pool_to_grid,
-    register_method,
+    METHODS, AttentionMap, ExplainFn, Explainer, GradRollout, Rollout, explain, explain_classes,
+    get_method, pool_to_grid, register_method
 )
 from .rollout import (
-    attention_entropy,
-    attention_grid,
-    attention_map,
-    chain_layers,
-    cls_row_to_grid,
-    discard_lowest,
-    fuse_heads,
-    grad_rollout,
-    rollout,
-    rollout_step,
+    attention_entropy, attention_grid, attention_map, chain_layers, cls_row_to_grid,
+    discard_lowest, fuse_heads, grad_rollout, rollout, rollout_step
 )
 
 # Methods beyond rollout register themselves on import.
-from .controls import (  # noqa: E402
-    CenterGaussianExplainer,
-    RandomExplainer,
-    center_gaussian_map,
-    random_map,
+from .controls import CenterGaussianExplainer, RandomExplainer, center_gaussian_map, random_map
+from .flow import AttentionFlow, attention_flow, flow_matrices, max_flow_layered
+from .gae import GAE, gae_layer, gae_rollout
+from .gradcam import (
+    AttentionGradCAM, GradCAM, attention_gradcam, default_gradcam_layer, gradcam_from_tokens
 )
-from .flow import AttentionFlow, attention_flow, flow_matrices, max_flow_layered  # noqa: E402
-from .gae import GAE, gae_layer, gae_rollout  # noqa: E402
-from .gradcam import (  # noqa: E402
-    AttentionGradCAM,
-    GradCAM,
-    attention_gradcam,
-    default_gradcam_layer,
-    gradcam_from_tokens,
+from .gradients import (
+    IntegratedGradients, Saliency, SmoothGrad, ig_baseline, integrated_gradients, saliency,
+    smoothgrad
 )
-from .gradients import (  # noqa: E402
-    IntegratedGradients,
-    Saliency,
-    SmoothGrad,
-    ig_baseline,
-    integrated_gradients,
-    saliency,
-    smoothgrad,
-)
-from .lrp import TransformerAttribution  # noqa: E402
-from .norm import NormAttention, norm_contributions  # noqa: E402
-
-__all__ = [
-    "explain",
-    "explain_classes",
-    "ExplainFn",
-    "METHODS",
-    "register_method",
-    "get_method",
-    "Explainer",
-    "AttentionMap",
-    "Rollout",
-    "GradRollout",
-    "capture",
-    "Capture",
-    "gradients_for_targets",
-    "AttentionRecorder",
-    "ModelInfo",
-    "describe_model",
-    "SUPPORTED_MODELS",
-    "HEAD_FUSIONS",
-    "fuse_heads",
-    "discard_lowest",
-    "rollout_step",
-    "chain_layers",
-    "rollout",
-    "grad_rollout",
-    "cls_row_to_grid",
-    "attention_map",
-    "attention_grid",
-    "attention_entropy",
-    "upsample",
-    "normalize_maps",
-    "pool_to_grid",
-    "random_map",
-    "center_gaussian_map",
-    "RandomExplainer",
-    "CenterGaussianExplainer",
-]
+from .lrp import TransformerAttribution
+from .norm import NormAttention, norm_contributions

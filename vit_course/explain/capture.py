@@ -34,9 +34,6 @@ from ..checks import check_images, check_positive_int, check_targets, resolve_ta
 from .families import (SUPPORTED_MODELS, ModelInfo, describe_model, family_of, logits_of,
                        model_device_dtype, unwrap)
 
-__all__ = ["Capture", "ModelInfo", "AttentionRecorder", "LayerRecorder", "capture",
-           "prepare_images", "gradients_for_targets", "describe_model", "SUPPORTED_MODELS"]
-
 
 # ----------------------------------------------------------------------------- recording
 class AttentionRecorder:

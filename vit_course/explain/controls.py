@@ -29,8 +29,6 @@ from ..checks import check_images, check_targets
 from ..runtime import SEED
 from .methods import Explainer, register_method
 
-__all__ = ["random_map", "center_gaussian_map", "RandomExplainer", "CenterGaussianExplainer"]
-
 
 def _generator(seed: object) -> torch.Generator:
     if isinstance(seed, torch.Generator):

@@ -52,9 +52,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SUPPORTED_MODELS", "ModelInfo", "BlockParts", "Family", "FAMILIES", "family_of",
-           "describe_model", "blocks_of", "block_parts", "part", "head_of", "head_linear",
-           "set_head", "head_param_prefixes", "logits_of", "model_device_dtype", "unwrap"]
 
 Undo = Callable[[], None]
 

@@ -47,7 +47,6 @@ from ..checks import check_attentions
 from .capture import Capture
 from .methods import Explainer, register_method
 
-__all__ = ["flow_matrices", "max_flow_layered", "attention_flow", "AttentionFlow"]
 
 #: Residuals and excesses below this count as zero (capacities are at most 1).
 TOL = 1e-12

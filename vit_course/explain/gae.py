@@ -34,8 +34,6 @@ from ..checks import check_attentions, check_gradients, check_layer_index
 from .capture import Capture
 from .methods import Explainer, register_method
 
-__all__ = ["gae_layer", "gae_rollout", "GAE"]
-
 
 def gae_layer(attn: Tensor, grad: Tensor) -> Tensor:
     """One layer's Ā = mean over heads of (∇A ⊙ A)⁺.

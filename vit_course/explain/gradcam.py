@@ -44,15 +44,6 @@ from .capture import Capture, LayerRecorder
 from .families import block_parts, logits_of
 from .methods import Explainer, gradient_inputs, register_method
 
-__all__ = [
-    "LayerRecorder",
-    "default_gradcam_layer",
-    "gradcam_from_tokens",
-    "attention_gradcam",
-    "GradCAM",
-    "AttentionGradCAM",
-]
-
 
 # ----------------------------------------------------------------------------- layer
 def default_gradcam_layer(model: nn.Module) -> nn.Module:

@@ -4,9 +4,9 @@ These methods do not look inside the transformer: they differentiate the target 
 y_c with respect to the input pixels, so they work for any differentiable classifier
 and give one value per pixel. For a ViT the pixel maps show a checkerboard: every 16×16
 patch goes through the same linear patch projection, so the gradient inside a patch
-repeats the projection's weight pattern. :func:`pool_to_grid` averages each patch, which
-puts the maps on the same (h, w) grid as the attention methods; ``explain(...,
-resolution="pixels")`` returns the (B, H, W) pixel maps instead.
+repeats the projection's weight pattern. :func:`~.methods.pool_to_grid` averages each
+patch, which puts the maps on the same (h, w) grid as the attention methods;
+``explain(..., resolution="pixels")`` returns the (B, H, W) pixel maps instead.
 
 Methods (registered for :func:`vit_course.explain.explain`):
 
@@ -57,23 +57,8 @@ from ..checks import channel_stats, check_choice, check_positive_int, check_targ
 from ..imaging import gaussian_blur
 from ..runtime import eval_mode
 from .families import ModelInfo, logits_of
-from .methods import RESOLUTIONS, Explainer, pool_to_grid, gradient_inputs, register_method
+from .methods import RESOLUTIONS, Explainer, gradient_inputs, register_method
 
-__all__ = [
-    "resolve_input_targets",
-    "input_gradients",
-    "saliency",
-    "smoothgrad",
-    "integrated_gradients",
-    "ig_rule",
-    "IG_RULES",
-    "ig_baseline",
-    "pool_to_grid",
-    "InputGradientExplainer",
-    "Saliency",
-    "SmoothGrad",
-    "IntegratedGradients",
-]
 
 #: Quadrature rules for integrated gradients (Captum's names).
 IG_RULES: tuple[str, ...] = ("gausslegendre", "riemann_left", "riemann_right",

@@ -73,10 +73,6 @@ from .lrp_layers import (EPS, relprop_add, relprop_clone, relprop_identity, relp
                          relprop_matmul, relprop_patch_embedding)
 from .methods import Explainer, register_method
 
-__all__ = ["ViTWeights", "vit_weights", "BlockTrace", "Trace", "forward_trace",
-           "attention_gradients", "Relevance", "relprop_block", "relevance_pass",
-           "attribution_rollout", "TransformerAttribution"]
-
 
 # ----------------------------------------------------------------------------- weights
 @dataclass(frozen=True)

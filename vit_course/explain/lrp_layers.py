@@ -40,8 +40,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["EPS", "safe_divide", "relprop_linear", "relprop_patch_embedding", "relprop_matmul",
-           "relprop_add", "relprop_clone", "relprop_identity"]
 
 #: Default stabiliser for the divisions R / z.
 EPS = 1e-9

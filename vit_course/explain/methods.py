@@ -49,9 +49,6 @@ from .capture import Capture, capture, gradients_for_targets, prepare_images
 from .families import ModelInfo, describe_model
 from .rollout import attention_map, cls_row_to_grid, grad_rollout, rollout
 
-__all__ = ["METHODS", "ExplainFn", "register_method", "get_method", "Explainer", "explain",
-           "explain_classes", "AttentionMap", "Rollout", "GradRollout", "gradient_inputs",
-           "pool_to_grid", "RESOLUTIONS"]
 
 #: What the input-gradient methods' ``resolution`` option accepts.
 RESOLUTIONS: tuple[str, ...] = ("grid", "pixels")

@@ -33,8 +33,6 @@ from .capture import LayerRecorder, capture
 from .families import block_parts
 from .methods import Explainer, register_method
 
-__all__ = ["value_output_weights", "norm_contributions", "NormAttention"]
-
 
 def value_output_weights(model: nn.Module, layer: int
                          ) -> tuple[nn.Module, Tensor, Tensor | None, Tensor]:

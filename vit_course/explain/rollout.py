@@ -47,22 +47,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..checks import HEAD_FUSIONS, check_attentions, check_fusion, check_gradients, \
-    check_head_index, check_layer_index, check_ratio
-
-__all__ = [
-    "HEAD_FUSIONS",
-    "fuse_heads",
-    "discard_lowest",
-    "rollout_step",
-    "chain_layers",
-    "rollout",
-    "grad_rollout",
-    "cls_row_to_grid",
-    "attention_map",
-    "attention_grid",
-    "attention_entropy",
-]
+from ..checks import check_attentions, check_fusion, check_gradients, check_head_index, \
+    check_layer_index, check_ratio
 
 
 # ----------------------------------------------------------------------------- the steps
