@@ -218,11 +218,6 @@ class Capture:
     def num_tokens(self) -> int:
         return self.attentions[0].shape[-1]
 
-    @property
-    def has_graph(self) -> bool:
-        """Whether :func:`gradients_for_targets` can still run (``keep_graph=True``)."""
-        return self._graph is not None
-
     def release(self) -> None:
         """Drop the autograd graph kept by ``keep_graph=True`` (frees its memory)."""
         self._graph = None

@@ -21,8 +21,8 @@ Solver: :func:`max_flow_layered` is push–relabel (Goldberg & Tarjan 1988), wri
 the layered structure: edges only join consecutive layers, so all active nodes of one
 layer can push at once (their edges are disjoint) with whole-row NumPy operations, and
 exact distance labels are recomputed regularly ("global relabelling": distances to the
-sink in the residual graph, by relaxation sweeps over the layers). Only the first phase runs (flow *value*, not a flow
-decomposition): it stops when no node below the top that can still reach the sink holds
+sink in the residual graph, by relaxation sweeps over the layers). Only the first phase
+runs (flow *value*, not a flow decomposition): it stops when no node below the top that can still reach the sink holds
 excess, or when the flow reaches min(capacity out of the source, capacity into the
 sink). Capacities are float64; residuals and excesses below ``tol`` (1e-12) count as
 zero, so values are exact up to about 1e-9. Tests check it against Edmonds–Karp
@@ -155,10 +155,7 @@ class _LayeredFlow:
             ok = height[m + 1][None, :] == (h - 1)[:, None]
             ok &= r > tol
             r *= ok
-            p = np.cumsum(r, axis=1)
-            p -= r                               # capacity of the arcs before each arc
-            np.subtract(ex[:, None], p, out=p)
-            np.clip(p, 0.0, r, out=p)            # greedy: fill arcs in order
+            p = _fill(ex, r, axis=1)
             f += p
             flow[m][act] = f
             excess[m + 1] += p.sum(axis=0)
@@ -167,11 +164,7 @@ class _LayeredFlow:
             f = flow[m - 1][:, act]                                    # (T, a)
             ok = height[m - 1][:, None] == (h - 1)[None, :]
             ok &= f > tol
-            r = f * ok
-            p = np.cumsum(r, axis=0)
-            p -= r
-            np.subtract(ex[None, :], p, out=p)
-            np.clip(p, 0.0, r, out=p)
+            p = _fill(ex, f * ok, axis=0)
             f -= p
             flow[m - 1][:, act] = f
             excess[m - 1] += p.sum(axis=1)
@@ -193,6 +186,14 @@ class _LayeredFlow:
             new = np.minimum(np.minimum(up, down) + 1, INF)
             height[m, nodes] = np.maximum(new, height[m, nodes])
         return True
+
+
+def _fill(excess: np.ndarray, r: np.ndarray, axis: int) -> np.ndarray:
+    """Greedy pushes: each node's ``excess`` fills its arcs ``r`` (along ``axis``) in order."""
+    p = np.cumsum(r, axis=axis)
+    p -= r                                       # capacity of the arcs before each arc
+    np.subtract(np.expand_dims(excess, axis), p, out=p)
+    return np.clip(p, 0.0, r, out=p)
 
 
 def max_flow_layered(capacities: np.ndarray | Tensor, sources: Sequence[int] | None = None,

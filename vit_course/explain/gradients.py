@@ -26,11 +26,11 @@ Methods (registered for :func:`vit_course.explain.explain`):
   approximated with ``steps`` points of the quadrature ``rule`` (default
   ``"gausslegendre"``, Captum's default ``method``; the Riemann rules are available too).
   The option is called ``rule`` because ``method`` names the explainer in
-  :func:`~vit_course.explain.explain`. The map is the sum over
-  channels (signed); completeness says its total is y_c(x) − y_c(x') (see
-  :func:`integrated_gradients`'s ``delta``). Baselines (:func:`ig_baseline`): ``"black"`` (pixel value 0: pass
-  the normalisation's ``mean``/``std`` so it becomes (0 − mean)/std in model space;
-  without them it is 0 in the model's input space, which is black for inputs from
+  :func:`~vit_course.explain.explain`. The map is the sum over channels (signed);
+  completeness says its total is y_c(x) − y_c(x') (see :func:`integrated_gradients`'s
+  ``delta``). Baselines (:func:`ig_baseline`): ``"black"`` (pixel value 0: pass the
+  normalisation's ``mean``/``std`` so it becomes (0 − mean)/std in model space; without
+  them it is 0 in the model's input space, which is black for inputs from
   ``simple_transform``), ``"blur"`` (a Gaussian blur of the image, Sturmfels et al. 2020,
   "Visualizing the Impact of Feature Attribution Baselines") or a tensor.
 
@@ -88,7 +88,7 @@ def _chunks(total: int, size: int) -> Iterator[slice]:
 
 
 # ----------------------------------------------------------------------------- gradients
-def input_gradients(model: nn.Module, inputs: Tensor, targets: Tensor,
+def input_gradients(model: nn.Module, inputs: Tensor, targets: Tensor | None,
                     internal_batch_size: int = 16) -> Tensor:
     """∂ logits[n, targets[n]] / ∂ inputs[n] for every row n, in chunks.
 
@@ -98,7 +98,8 @@ def input_gradients(model: nn.Module, inputs: Tensor, targets: Tensor,
 
     Args:
         inputs: (N, C, H, W) on the model's device.
-        targets: (N,) class indices.
+        targets: (N,) class indices, or ``None`` for each row's predicted class (read from
+            the same forward pass).
         internal_batch_size: images per forward/backward pass. Default: 16.
 
     Returns:
@@ -109,9 +110,8 @@ def input_gradients(model: nn.Module, inputs: Tensor, targets: Tensor,
         with torch.enable_grad():
             x = inputs[sl].detach().requires_grad_(True)
             logits = logits_of(model, x)
-            selected = logits.gather(1, targets[sl].view(-1, 1).to(logits.device)).sum()
-            (grad,) = torch.autograd.grad(selected, x)
-        out[sl] = grad
+            t = resolve_targets(None, logits) if targets is None else targets[sl].to(x.device)
+            (out[sl],) = torch.autograd.grad(logits.gather(1, t.view(-1, 1)).sum(), x)
     return out
 
 
@@ -130,19 +130,9 @@ def saliency(model: nn.Module, images: Tensor, target: object = None,
     """
     check_positive_int(internal_batch_size, "internal_batch_size", _BATCH_FIX)
     info, x = gradient_inputs(model, images)
-    with eval_mode(model):
-        if target is None:          # one pass: the prediction comes from the same forward
-            out = torch.empty_like(x)
-            for sl in _chunks(x.shape[0], internal_batch_size):
-                with torch.enable_grad():
-                    xi = x[sl].detach().requires_grad_(True)
-                    logits = logits_of(model, xi)
-                    t = resolve_targets(None, logits)
-                    (out[sl],) = torch.autograd.grad(logits.gather(1, t.view(-1, 1)).sum(), xi)
-            grads = out
-        else:
-            t = resolve_input_targets(model, info, x, target)
-            grads = input_gradients(model, x, t, internal_batch_size)
+    with eval_mode(model):          # target None: one pass, the prediction of the same forward
+        t = None if target is None else resolve_input_targets(model, info, x, target)
+        grads = input_gradients(model, x, t, internal_batch_size)
     return grads.abs().amax(dim=1)
 
 
@@ -227,14 +217,13 @@ def ig_rule(rule: str, steps: int) -> tuple[Tensor, Tensor]:
     if rule == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(steps)
         return torch.from_numpy(0.5 * (nodes + 1.0)), torch.from_numpy(0.5 * weights)
-    n = steps
-    w = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    w = torch.full((steps,), 1.0 / steps, dtype=torch.float64)
     if rule == "riemann_trapezoid":
         w[0] /= 2
         w[-1] /= 2
-        return torch.linspace(0.0, 1.0, n, dtype=torch.float64), w
+        return torch.linspace(0.0, 1.0, steps, dtype=torch.float64), w
     start = {"riemann_left": 0.0, "riemann_middle": 0.5, "riemann_right": 1.0}[rule]
-    return (torch.arange(n, dtype=torch.float64) + start) / n, w
+    return (torch.arange(steps, dtype=torch.float64) + start) / steps, w
 
 
 def _check_ig(baseline: object, mean: object, std: object, blur_sigma: object) -> None:

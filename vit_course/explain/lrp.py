@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_layer_index, check_targets, resolve_targets
-from .capture import prepare_images
+from .capture import _backward, prepare_images
 from .families import BlockParts, blocks_of, describe_model, family_of, head_linear, part
 from .gae import gae_rollout
 from .lrp_layers import (EPS, relprop_add, relprop_clone, relprop_identity, relprop_linear,
@@ -106,10 +106,6 @@ class ViTWeights:
     @property
     def patch_size(self) -> tuple[int, int]:
         return (int(self.patch_weight.shape[-2]), int(self.patch_weight.shape[-1]))
-
-
-def _detach(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.detach()
 
 
 #: The module type each rule here expects, per part of a block.
@@ -156,10 +152,11 @@ def vit_weights(model: nn.Module) -> ViTWeights:
                         f"padding (a plain patch embedding), got {conv!r}; models with a conv "
                         "stem are not supported by transformer_attribution.")
     head = head_linear(model)
-    return ViTWeights(fam.name, conv.weight.detach(), _detach(conv.bias),
+    conv_bias, head_bias = (None if b is None else b.detach() for b in (conv.bias, head.bias))
+    return ViTWeights(fam.name, conv.weight.detach(), conv_bias,
                       part(model, "class_token").detach(),
                       part(model, "pos_embedding").detach(), tuple(blocks), norm,
-                      head.weight.detach(), _detach(head.bias), describe_model(model).num_heads)
+                      head.weight.detach(), head_bias, describe_model(model).num_heads)
 
 
 # ----------------------------------------------------------------------------- forward
@@ -284,11 +281,10 @@ def attention_gradients(trace: Trace, targets: Tensor) -> list[Tensor]:
     if not trace._graph:
         raise ValueError("this trace's autograd graph was already used; run forward_trace "
                          "again to get gradients for other targets.")
-    attns = [bt.attn for bt in trace.blocks]
-    selected = trace.logits.gather(1, targets.view(-1, 1).to(trace.logits.device)).sum()
-    grads = torch.autograd.grad(selected, attns, allow_unused=True)
+    grads = _backward(trace.logits, [bt.attn for bt in trace.blocks],
+                      targets.to(trace.logits.device), retain_graph=False)
     trace._graph = False
-    return [torch.zeros_like(a) if g is None else g.detach() for a, g in zip(attns, grads)]
+    return grads
 
 
 # ----------------------------------------------------------------------------- relevance
@@ -440,8 +436,8 @@ class TransformerAttribution(Explainer):
 
     One functional forward, one backward and one relevance pass for the whole batch (about
     6–8 forward passes of cost). The model is read, never modified. Works for the course
-    ViT, torchvision, timm ViT/DeiT and Hugging Face ViTs (see :func:`vit_weights`); on CPU or GPU; per image, so a batch gives
-    each image's map alone.
+    ViT, torchvision, timm ViT/DeiT and Hugging Face ViTs (see :func:`vit_weights`); on
+    CPU or GPU; per image, so a batch gives each image's map alone.
 
     Not available from a :class:`~vit_course.explain.capture.Capture`: the relevance needs
     every layer's activations, not just attention (``supports_capture = False``:
@@ -461,14 +457,13 @@ class TransformerAttribution(Explainer):
         check_layer_index(start_layer, self.info.num_layers, "start_layer")
 
     def compute(self, images: Tensor, target: object, start_layer: int) -> Tensor:
-        start = check_layer_index(start_layer, self.info.num_layers, "start_layer")
         weights = vit_weights(self.model)
         _, x = prepare_images(self.model, images)
         check_targets(target, x.shape[0], self.info.num_classes)
         trace = forward_trace(weights, x)
         targets = resolve_targets(target, trace.logits.detach())
         grads = attention_gradients(trace, targets)
-        rel = relevance_pass(weights, trace, targets, stop_layer=start)
-        with torch.no_grad():
-            return gae_rollout(rel.attention[start:], grads[start:])[:, 0]   # row 0, (B, T)
+        rel = relevance_pass(weights, trace, targets, stop_layer=start_layer)
+        with torch.no_grad():   # start_layer < 0 slices from the top, as relevance_pass stops
+            return gae_rollout(rel.attention[start_layer:], grads[start_layer:])[:, 0]  # (B, T)
 

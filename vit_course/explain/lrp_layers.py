@@ -189,10 +189,7 @@ def relprop_clone(*relevances: Tensor) -> Tensor:
     """Relevance of a tensor used by several branches: the sum of the branches' relevance."""
     if not relevances:
         raise ValueError("relprop_clone needs the relevance of at least one branch")
-    out = relevances[0]
-    for r in relevances[1:]:
-        out = out + r
-    return out
+    return sum(relevances[1:], relevances[0])
 
 
 def relprop_identity(relevance: Tensor) -> Tensor:

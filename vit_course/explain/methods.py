@@ -99,7 +99,8 @@ class Explainer:
 
     Args:
         model: a supported ViT (course ViT, torchvision ``VisionTransformer``, timm
-            ViT/DeiT). Anything else raises ``TypeError`` here.
+            ViT/DeiT, Hugging Face ``ViTForImageClassification``; see
+            :mod:`vit_course.explain.families`). Anything else raises ``TypeError`` here.
         **options: default values for this instance's options (see ``defaults``);
             ``attribute``'s keywords override them per call.
     """
@@ -160,20 +161,18 @@ class Explainer:
                   capture: Capture | None = None, **options: Any) -> Tensor:
         """Explain ``images`` (or a ready ``capture`` of them); see :func:`explain`."""
         opts = self._merge(options)                # bad options fail before any model pass
-        if capture is not None:
-            return self._to_grid(self.compute(self._check_capture(capture, target), target,
-                                              **opts), capture.grid, capture.num_prefix_tokens)
-        if self.supports_capture:
-            cap = _capture(self.model, images, target=target, with_grad=self.needs_grad)
-            return self._to_grid(self.compute(cap, target, **opts), cap.grid,
-                                 cap.num_prefix_tokens)
-        resolution = check_choice(opts.pop("resolution", "grid"), "resolution", RESOLUTIONS)
-        out = self.compute(images, target, **opts)
-        H, W = images.shape[-2:]
-        grid = self.info.grid(H, W)
-        if resolution == "grid" and out.ndim == 3 and out.shape[-2:] == (H, W) != grid:
-            return pool_to_grid(out, grid)         # pixel maps → the patch grid
-        return self._to_grid(out, grid, self.info.num_prefix_tokens)
+        if capture is not None or self.supports_capture:
+            cap = (_capture(self.model, images, target=target, with_grad=self.needs_grad)
+                   if capture is None else self._check_capture(capture, target))
+            out, grid, prefix = self.compute(cap, target, **opts), cap.grid, cap.num_prefix_tokens
+        else:
+            resolution = check_choice(opts.pop("resolution", "grid"), "resolution", RESOLUTIONS)
+            out = self.compute(images, target, **opts)
+            H, W = images.shape[-2:]
+            grid, prefix = self.info.grid(H, W), self.info.num_prefix_tokens
+            if resolution == "grid" and out.ndim == 3 and out.shape[-2:] == (H, W) != grid:
+                return pool_to_grid(out, grid)     # pixel maps → the patch grid
+        return cls_row_to_grid(out, grid, prefix) if out.ndim == 2 else out
 
     def _check_capture(self, cap: object, target: object) -> Capture:
         if not isinstance(cap, Capture):
@@ -193,10 +192,6 @@ class Explainer:
                              f"{cap.targets.tolist()}, whose gradients it holds; capture with "
                              "target=... or pass target=None.")
         return cap
-
-    @staticmethod
-    def _to_grid(out: Tensor, grid: tuple[int, int], num_prefix_tokens: int) -> Tensor:
-        return cls_row_to_grid(out, grid, num_prefix_tokens) if out.ndim == 2 else out
 
 
 _capture = capture                                 # `capture` is also attribute's keyword
@@ -304,8 +299,9 @@ def explain(model: nn.Module, images: Tensor | None, method: str = "rollout",
     """Explain a batch of images with the method registered as ``method``.
 
     Args:
-        model: course ViT, torchvision ``VisionTransformer`` or timm ViT/DeiT. It is run in
-            eval mode and left exactly as it was.
+        model: course ViT, torchvision ``VisionTransformer``, timm ViT/DeiT or Hugging Face
+            ``ViTForImageClassification`` (:mod:`vit_course.explain.families`). It is run
+            in eval mode and left exactly as it was.
         images: (B, C, H, W), transformed for the model (may be ``None`` with ``capture``).
         method: a name in :data:`METHODS`. Default: ``"rollout"``.
         target: ``None`` (predicted class), an int, or B ints; used by class-specific
@@ -353,7 +349,8 @@ def explain_classes(model: nn.Module, images: Tensor, method: str = "grad_rollou
     Returns:
         (B, K, h, w) for K = len(classes), in the order of ``classes``.
     """
-    check_positive_int(chunk_size, "chunk_size", "it is the number of images per kept graph, e.g. 4.")
+    check_positive_int(chunk_size, "chunk_size",
+                       "it is the number of images per kept graph, e.g. 4.")
     explainer = get_method(method)(model)
     opts = explainer._merge(options)            # bad options fail before any model pass
     K = explainer.info.num_classes

@@ -11,8 +11,8 @@ head's attention probabilities, W_V^h the head's slice of the value projection a
 the matching columns of the output projection. The weight α says how much token i
 *looks* at token j; the norm ‖Σ_h α^h_ij f^h(x_j)‖ says how much token j actually
 *changes* token i — a token with a large weight but a small transformed vector
-contributes little. The map (method ``"attention_norm"``) is that norm for the class token (i = 0) over the patch
-tokens, for one layer (default: the last).
+contributes little. The map (method ``"attention_norm"``) is that norm for the class token
+(i = 0) over the patch tokens, for one layer (default: the last).
 
 Needs the attention's input tokens, which a :class:`~vit_course.explain.capture.Capture`
 does not hold, so the explainer records them with a forward hook (removed afterwards)
@@ -90,7 +90,6 @@ class NormAttention(Explainer):
         check_layer_index(layer, self.info.num_layers, "layer")
 
     def compute(self, images: Tensor, target: object, layer: int) -> Tensor:
-        layer = check_layer_index(layer, self.info.num_layers, "layer")
         ln, w_v, b_v, w_o = value_output_weights(self.model, layer)
         with LayerRecorder(ln) as rec:
             cap = capture(self.model, images, target=target)
