@@ -22,9 +22,9 @@ the layered structure: edges only join consecutive layers, so all active nodes o
 layer can push at once (their edges are disjoint) with whole-row NumPy operations, and
 exact distance labels are recomputed regularly ("global relabelling": distances to the
 sink in the residual graph, by relaxation sweeps over the layers). Only the first phase
-runs (flow *value*, not a flow decomposition): it stops when no node below the top that can still reach the sink holds
-excess, or when the flow reaches min(capacity out of the source, capacity into the
-sink). Capacities are float64; residuals and excesses below ``tol`` (1e-12) count as
+runs (flow *value*, not a flow decomposition): it stops when no node below the top that
+can still reach the sink holds excess, or when the flow reaches min(capacity out of the
+source, capacity into the sink). Capacities are float64; residuals and excesses below ``tol`` (1e-12) count as
 zero, so values are exact up to about 1e-9. Tests check it against Edmonds–Karp
 (Ford–Fulkerson with shortest augmenting paths) and against enumeration of every cut on
 small graphs.

@@ -47,7 +47,7 @@ from ..checks import check_choice, check_fusion, check_head_index, check_layer_i
     check_positive_int, check_ratio, check_targets
 from .capture import Capture, capture, gradients_for_targets, prepare_images
 from .families import ModelInfo, describe_model
-from .rollout import attention_map, cls_row_to_grid, grad_rollout, rollout
+from .rollout import _shape_or_type, attention_map, cls_row_to_grid, grad_rollout, rollout
 
 
 #: What the input-gradient methods' ``resolution`` option accepts.
@@ -222,9 +222,7 @@ def pool_to_grid(pixel_maps: Tensor, grid: tuple[int, int]) -> Tensor:
         (B, h, w); a pixel map that is constant within each patch comes back unchanged.
     """
     if not isinstance(pixel_maps, Tensor) or pixel_maps.ndim != 3:
-        got = tuple(pixel_maps.shape) if isinstance(pixel_maps, Tensor) else \
-            type(pixel_maps).__name__
-        raise ValueError(f"pixel_maps must be (B, H, W), got {got}")
+        raise ValueError(f"pixel_maps must be (B, H, W), got {_shape_or_type(pixel_maps)}")
     h, w = (int(g) for g in grid)
     H, W = pixel_maps.shape[-2:]
     if h < 1 or w < 1 or H % h or W % w:

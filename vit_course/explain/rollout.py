@@ -51,6 +51,11 @@ from ..checks import check_attentions, check_fusion, check_gradients, check_head
     check_layer_index, check_ratio
 
 
+def _shape_or_type(x: object) -> object:
+    """What an error message says a wrong argument was: its shape, or its type's name."""
+    return tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+
+
 # ----------------------------------------------------------------------------- the steps
 def fuse_heads(attn: Tensor, mode: str = "mean") -> Tensor:
     """Step 1: fuse the heads of one layer.
@@ -66,16 +71,11 @@ def fuse_heads(attn: Tensor, mode: str = "mean") -> Tensor:
     mode = check_fusion(mode)
     if not isinstance(attn, Tensor) or attn.ndim not in (4, 5) \
             or attn.shape[-1] != attn.shape[-2]:
-        got = tuple(attn.shape) if isinstance(attn, Tensor) else type(attn).__name__
         raise ValueError(
             f"attn must have shape (B, heads, T, T) (or stacked (L, B, heads, T, T)) with "
-            f"square (T, T) attention, got {got}; pass one layer of "
+            f"square (T, T) attention, got {_shape_or_type(attn)}; pass one layer of "
             "Capture.attentions (add a batch dimension with .unsqueeze(0) for one image).")
-    if mode == "mean":
-        return attn.mean(dim=-3)
-    if mode == "max":
-        return attn.amax(dim=-3)
-    return attn.amin(dim=-3)
+    return {"mean": attn.mean, "max": attn.amax, "min": attn.amin}[mode](dim=-3)
 
 
 def discard_lowest(fused: Tensor, ratio: float) -> Tensor:
@@ -97,9 +97,8 @@ def discard_lowest(fused: Tensor, ratio: float) -> Tensor:
     """
     ratio = check_ratio(ratio)
     if not isinstance(fused, Tensor) or fused.ndim < 3 or fused.shape[-1] != fused.shape[-2]:
-        got = tuple(fused.shape) if isinstance(fused, Tensor) else type(fused).__name__
-        raise ValueError(f"fused must have shape (B, T, T), got {got}; fuse the heads "
-                         "first with fuse_heads().")
+        raise ValueError(f"fused must have shape (B, T, T), got {_shape_or_type(fused)}; "
+                         "fuse the heads first with fuse_heads().")
     T = fused.shape[-1]
     n = T * T
     k = int(ratio * n)                             # floor; at most n - 1 since ratio < 1
@@ -221,8 +220,7 @@ def cls_row_to_grid(R: Tensor, grid: tuple[int, int], num_prefix_tokens: int = 1
         (B, h, w).
     """
     if not isinstance(R, Tensor) or R.ndim not in (2, 3):
-        got = tuple(R.shape) if isinstance(R, Tensor) else type(R).__name__
-        raise ValueError(f"R must be (B, T, T) or (B, T), got {got}")
+        raise ValueError(f"R must be (B, T, T) or (B, T), got {_shape_or_type(R)}")
     row = R[:, 0] if R.ndim == 3 else R
     h, w = (int(g) for g in grid)
     if num_prefix_tokens < 1 or row.shape[-1] != num_prefix_tokens + h * w:
@@ -286,8 +284,8 @@ def attention_entropy(maps: Tensor) -> Tensor:
         (B,) in [0, 1].
     """
     if not isinstance(maps, Tensor) or maps.ndim < 2:
-        got = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
-        raise ValueError(f"maps must be a tensor (B, h, w) of non-negative maps, got {got}")
+        raise ValueError("maps must be a tensor (B, h, w) of non-negative maps, got "
+                         f"{_shape_or_type(maps)}")
     flat = maps.reshape(maps.shape[0], -1).double()
     if (flat < 0).any():
         raise ValueError("attention_entropy needs non-negative maps (attention, rollout); got "
