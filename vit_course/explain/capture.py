@@ -52,9 +52,9 @@ class AttentionRecorder:
             logits, attentions = rec.forward(images)   # (B, K), L × (B, heads, T, T)
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, info: ModelInfo | None = None):
         self.model = unwrap(model)
-        self.info = describe_model(self.model)
+        self.info = info if info is not None else describe_model(self.model)
         self._undo: list[Callable[[], None]] = []
         self._record: list[Tensor] = []
         self._active = False
@@ -155,21 +155,39 @@ class LayerRecorder:
         return self.outputs[0]
 
 
-def prepare_images(model: nn.Module, images: object) -> tuple[ModelInfo, Tensor]:
+def prepare_images(model: nn.Module, images: object,
+                   info: ModelInfo | None = None) -> tuple[ModelInfo, Tensor]:
     """Check ``images`` for a supported model and move them to its device and dtype.
+
+    ``info`` is the model's description when the caller has it already (it is not
+    described again).
 
     Returns:
         the model's :class:`ModelInfo` and the images (B, C, H, W).
 
     Raises:
         TypeError: unsupported model, images not a floating-point tensor.
-        ValueError: wrong rank, channels or size for the model.
+        ValueError: wrong rank, channels or size for the model, NaN or inf pixels (the
+            message names the images), images or model on the meta device.
     """
-    info = describe_model(model)
+    info = info if info is not None else describe_model(model)
     x = check_images(images, channels=info.in_channels, image_size=info.image_size,
-                     patch_size=info.patch_size)
+                     patch_size=info.patch_size, finite=True)
     device, dtype = model_device_dtype(model)
+    if device.type == "meta":
+        raise ValueError(f"the model's parameters are on the meta device (no weights); load "
+                         "them first, e.g. model.to_empty(device='cpu') then "
+                         "model.load_state_dict(...).")
     return info, x.to(device=device, dtype=dtype)
+
+
+def require_autograd(what: str) -> None:
+    """Refuse ``torch.inference_mode()``, in which ``what`` cannot get its gradients."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{what} needs gradients, and tensors made inside torch.inference_mode() cannot "
+            "be recorded for autograd; call explain outside torch.inference_mode(), or use "
+            "torch.no_grad() (gradient methods turn gradients on locally).")
 
 
 # ----------------------------------------------------------------------------- capture
@@ -197,6 +215,8 @@ class Capture:
     targets: Tensor
     gradients: list[Tensor] | None = None
     _graph: tuple[Tensor, list[Tensor]] | None = field(default=None, repr=False, compare=False)
+    #: ``id`` of the (unwrapped) model it was captured from, checked by ``explain(capture=)``.
+    model_id: int | None = field(default=None, repr=False, compare=False)
 
     @property
     def batch_size(self) -> int:
@@ -248,11 +268,13 @@ class Capture:
             index = slice(index % B, index % B + 1)          # keep the batch dimension
         grads = None if self.gradients is None else [g[index] for g in self.gradients]
         return Capture(self.logits[index], [a[index] for a in self.attentions], self.grid,
-                       self.num_prefix_tokens, self.targets[index], grads)
+                       self.num_prefix_tokens, self.targets[index], grads,
+                       model_id=self.model_id)
 
 
 def capture(model: nn.Module, images: Tensor, *, target: object = None,
-            with_grad: bool = False, keep_graph: bool = False) -> Capture:
+            with_grad: bool = False, keep_graph: bool = False,
+            info: ModelInfo | None = None) -> Capture:
     """Run ``model`` once on ``images`` and record logits and per-layer attention.
 
     The model is put in eval mode for the call and restored exactly afterwards (training
@@ -272,6 +294,9 @@ def capture(model: nn.Module, images: Tensor, *, target: object = None,
         keep_graph: keep the autograd graph so :func:`gradients_for_targets` can compute
             gradients for more targets without another forward. Call
             :meth:`Capture.release` when done. Default: ``False``.
+        info: the model's :class:`ModelInfo`, when the caller has described it already
+            (an :class:`~vit_course.explain.methods.Explainer` has); it is not described
+            again. Default: ``None``.
 
     Returns:
         a :class:`Capture`.
@@ -285,14 +310,13 @@ def capture(model: nn.Module, images: Tensor, *, target: object = None,
         cap = capture(model, images, with_grad=True)      # 1 forward + 1 backward
         cap.attentions[0].shape                            # (B, heads, 1+N, 1+N)
     """
-    info, x = prepare_images(model, images)
+    info, x = prepare_images(model, images, info)
     check_targets(target, x.shape[0], info.num_classes)
     need_graph = bool(with_grad or keep_graph)
-    if need_graph and torch.is_inference_mode_enabled():
-        raise RuntimeError("gradients cannot be computed inside torch.inference_mode(); "
-                           "call capture(..., with_grad=True) outside it.")
+    if need_graph:
+        require_autograd("capture(..., with_grad=True or keep_graph=True)")
     grid = info.grid(*x.shape[-2:])
-    with AttentionRecorder(model) as rec:
+    with AttentionRecorder(model, info) as rec:
         if need_graph:
             with torch.enable_grad():
                 logits, attentions = rec.forward(x.detach().requires_grad_(True))
@@ -302,7 +326,8 @@ def capture(model: nn.Module, images: Tensor, *, target: object = None,
     targets = resolve_targets(target, logits)
     cap = Capture(logits=logits.detach(), attentions=[a.detach() for a in attentions],
                   grid=grid, num_prefix_tokens=info.num_prefix_tokens, targets=targets,
-                  _graph=(logits, attentions) if keep_graph else None)
+                  _graph=(logits, attentions) if keep_graph else None,
+                  model_id=id(unwrap(model)))
     if with_grad:
         cap.gradients = _backward(logits, attentions, targets, retain_graph=keep_graph)
     return cap
@@ -310,7 +335,8 @@ def capture(model: nn.Module, images: Tensor, *, target: object = None,
 
 def _backward(logits: Tensor, attentions: list[Tensor], targets: Tensor,
               retain_graph: bool) -> list[Tensor]:
-    selected = logits.gather(1, targets.view(-1, 1)).sum()
+    with torch.enable_grad():                      # also inside torch.no_grad()
+        selected = logits.gather(1, targets.view(-1, 1)).sum()
     grads = torch.autograd.grad(selected, attentions, retain_graph=retain_graph,
                                 allow_unused=True)
     return [torch.zeros_like(a) if g is None else g.detach() for a, g in zip(attentions, grads)]

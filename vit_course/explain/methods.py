@@ -45,8 +45,8 @@ from torch import Tensor, nn
 
 from ..checks import check_choice, check_fusion, check_head_index, check_layer_index, \
     check_positive_int, check_ratio, check_targets
-from .capture import Capture, capture, gradients_for_targets, prepare_images
-from .families import ModelInfo, describe_model
+from .capture import Capture, capture, gradients_for_targets, prepare_images, require_autograd
+from .families import ModelInfo, describe_model, unwrap
 from .rollout import _shape_or_type, attention_map, cls_row_to_grid, grad_rollout, rollout
 
 
@@ -118,7 +118,8 @@ class Explainer:
     def __init__(self, model: nn.Module, **options: Any):
         self.model = model
         self.info = describe_model(model)
-        self.options = self._merge(options)
+        # the class's defaults are valid; instance options are checked here, once
+        self.options = self._merge(options) if options else dict(self.defaults)
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
@@ -162,8 +163,9 @@ class Explainer:
         """Explain ``images`` (or a ready ``capture`` of them); see :func:`explain`."""
         opts = self._merge(options)                # bad options fail before any model pass
         if capture is not None or self.supports_capture:
-            cap = (_capture(self.model, images, target=target, with_grad=self.needs_grad)
-                   if capture is None else self._check_capture(capture, target))
+            cap = (self._check_capture(capture, target, images) if capture is not None else
+                   _capture(self.model, images, target=target, with_grad=self.needs_grad,
+                            info=self.info))
             out, grid, prefix = self.compute(cap, target, **opts), cap.grid, cap.num_prefix_tokens
         else:
             resolution = check_choice(opts.pop("resolution", "grid"), "resolution", RESOLUTIONS)
@@ -174,10 +176,21 @@ class Explainer:
                 return pool_to_grid(out, grid)     # pixel maps → the patch grid
         return cls_row_to_grid(out, grid, prefix) if out.ndim == 2 else out
 
-    def _check_capture(self, cap: object, target: object) -> Capture:
+    def _check_capture(self, cap: object, target: object, images: object) -> Capture:
         if not isinstance(cap, Capture):
             raise TypeError(f"capture must be a Capture from vit_course.explain.capture(...), "
                             f"got {type(cap).__name__}")
+        i, mine = self.info, (cap.model_id or id(unwrap(self.model))) == id(unwrap(self.model))
+        if not mine or (cap.num_layers, cap.num_prefix_tokens) != (i.num_layers,
+                                                                   i.num_prefix_tokens):
+            raise ValueError("this capture was made from another model; make it from this "
+                             "one (capture(model, images, ...)) or explain the model it "
+                             "came from.")
+        if images is not None and (not isinstance(images, Tensor) or images.ndim != 4 or (
+                images.shape[0], i.grid(*images.shape[-2:])) != (cap.batch_size, cap.grid)):
+            raise ValueError(f"images {_shape_or_type(images)} do not match the capture "
+                             f"({cap.batch_size} images, grid {cap.grid}); pass images=None "
+                             "with capture=, or the images the capture was made of.")
         if not self.supports_capture:
             raise TypeError(f"{self.name} cannot be computed from a Capture: it runs its own "
                             f"passes over the images; call explain(model, images, "
@@ -204,10 +217,8 @@ def gradient_inputs(model: nn.Module, images: object) -> tuple[ModelInfo, Tensor
     Raises:
         RuntimeError: called inside ``torch.inference_mode()`` (no gradients there).
     """
+    require_autograd("this explanation method")
     info, x = prepare_images(model, images)
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError("gradients cannot be computed inside torch.inference_mode(); call "
-                           "this explanation outside it.")
     return info, x.detach()
 
 

@@ -75,6 +75,10 @@ def fuse_heads(attn: Tensor, mode: str = "mean") -> Tensor:
             f"attn must have shape (B, heads, T, T) (or stacked (L, B, heads, T, T)) with "
             f"square (T, T) attention, got {_shape_or_type(attn)}; pass one layer of "
             "Capture.attentions (add a batch dimension with .unsqueeze(0) for one image).")
+    return _fuse(attn, mode)
+
+
+def _fuse(attn: Tensor, mode: str) -> Tensor:
     return {"mean": attn.mean, "max": attn.amax, "min": attn.amin}[mode](dim=-3)
 
 
@@ -99,6 +103,10 @@ def discard_lowest(fused: Tensor, ratio: float) -> Tensor:
     if not isinstance(fused, Tensor) or fused.ndim < 3 or fused.shape[-1] != fused.shape[-2]:
         raise ValueError(f"fused must have shape (B, T, T), got {_shape_or_type(fused)}; "
                          "fuse the heads first with fuse_heads().")
+    return _discard(fused, ratio)
+
+
+def _discard(fused: Tensor, ratio: float) -> Tensor:
     T = fused.shape[-1]
     n = T * T
     k = int(ratio * n)                             # floor; at most n - 1 since ratio < 1
@@ -134,7 +142,10 @@ def rollout_step(fused: Tensor, discard_ratio: float = 0.0) -> Tensor:
     Returns:
         same shape as ``fused``, every row summing to 1.
     """
-    a = discard_lowest(fused, discard_ratio)
+    return _step(discard_lowest(fused, discard_ratio))
+
+
+def _step(a: Tensor) -> Tensor:
     a = a + torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
     sums = a.sum(dim=-1, keepdim=True)             # keepdim: divide rows, not columns
     return a / torch.where(sums == 0, torch.ones_like(sums), sums)
@@ -172,10 +183,19 @@ def rollout(attentions: Sequence[Tensor] | Tensor, head_fusion: str = "mean",
         R = rollout(cap.attentions, discard_ratio=0.9)          # (B, 197, 197)
         maps = cls_row_to_grid(R, cap.grid, cap.num_prefix_tokens)   # (B, 14, 14)
     """
-    layers = check_attentions(attentions)
-    start = check_layer_index(start_layer, len(layers), "start_layer")
-    return chain_layers([rollout_step(fuse_heads(a, head_fusion), discard_ratio)
+    layers, start = _check_rollout(attentions, head_fusion, discard_ratio, start_layer)
+    return chain_layers([_step(_discard(_fuse(a, head_fusion), discard_ratio))
                          for a in layers[start:]])
+
+
+def _check_rollout(attentions: object, head_fusion: object, discard_ratio: object,
+                   start_layer: object) -> tuple[list[Tensor], int]:
+    # the checks of rollout and grad_rollout, once per call (the steps above re-check
+    # their inputs only when called on their own)
+    layers = check_attentions(attentions)
+    check_fusion(head_fusion)
+    check_ratio(discard_ratio)
+    return layers, check_layer_index(start_layer, len(layers), "start_layer")
 
 
 def grad_rollout(attentions: Sequence[Tensor] | Tensor, gradients: Sequence[Tensor] | Tensor,
@@ -199,10 +219,9 @@ def grad_rollout(attentions: Sequence[Tensor] | Tensor, gradients: Sequence[Tens
     Returns:
         R (B, T, T); every row sums to 1.
     """
-    layers = check_attentions(attentions)
+    layers, start = _check_rollout(attentions, head_fusion, discard_ratio, start_layer)
     grads = check_gradients(gradients, layers)
-    start = check_layer_index(start_layer, len(layers), "start_layer")
-    return chain_layers([rollout_step(fuse_heads(a * g, head_fusion).clamp(min=0), discard_ratio)
+    return chain_layers([_step(_discard(_fuse(a * g, head_fusion).clamp(min=0), discard_ratio))
                          for a, g in zip(layers[start:], grads[start:])])
 
 
