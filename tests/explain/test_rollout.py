@@ -1,8 +1,10 @@
 """Pure tensor functions of vit_course.explain.rollout, on matrices worked out by hand.
 
-Several tests pin properties that jacobgil/vit-explain's code breaks: rows normalised
-without keepdim (columns get divided), discard applied to batch element 0 only, and
-gradients paired with the wrong layers.
+Several tests pin properties that jacobgil/vit-explain's code breaks, and restate that
+code's arithmetic (``vit_rollout.py`` ``rollout()``, ``vit_grad_rollout.py``
+``grad_rollout()``) on small tensors to show the difference: rows normalised without
+keepdim (columns get divided), discard applied to batch element 0 only, and gradients
+paired with the wrong layers (``VITAttentionGradRollout``'s backward hooks).
 """
 
 from __future__ import annotations
@@ -64,9 +66,21 @@ def test_rollout_step_normalises_rows_not_columns():
     got = rollout_step(fused)
     assert torch.allclose(got, expected)
     assert torch.allclose(got.sum(-1), torch.ones(1, 2, dtype=torch.float64))
-    # vit-explain's `a / a.sum(dim=-1)` divides column j by row j's sum: not this.
-    a = fused + torch.eye(2, dtype=torch.float64)
-    assert not torch.allclose(got, a / a.sum(dim=-1))
+    # jacobgil/vit-explain vit_rollout.py rollout(): `a = (fused + I) / 2` then
+    # `a / a.sum(dim=-1)` without keepdim divides column j by row j's sum: not this.
+    a = (fused + torch.eye(2, dtype=torch.float64)) / 2
+    theirs = a / a.sum(dim=-1)
+    assert torch.allclose(theirs, t([[[1.5 / 1.6, 0.1 / 1.4], [0.2 / 1.6, 1.2 / 1.4]]]))
+    assert not torch.allclose(theirs.sum(-1), torch.ones(1, 2, dtype=torch.float64))
+    assert not torch.allclose(got, theirs)
+
+
+def test_vit_explain_row_sums_do_not_broadcast_for_a_batch():
+    # The same line on a batch of 2 images with T = 3 tokens: (2, 3, 3) / (2, 3) fails.
+    a = torch.rand(2, 3, 3)
+    with pytest.raises(RuntimeError):
+        a / a.sum(dim=-1)
+    assert rollout_step(a).shape == (2, 3, 3)
 
 
 def test_all_zero_matrix_gives_identity_not_nan():
@@ -89,9 +103,46 @@ def test_discard_is_per_image_and_uses_each_images_own_values():
     expected = t([[[0.1, 0.0], [0.0, 0.4]],
                   [[0.9, 0.0], [0.8, 0.0]]])
     assert torch.equal(got, expected)
-    # vit-explain zeroes image 0's indices in image 0 only, leaving image 1 untouched.
     assert not torch.equal(got[1], fused[1])
     assert torch.equal(fused[1], t([[0.9, 0.05], [0.8, 0.01]]))   # input not modified
+    # jacobgil/vit-explain on the same batch: image 0 loses the union of both images'
+    # lowest flat indices ({0, 1} and {3, 1}, index 0 left out), image 1 loses nothing.
+    theirs = _vit_explain_discard(fused, 0.5)
+    assert torch.equal(theirs, t([[[0.1, 0.0], [0.3, 0.0]],
+                                  [[0.9, 0.05], [0.8, 0.01]]]))
+    assert not torch.equal(got, theirs)
+
+
+def _vit_explain_discard(fused: torch.Tensor, ratio: float, keep_index_0: bool = True
+                         ) -> torch.Tensor:
+    """The discard of jacobgil/vit-explain, restated: vit_rollout.py rollout() (index 0
+    left out of the list) or, with ``keep_index_0=False``, vit_grad_rollout.py
+    grad_rollout() (that line commented out). The k = int(ratio · T²) lowest flat indices
+    of *every* image go into one list, which is zeroed in image 0 only."""
+    out = fused.clone()
+    flat = out.view(out.shape[0], -1)
+    lowest = flat.topk(int(flat.shape[-1] * ratio), dim=-1, largest=False).indices
+    if keep_index_0:
+        lowest = lowest[lowest != 0]
+    flat[0, lowest.flatten()] = 0
+    return out
+
+
+def test_discard_equals_vit_explains_for_one_image_unless_cls_to_cls_is_lowest():
+    set_seed(3)
+    fused = torch.rand(1, 5, 5, dtype=torch.float64)
+    fused[0, 0, 0] = 2.0                                    # [0, 0] not among the lowest
+    for ratio in (0.2, 0.5, 0.9):
+        assert torch.equal(discard_lowest(fused, ratio), _vit_explain_discard(fused, ratio))
+    # [0, 0] the smallest entry: vit-explain's rollout() keeps it and zeroes one entry
+    # fewer; its grad_rollout() zeroes [0, 0] too; here the next-lowest entry goes.
+    fused[0, 0, 0] = 0.0
+    k = int(0.2 * 25)
+    assert (_vit_explain_discard(fused, 0.2) == 0).sum() == k                 # 1 + (k - 1)
+    assert (_vit_explain_discard(fused, 0.2, keep_index_0=False) == 0).sum() == k
+    assert _vit_explain_discard(fused, 0.2, keep_index_0=False)[0, 0, 0] == 0
+    ours = discard_lowest(fused, 0.2)
+    assert (ours == 0).sum() == k + 1 and ours[0, 0, 0] == fused[0, 0, 0]
 
 
 def test_discard_never_touches_cls_to_cls():
@@ -228,15 +279,18 @@ def test_grad_rollout_pairs_each_gradient_with_its_own_layer():
     G1 = t([[[[0.0, 5.0], [5.0, 0.0]]]])
     R = grad_rollout([A0, A1], [G0, G1])
     assert torch.allclose(R, t([[[0.5, 0.5], [0.5, 0.5]]]))
-    # Reversed pairing (vit-explain's hooks fire last layer first) gives another matrix.
+    # Reversed pairing gives another matrix: jacobgil/vit-explain's VITAttentionGradRollout
+    # appends gradients from register_backward_hook (last layer first) and grad_rollout()
+    # zips them with the forward-ordered attentions.
     wrong = grad_rollout([A0, A1], [G1, G0])
     assert torch.allclose(wrong, t([[[2 / 7, 5 / 7], [5 / 7, 2 / 7]]]))
     assert not torch.allclose(R, wrong)
 
 
 def test_grad_rollout_clamps_after_fusing_heads():
-    # Entry [0, 1]: head products +1.0 and -0.5 → mean 0.25 (kept). Clamping each head
-    # first would give 0.5.
+    # As jacobgil/vit-explain vit_grad_rollout.py grad_rollout(): mean over heads of A ⊙ G,
+    # then negatives set to 0. Entry [0, 1]: head products +1.0 and -0.5 → mean 0.25
+    # (kept). Clamping each head first (GAE's avg_heads) would give 0.5.
     A = t([[[[0.5, 0.5], [0.5, 0.5]], [[0.5, 0.5], [0.5, 0.5]]]])
     G = t([[[[0.0, 2.0], [0.0, 0.0]], [[0.0, -1.0], [0.0, 0.0]]]])
     R = grad_rollout([A], [G])

@@ -14,30 +14,40 @@ identity and normalise rows), :func:`chain_layers` (step 4: multiply the layers)
 :func:`grad_rollout` compose them; argument checks live in :mod:`vit_course.checks`.
 
 Definitions and how they differ from jacobgil/vit-explain (the reference code the course
-seeds use):
+seeds use; ``vit_rollout.py`` ``rollout()`` and ``vit_grad_rollout.py`` ``grad_rollout()``,
+restated on small tensors in ``tests/explain/test_rollout.py``):
 
-- **Rollout** (Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers"): each
-  layer's attention is mixed with the identity for the residual connection, Ã_l = (A_l + I)
-  with every row normalised to sum 1 (the paper's 0.5·A + 0.5·I, which is the same thing
-  when the rows of A sum to 1), and the layers are chained from the input side up:
+- **Rollout** (Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers"):
+  each layer's attention is mixed with the identity for the residual connection,
+  Ã_l = (A_l + I) with every row normalised to sum 1 (the paper's 0.5·A + 0.5·I, which is
+  the same thing when the rows of A sum to 1; the authors' samiraabnar/attention_flow
+  ``attention_graph_util.py`` ``compute_joint_attention()`` also adds I and divides each
+  row by its sum), and the layers are chained from the input side up:
   R = Ã_{L-1} · … · Ã_{start_layer}. Row 0 of R says how much each input token flows into
   the class token at the top.
-- vit-explain normalises with ``a / a.sum(dim=-1)`` **without** ``keepdim``: the (B, T)
-  sums broadcast along the last axis, so column j is divided by the sum of row j and the
-  rows no longer sum to 1. Here rows are normalised (``keepdim=True``).
-- vit-explain's discard takes the lowest indices of every image (``topk`` over (B, T²)),
-  flattens them into one list (``indices[indices != 0]``) and zeroes that list in batch
-  element 0 only (``flat[0, indices] = 0``): image 0 loses the union of all images' lowest
-  entries and every other image loses nothing. Here each image discards its *own* lowest
-  entries. The [0, 0] (CLS→CLS) entry is never discarded, as vit-explain's rollout
-  intends (its gradient rollout has that line commented out).
-- vit-explain's gradient rollout records gradients with backward hooks, which fire from
-  the last layer to the first, and zips that reversed list with the forward-ordered
-  attentions, so A_l is weighted by the gradient of layer L-1-l. Here G_l = ∂y/∂A_l is
-  paired with its own layer (the capture returns both in forward order). vit-explain
-  also fuses gradient-weighted heads by mean only; all three fusions are offered here.
-- vit-explain divides the final map by its maximum; the functions here return raw
-  values and :func:`vit_course.explain.upsample` normalises for display when asked.
+- vit-explain (both functions) normalises with ``a / a.sum(dim=-1)`` **without**
+  ``keepdim``: the (B, T) sums broadcast along the last axis, so for one image column j
+  is divided by the sum of row j and the rows no longer sum to 1 (for B > 1 the shapes
+  only broadcast when B = T). Here rows are normalised (``keepdim=True``).
+- vit-explain's discard (``rollout()``) takes the lowest indices of every image (``topk``
+  over (B, T²)), flattens them into one list (``indices[indices != 0]``) and zeroes that
+  list in batch element 0 only (``flat[0, indices] = 0``; ``flat`` is a view of the fused
+  attention): image 0 loses the union of all images' lowest entries and every other image
+  loses nothing. Here each image discards its *own* lowest entries. The [0, 0] (CLS→CLS)
+  entry is never discarded: ``rollout()`` drops flat index 0 from the list under the
+  comment "don't drop the class token"; ``grad_rollout()`` has that line commented out, so
+  there [0, 0] can be zeroed. (When [0, 0] is among the lowest, ``rollout()`` zeroes one
+  entry fewer than ``floor(ratio · T²)``; here the next-lowest entry goes instead.)
+- vit-explain's gradient rollout (``VITAttentionGradRollout``) records gradients with
+  ``register_backward_hook`` on every ``attn_drop`` module, whose calls come from the last
+  layer to the first, and ``grad_rollout()`` zips that reversed list with the
+  forward-ordered attentions, so A_l is weighted by the gradient of layer L-1-l. Here
+  G_l = ∂y/∂A_l is paired with its own layer (the capture returns both in forward order).
+  vit-explain also fuses gradient-weighted heads by mean only
+  (``(attention*weights).mean(axis=1)``); all three fusions are offered here.
+- vit-explain divides the final map by its maximum (``mask / np.max(mask)``); the
+  functions here return raw values and :func:`vit_course.explain.upsample` normalises for
+  display when asked.
 """
 
 from __future__ import annotations
@@ -86,9 +96,10 @@ def discard_lowest(fused: Tensor, ratio: float) -> Tensor:
     """Step 2: set each image's lowest ``ratio`` fraction of entries to zero, never CLS→CLS.
 
     For every image separately, ``floor(ratio · T²)`` entries are zeroed: the smallest ones
-    among all entries except [0, 0] (vit-explain's intent; its code zeroes the lowest
-    entries of *all* images in batch element 0 only). Ties at the threshold are broken by
-    ``torch.topk``.
+    among all entries except [0, 0] (what the comment "don't drop the class token" in
+    jacobgil/vit-explain ``vit_rollout.py`` ``rollout()`` asks for; that code zeroes the
+    lowest entries of *all* images in batch element 0 only). Ties at the threshold are
+    broken by ``torch.topk``.
 
     Args:
         fused: fused attention (B, T, T); extra leading dimensions (e.g. layers,
@@ -164,6 +175,10 @@ def rollout(attentions: Sequence[Tensor] | Tensor, head_fusion: str = "mean",
             discard_ratio: float = 0.0, start_layer: int = 0) -> Tensor:
     """Attention rollout (Abnar & Zuidema 2020), with vit-explain's fusion and discard.
 
+    Fusion and discard as in jacobgil/vit-explain ``vit_rollout.py`` ``rollout()``
+    (``head_fusion`` mean/max/min, ``discard_ratio``), with the discard done per image and
+    rows normalised (see the module docstring).
+
     Per layer from ``start_layer`` up: fuse heads, discard the lowest ``discard_ratio``
     per image (never CLS→CLS), add I, normalise rows; then R = Ã_{L-1} · … · Ã_start.
 
@@ -206,8 +221,11 @@ def grad_rollout(attentions: Sequence[Tensor] | Tensor, gradients: Sequence[Tens
     Per layer: fuse A_l ⊙ G_l over heads, where G_l = ∂y_c/∂A_l is the gradient of the
     target logit with respect to *that* layer's post-softmax attention; set negatives to 0;
     then discard / add I / normalise rows / multiply as in :func:`rollout`. Negatives are
-    clamped after the head fusion, as in vit-explain (Chefer et al.'s generic attention
-    explanation clamps each head before averaging: a different method).
+    clamped after the head fusion, as in jacobgil/vit-explain ``vit_grad_rollout.py``
+    ``grad_rollout()`` (``attention_heads_fused[attention_heads_fused < 0] = 0`` after the
+    mean); Chefer et al.'s generic attention explanation clamps each head before averaging
+    (``avg_heads`` in hila-chefer/Transformer-MM-Explainability's ViT notebook): a
+    different method, :mod:`vit_course.explain.gae`.
 
     Args:
         attentions: per-layer attention, input side first, each (B, heads, T, T).
