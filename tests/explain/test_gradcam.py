@@ -81,6 +81,9 @@ def test_gradcam_hooks_released_also_on_exception(model):
     assert hooks_and_flags(model) == before
 
 def test_attention_gradcam_matches_chefer_loop(model):
+    # Restates hila-chefer/Transformer-Explainability ViT_explanation_generator.py
+    # Baselines.generate_cam_attn per image: the CLS row of the last layer's attention and
+    # gradient, one weight per head (mean over the patch columns), mean over heads, clamp.
     x = images(2)
     cap = capture(model, x, target=[0, 2], with_grad=True)
     for b in range(2):
@@ -107,7 +110,9 @@ def test_gradcam_matches_pytorch_grad_cam_on_vit_b_16():
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
     targets = [1, 4]
 
-    def reshape_transform(tokens: torch.Tensor) -> torch.Tensor:   # the library's ViT recipe
+    # the library's ViT recipe (tutorials/vision_transformers.md): drop the class token,
+    # lay the patch tokens out on the 14 x 14 grid, channels first
+    def reshape_transform(tokens: torch.Tensor) -> torch.Tensor:
         grid = tokens[:, 1:, :].reshape(tokens.shape[0], 14, 14, tokens.shape[2])
         return grid.permute(0, 3, 1, 2)
 

@@ -2,25 +2,33 @@
 
 The name "Grad-CAM for ViT" is used for two different methods; both are here.
 
-``gradcam`` — Grad-CAM (Selvaraju et al. 2017) on token features, as pytorch-grad-cam
-does it for ViTs (its ``tutorials/vision_transformers.md``). A layer's output tokens
-(B, P+N, D) play the role of a CNN feature map: the P prefix tokens are dropped and the
-N patch tokens are laid out as (B, D, h, w). With the gradients G of the target logit with
-respect to that output, each channel d gets the weight w_d = mean over the grid of G_d,
-and the map is ReLU(Σ_d w_d A_d). The default layer is the last block's *first*
+``gradcam`` — Grad-CAM (Selvaraju et al. 2017) on token features, as jacobgil/pytorch-grad-cam
+does it for ViTs (its ``tutorials/vision_transformers.md``: ``reshape_transform`` drops
+the class token and lays the rest out as a grid; target layer ``blocks[-1].norm1``). A
+layer's output tokens (B, P+N, D) play the role of a CNN feature map: the P prefix tokens
+are dropped and the N patch tokens are laid out as (B, D, h, w). With the gradients G of
+the target logit with respect to that output, each channel d gets the weight w_d = mean
+over the grid of G_d (``GradCAM.get_cam_weights`` in ``pytorch_grad_cam/grad_cam.py``),
+and the map is ReLU(Σ_d w_d A_d) (``np.maximum(cam, 0)`` in ``base_cam.py``; the library
+then scales each map to [0, 1] and resizes it, which the functions here leave to
+:func:`vit_course.explain.upsample`). The default layer is the last block's *first*
 LayerNorm (course ViT: ``blocks[-1].msa_block.layer_norm``, torchvision:
 ``encoder.layers[-1].ln_1``, timm: ``blocks[-1].norm1``, Hugging Face:
 ``vit.layers[-1].layernorm_before``): after the last block only the
-class token reaches the head, so the patch tokens' output there has zero gradient, while
-the input of the last attention still feeds the class token through attention.
+class token reaches the head, so the patch tokens' output there has zero gradient (the
+tutorial's reason for ``norm1``), while the input of the last attention still feeds the
+class token through attention.
 
 ``attention_gradcam`` — the Grad-CAM baseline of Chefer, Gur, Wolf (CVPR 2021,
-"Transformer Interpretability Beyond Attention Visualization"; ``GradCam.generate_cam_attn``
-in their ``baselines/ViT/ViT_explanation_generator.py``): the heads of the last layer's
-attention are the channels and the class token's attention row is the feature map.
+"Transformer Interpretability Beyond Attention Visualization"; ``generate_cam_attn`` of
+class ``Baselines`` (``GradCam`` in earlier commits) in hila-chefer/Transformer-Explainability
+``baselines/ViT/ViT_explanation_generator.py``): the heads of the last layer's attention
+(``blocks[-1]``) are the channels and the class token's attention row is the feature map.
 Each head k gets the weight w_k = mean over patch columns of ∂y_c/∂A[k, 0, P:], and the
 map is (mean_k w_k · A[k, 0, P:])⁺. (Their code multiplies, averages over heads and then
-clamps; so does this.) It reads a :class:`~vit_course.explain.capture.Capture`, so maps
+clamps, ``(cam * grad).mean(0).clamp(min=0)``; so does this. It then min-max normalises
+image 0's map and hard-codes a 14 × 14 grid; here maps are raw, per image, on the
+model's grid.) It reads a :class:`~vit_course.explain.capture.Capture`, so maps
 for other layers come without another forward pass.
 
 Hooks: :class:`~vit_course.explain.capture.LayerRecorder` is the one place that registers
@@ -47,7 +55,8 @@ from .methods import Explainer, gradient_inputs, register_method
 
 # ----------------------------------------------------------------------------- layer
 def default_gradcam_layer(model: nn.Module) -> nn.Module:
-    """The last block's first LayerNorm (what pytorch-grad-cam's ViT tutorial targets).
+    """The last block's first LayerNorm (``target_layers = [model.blocks[-1].norm1]`` in
+    jacobgil/pytorch-grad-cam ``tutorials/vision_transformers.md``).
 
     Returns:
         course ViT: ``blocks[-1].msa_block.layer_norm``; torchvision:
@@ -94,7 +103,8 @@ def attention_gradcam(attentions: list[Tensor], gradients: list[Tensor], layer: 
     Args:
         attentions: per-layer attention (B, heads, T, T), input side first.
         gradients: ∂y_c/∂A_l, same shapes.
-        layer: which layer. Default: -1 (the last, as in Chefer et al.).
+        layer: which layer. Default: -1 (the last, ``blocks[-1]`` in their
+            ``generate_cam_attn``).
         num_prefix_tokens: P. Default: 1.
 
     Returns:
@@ -113,7 +123,8 @@ def attention_gradcam(attentions: list[Tensor], gradients: list[Tensor], layer: 
 # ----------------------------------------------------------------------------- explainers
 @register_method("gradcam")
 class GradCAM(Explainer):
-    """Grad-CAM on a layer's token features (pytorch-grad-cam's ViT recipe).
+    """Grad-CAM on a layer's token features (jacobgil/pytorch-grad-cam's ViT recipe,
+    ``tutorials/vision_transformers.md``; tested against ``pytorch_grad_cam.GradCAM``).
 
     Options:
         layer: the module whose output tokens (B, T, D) are used, or ``None`` for the last
@@ -165,7 +176,8 @@ class AttentionGradCAM(Explainer):
     """Chefer et al.'s Grad-CAM on attention: heads as channels, class-token row as map.
 
     Options:
-        layer: layer index (negative from the top). Default: -1 (the last, as the paper).
+        layer: layer index (negative from the top). Default: -1 (the last, as
+            ``blocks[-1]`` in their ``generate_cam_attn``).
 
     One forward and one backward pass; works from a Capture with gradients.
     """
