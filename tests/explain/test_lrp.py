@@ -65,7 +65,8 @@ def model(request) -> nn.Module:
 
 # ----------------------------------------------------------------------------- rules
 def _autograd_share(x_pos, x_neg, w1, w2, R):
-    """The authors' formulation: gradient of the split pre-activations times the input."""
+    """The authors' formulation (``Linear.relprop`` in hila-chefer/Transformer-Explainability
+    ``modules/layers_ours.py``): gradient of the split pre-activations times the input."""
     x_pos, x_neg = x_pos.clone().requires_grad_(), x_neg.clone().requires_grad_()
     z1, z2 = F.linear(x_pos, w1), F.linear(x_neg, w2)
     z = (z1 + z2).detach()
@@ -148,7 +149,8 @@ def test_add_rule_conserves_per_image_with_shares_by_size():
     torch.testing.assert_close(rx.sum((1, 2)), frac * R.sum((1, 2)), **F64)
     torch.testing.assert_close(rx / rx.sum((1, 2), keepdim=True),
                                x * s / zx.view(3, 1, 1), **F64)
-    # a batch gives each image what it gets alone (the authors sum over the batch)
+    # a batch gives each image what it gets alone (the authors' Add.relprop in
+    # layers_ours.py sums over the whole batch)
     rx1, _ = relprop_add(x[1:2], y[1:2], R[1:2], **EXACT)
     torch.testing.assert_close(rx1, rx[1:2], **F64)
     # broadcasting operand (the position embedding)
@@ -165,6 +167,14 @@ def test_clone_identity_and_safe_divide():
     assert out[0] == pytest.approx(0.5) and out[3] == pytest.approx(-0.5)
     assert out[1] == pytest.approx(-0.5e9, rel=1e-6)   # pushed away from 0 on its own side
     assert out[2] == 0
+    # hila-chefer/Transformer-Explainability layers_ours.py safe_divide, restated: +1e-9
+    # whatever the sign, so a denominator of -1e-9 becomes +1e-9 and the sign flips.
+    den = torch.tensor([2.0, -1e-9, 0.0, -2.0])
+    theirs_den = den.clamp(min=1e-9) + den.clamp(max=1e-9)
+    theirs_den = theirs_den + (theirs_den == 0) * 1e-9
+    theirs = torch.ones(4) / theirs_den * (den != 0)
+    assert theirs[1] == pytest.approx(1e9, rel=1e-6) and out[1] < 0
+    assert theirs[3] == pytest.approx(-0.5, rel=1e-6) and theirs[2] == 0
 
 
 # ----------------------------------------------------------------------------- full model

@@ -4,9 +4,11 @@ Each ``relprop_*`` function takes what a layer saw in the forward pass and the r
 R arriving at its output, and returns the relevance of its input(s). These are the rules
 Chefer, Gur & Wolf (CVPR 2021, "Transformer Interpretability Beyond Attention
 Visualization") use for a ViT, written batched and explicitly (no autograd, no hooks) so
-each can be checked on small tensors. The names follow the paper's code
-(``layers_ours.py`` in hila-chefer/Transformer-Explainability); the formulas are the
-paper's.
+each can be checked on small tensors. Each restates the ``relprop`` of a class in
+hila-chefer/Transformer-Explainability ``modules/layers_ours.py`` as their
+``baselines/ViT/ViT_LRP.py`` uses it (``Linear``, ``einsum`` with ``Attention.relprop``'s
+halving, ``Add``, ``Clone``, and the pass-through ``RelProp.relprop``); each docstring
+names its class.
 
 Conservation (Σ R_in = Σ R_out, per image) is what makes LRP relevance a decomposition.
 How each rule stands:
@@ -24,8 +26,9 @@ How each rule stands:
   unless both shares sum to 0.
 - :func:`relprop_clone` (a tensor used twice): the sum; exact.
 - :func:`relprop_identity` for softmax, LayerNorm, GELU and dropout, as in the authors'
-  code: trivially conservative, but the relevance is passed through as if the layer were
-  not there (the generic gradient × input rule applied to GELU or softmax would not).
+  code (those classes inherit ``RelProp.relprop``, which returns R): trivially
+  conservative, but the relevance is passed through as if the layer were not there (the
+  generic gradient × input rule applied to GELU or softmax would not).
 
 "Exact" is up to the stabiliser ``eps`` in every division, which leaks about eps/|z| of
 the relevance (whole-model sums in float64: 1e-7 off with the default eps = 1e-9, 1e-15
@@ -48,8 +51,10 @@ EPS = 1e-9
 def safe_divide(num: Tensor, den: Tensor, eps: float = EPS) -> Tensor:
     """``num / den`` with ``den`` pushed ``eps`` away from 0 on its own side; 0 where den == 0.
 
-    The authors' ``safe_divide`` adds +1e-9 whatever the sign, which blows up for a
-    denominator near -1e-9; here the stabiliser follows the sign of ``den``.
+    The authors' ``safe_divide`` (``layers_ours.py``) adds +1e-9 whatever the sign
+    (``b.clamp(min=1e-9) + b.clamp(max=1e-9)``), which blows up, with the wrong sign, for
+    a denominator near -1e-9; here the stabiliser follows the sign of ``den``
+    (``tests/explain/test_lrp.py`` restates both).
 
     Args:
         num, den: broadcastable tensors.
@@ -72,7 +77,8 @@ def _share(x_pos: Tensor, x_neg: Tensor, w1: Tensor, w2: Tensor, relevance: Tens
 
 def relprop_linear(x: Tensor, weight: Tensor, relevance: Tensor, alpha: float = 1.0,
                    eps: float = EPS) -> Tensor:
-    """LRP-αβ through ``y = x Wᵀ + b`` (Bach et al. 2015; the paper's Eq. 3).
+    """LRP-αβ through ``y = x Wᵀ + b`` (Bach et al. 2015; ``Linear.relprop`` in the
+    authors' ``layers_ours.py``, run with ``alpha=1`` by ``LRP.generate_LRP``).
 
     With contributions c_ij = x_i W_ji split into their positive and negative parts,
     R_i = Σ_j (α c⁺_ij / Σ_i' c⁺_i'j − β c⁻_ij / Σ_i' c⁻_i'j) R_j with β = α − 1. The
@@ -136,7 +142,9 @@ def relprop_matmul(a: Tensor, b: Tensor, relevance: Tensor, eps: float = EPS
     """Relevance through ``z = a @ b`` to both operands (attention·V, Q·Kᵀ).
 
     Gradient × input for each operand: R_a = a ⊙ (S bᵀ), R_b = b ⊙ (aᵀ S) with
-    S = R / z. Each of these sums to Σ R, so both are halved (the authors' split) and
+    S = R / z. Each of these sums to Σ R, so both are halved (the authors' split:
+    ``cam1 /= 2``, ``cam_v /= 2`` and the same for q, k in ``Attention.relprop``,
+    ``ViT_LRP.py``; the product itself is their ``einsum`` class) and
     together they conserve Σ R. A constant scale on z (1/√d in attention) cancels.
 
     Args:
@@ -158,11 +166,12 @@ def relprop_add(x: Tensor, y: Tensor, relevance: Tensor, eps: float = EPS
     """Relevance through ``z = x + y`` (residual connections, position embedding).
 
     The z-rule gives r_x = x ⊙ R/z and r_y = y ⊙ R/z. Cancelling terms can make their
-    sums large and of opposite signs, so (the authors' rule) each is rescaled to carry a
+    sums large and of opposite signs, so (the authors' rule, ``Add.relprop`` in
+    ``layers_ours.py``) each is rescaled to carry a
     share of Σ R proportional to the size of its own sum:
     R_x = r_x · (|Σr_x| / (|Σr_x| + |Σr_y|)) Σ R / Σr_x, likewise R_y. Sums are taken
-    per image (the authors' code sums over the whole batch, which is the same for the
-    batch of 1 it runs on).
+    per image (the authors' code sums over the whole batch, ``a.sum()``, which is the
+    same for the batch of 1 it runs on).
 
     Args:
         x, y: the summands, broadcastable to R's shape (B, ...).
@@ -195,7 +204,9 @@ def relprop_clone(*relevances: Tensor) -> Tensor:
 def relprop_identity(relevance: Tensor) -> Tensor:
     """Softmax, LayerNorm, GELU, dropout: relevance passes through unchanged.
 
-    This is what the authors' code does for these layers. It conserves trivially, but it
+    This is what the authors' code does for these layers (``RelProp.relprop`` returns R;
+    their ``Softmax``, ``LayerNorm``, ``GELU`` and ``Dropout`` inherit it). It conserves
+    trivially, but it
     is a choice, not a decomposition: the layer is treated as if it were not there.
     """
     return relevance
