@@ -1,5 +1,7 @@
-"""GAE (Chefer et al., ICCV 2021): the rule on hand-computed matrices, against plain loops,
-and the registered method on tiny models."""
+"""GAE (Chefer et al., ICCV 2021): the rule on hand-computed matrices, against plain loops
+(the authors' ``avg_heads`` and ``apply_self_attention_rules`` from
+hila-chefer/Transformer-MM-Explainability ``Transformer_MM_explainability_ViT.ipynb``,
+restated), and the registered method on tiny models."""
 
 from __future__ import annotations
 

@@ -13,9 +13,10 @@ the same matrices, i.e. it adds up *all* paths; flow instead respects that every
 carry only its capacity, so mass routed along one path is not available to another.
 
 Values: the CLS node receives capacity 1 in total (its row of Ã_{L-1}), so every flow
-lies in [0, 1]; this module returns the raw values. (The authors' code divides each
-output node's flows by their sum over input tokens, class token included — a per-image
-factor that does not change the map's shape.)
+lies in [0, 1]; this module returns the raw values. (The authors' code,
+samiraabnar/attention_flow ``attention_graph_util.py`` ``compute_flows()`` and
+``compute_node_flow()``, divides each output node's flows by their sum over input tokens,
+class token included — a per-image factor that does not change the map's shape.)
 
 Solver: :func:`max_flow_layered` is push–relabel (Goldberg & Tarjan 1988), written for
 the layered structure: edges only join consecutive layers, so all active nodes of one
@@ -31,7 +32,8 @@ small graphs.
 
 Cost: one max-flow per patch. On the course machine (2 shared CPU cores) ViT-B/16
 (12 layers, 197 tokens) takes 10–20 s per image; see docs/BENCHMARKS.md. The authors'
-code uses networkx, which the course does not need.
+code calls networkx's ``maximum_flow_value`` with Edmonds–Karp once per (output node,
+input token) pair; the course does not need networkx.
 
 Shapes: B batch, L layers, H heads, T = P + N tokens.
 """

@@ -2,7 +2,9 @@
 
 "Generic Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder
 Transformers", the rule for self-attention (their Eq. 5–6, used for ViT in their
-``Transformer_MM_explainability_ViT`` notebook). Relevance starts as the identity,
+hila-chefer/Transformer-MM-Explainability ``Transformer_MM_explainability_ViT.ipynb``,
+whose ``avg_heads`` and ``apply_self_attention_rules`` carry the comments "rule 5 from
+paper" and "rule 6 from paper"). Relevance starts as the identity,
 R = I (T × T: every token is relevant to itself), and each layer l, from the input side
 up, adds the relevance carried by its attention:
 
