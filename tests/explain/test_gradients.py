@@ -122,6 +122,24 @@ def test_pool_to_grid():
 def _captum():
     return pytest.importorskip("captum.attr", reason="captum not installed; test extra")
 
+@pytest.mark.parametrize("rule", ["gausslegendre", "riemann_left", "riemann_right",
+                                  "riemann_middle", "riemann_trapezoid"])
+def test_ig_rules_equal_captums_approximation_parameters(rule):
+    # Captum's own builders (captum/attr/_utils/approximation_methods.py): step sizes are
+    # the weights, alphas the points; the trapezoid weights sum to 1 - 1/n.
+    _captum()
+    from captum.attr._utils.approximation_methods import approximation_parameters
+    step_sizes, alphas = approximation_parameters(rule)
+    for n in (2, 5, 12):
+        a, w = ig_rule(rule, n)
+        torch.testing.assert_close(a, torch.tensor(alphas(n), dtype=torch.float64),
+                                   atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(w, torch.tensor(step_sizes(n), dtype=torch.float64),
+                                   atol=1e-6, rtol=1e-6)
+    if rule == "riemann_trapezoid":
+        assert sum(step_sizes(12)) == pytest.approx(1 - 1 / 12)
+
+
 @pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
 def test_saliency_matches_captum(model):
     attr = _captum()

@@ -17,14 +17,16 @@ Methods (registered for :func:`vit_course.explain.explain`):
   the mean of the *absolute* gradients over ``n_samples`` noisy copies x + ε,
   ε ~ N(0, σ²) with σ = ``noise_level`` · (max(x) − min(x)) of each image (the paper's
   noise level, 10–20 % works well), then the maximum over channels. Taking |·| before the
-  mean is what Captum's ``NoiseTunnel(Saliency(model))`` (``nt_type="smoothgrad"``) does,
-  and it is tested against it. Noise comes from a ``torch.Generator`` seeded with
+  mean is what Captum's ``NoiseTunnel(Saliency(model))`` (``nt_type="smoothgrad"``) does
+  (``Saliency.attribute`` defaults to ``abs=True`` in ``captum/attr/_core/saliency.py``,
+  and ``NoiseTunnel`` averages those attributions), and it is tested against it. Noise comes from a ``torch.Generator`` seeded with
   ``seed``, and every image gets the same standard-normal draws, so maps are
   reproducible and independent of the rest of the batch.
 - ``integrated_gradients`` — Sundararajan, Taly, Yan 2017, "Axiomatic Attribution for
   Deep Networks": IG(x) = (x − x') ⊙ ∫₀¹ ∂y_c(x' + α(x − x'))/∂x dα for a baseline x',
   approximated with ``steps`` points of the quadrature ``rule`` (default
-  ``"gausslegendre"``, Captum's default ``method``; the Riemann rules are available too).
+  ``"gausslegendre"``, the default ``method`` of Captum's ``IntegratedGradients.attribute``;
+  the Riemann rules of ``captum/attr/_utils/approximation_methods.py`` are available too).
   The option is called ``rule`` because ``method`` names the explainer in
   :func:`~vit_course.explain.explain`. The map is the sum over channels (signed);
   completeness says its total is y_c(x) − y_c(x') (see :func:`integrated_gradients`'s
@@ -60,7 +62,8 @@ from .families import ModelInfo, logits_of
 from .methods import RESOLUTIONS, Explainer, gradient_inputs, register_method
 
 
-#: Quadrature rules for integrated gradients (Captum's names).
+#: Quadrature rules for integrated gradients (Captum's ``method`` names,
+#: ``captum/attr/_utils/approximation_methods.py``).
 IG_RULES: tuple[str, ...] = ("gausslegendre", "riemann_left", "riemann_right",
                                "riemann_middle", "riemann_trapezoid")
 _BATCH_FIX = "it is the number of images per forward/backward pass, e.g. 16."
@@ -201,8 +204,10 @@ def ig_rule(rule: str, steps: int) -> tuple[Tensor, Tensor]:
     ∫₀¹ g(α) dα ≈ Σ_k w_k g(α_k). Gauss–Legendre: the Legendre nodes and weights mapped
     from [−1, 1] to [0, 1]. Riemann rules: equal widths 1/steps at the left ends, right
     ends or midpoints; the trapezoid rule uses ``steps`` equally spaced points including
-    0 and 1 with weights 1/steps, halved at both ends (Captum's convention, whose weights
-    sum to 1 − 1/steps).
+    0 and 1 with weights 1/steps, halved at both ends (Captum's convention in
+    ``riemann_builders()``: ``step_sizes`` 1/n halved at both ends, ``alphas``
+    ``linspace(0, 1, n)``; the weights sum to 1 − 1/steps). Tested against Captum's
+    ``approximation_parameters`` for every rule.
 
     Returns:
         (alphas, weights), each (steps,) float64.
@@ -298,7 +303,7 @@ def integrated_gradients(model: nn.Module, images: Tensor, target: object = None
         images: (B, C, H, W).
         target: ``None`` (class predicted for the input), an int, or B ints.
         baseline, mean, std, blur_sigma: see :func:`ig_baseline`. Default: ``"black"``.
-        steps: quadrature points. Default: 50 (Captum's default).
+        steps: quadrature points. Default: 50 (Captum's default ``n_steps``).
         rule: one of :data:`IG_RULES` (Captum's ``method``). Default: ``"gausslegendre"``
             (Captum's default).
         internal_batch_size: images per forward/backward pass. Default: 16.
