@@ -190,7 +190,8 @@ def overlay(image: Any, heat: Any, alpha: float = 0.5, cmap: str = "jet") -> np.
         heat: (H, W) in [0, 1] at the image's resolution (use
             :func:`vit_course.imaging.upsample` first).
         alpha: heat-map weight in [0, 1]. Default: 0.5.
-        cmap: a matplotlib colormap name. Default: ``"jet"`` (as vit-explain).
+        cmap: a matplotlib colormap name. Default: ``"jet"`` (jacobgil/vit-explain's
+            ``show_mask_on_image`` in ``vit_explain.py`` uses ``cv2.COLORMAP_JET``).
 
     Returns:
         (H, W, 3) float32 array in [0, 1].

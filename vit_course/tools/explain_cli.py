@@ -1,5 +1,8 @@
 """Command line: explain one image and write the overlay, like jacobgil/vit-explain.
 
+That repository's ``vit_explain.py`` does the same for one image: attention rollout, or
+gradient rollout when ``--category_index`` is given, and the map blended over the image.
+
 Started by ``python -m vit_course.explain`` (:mod:`vit_course.explain.__main__`)::
 
     python -m vit_course.explain IMAGE [--method rollout|grad_rollout|attention]
@@ -10,7 +13,8 @@ Started by ``python -m vit_course.explain`` (:mod:`vit_course.explain.__main__`)
 Models:
 
 - ``--model vit_b_16_imagenet`` (default): torchvision ViT-B/16 with its ImageNet weights
-  and class names (vit-explain's setting, with ViT-B/16 instead of DeiT).
+  and class names (as ``vit_explain.py``, which loads the ImageNet DeiT
+  ``deit_tiny_patch16_224`` from torch hub; here ViT-B/16 instead).
 - ``--model vit_b_16``: the course's transfer model from :mod:`vit_course.pretrained` with a
   new 3-class head; without a trained head its predictions mean nothing (it says so).
 - ``--checkpoint PATH``: a head saved by :func:`vit_course.pretrained.save_head`
@@ -19,7 +23,8 @@ Models:
   are resized to its size with :func:`vit_course.data.simple_transform`).
 
 Options left out take the method's defaults (``mean`` fusion, discard 0, start layer 0,
-last layer); vit-explain's usual setting is ``--head-fusion max --discard-ratio 0.9``.
+last layer); ``vit_explain.py``'s defaults are ``--head_fusion max --discard_ratio 0.9``
+(its ``get_args()``), i.e. ``--head-fusion max --discard-ratio 0.9`` here.
 Prints the top-3 predictions and writes ``--out`` (default ``<image stem>_<method>.png``
 in the current folder). Bad input ends with exit code 2 and one ``error:`` line.
 """
