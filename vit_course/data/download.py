@@ -18,11 +18,14 @@ Where it lands: ``<data_dir>/pizza_steak_sushi``, with ``data_dir`` from
 ``~/.cache/vit_course/data``).
 
 Nothing is declared ready before it is checked: the zip's CRCs, that no member escapes the
-target folder, the ``train/`` and ``test/`` class folders, the image counts (225 and 75) and
+target folder, its size and compression ratio, the ``train/`` and ``test/`` class folders
+(hidden entries such as ``.ipynb_checkpoints`` ignored), the image counts (225 and 75) and
 that every image decodes. The archive is checked by content rather than by a hash because
 mirrors may repack the same images into different bytes. Downloads and extraction are
 atomic, so ``data_dir`` never holds a half-written file or folder, and a small marker file
-records a verified copy, so later calls only recount the files and return. How all that is
+records a verified copy with each image's SHA-256, so later calls check the content without
+decoding it again (a changed image means a new install) and return. ``docs/INPUTS.md`` lists
+the limits. How all that is
 done (argument checks, source order, retries, archive checks, markers) is
 infrastructure: :mod:`vit_course.tools.transport`.
 """
@@ -96,14 +99,14 @@ def verify_dataset(root: str | os.PathLike, expected: Mapping[str, Mapping[str, 
     Raises:
         DataError: naming the folder or file that is wrong and what was expected.
     """
-    return verify_folder(Path(root), check_counts(expected, EXPECTED_COUNTS))
+    return verify_folder(root, check_counts(expected, EXPECTED_COUNTS))
 
 
 def download_pizza_steak_sushi(data_dir: str | os.PathLike | None = None,
                                source: str | os.PathLike | None = None, force: bool = False,
                                expected: Mapping[str, Mapping[str, int]] | None = None, *,
-                               timeout: float = 30.0, retries: int = 3, backoff: float = 0.5
-                               ) -> Path:
+                               timeout: float = 30.0, retries: int = 3, backoff: float = 0.5,
+                               deadline: float = 600.0) -> Path:
     """Download, verify and extract the pizza/steak/sushi dataset; skip if a verified copy exists.
 
     Args:
@@ -114,7 +117,9 @@ def download_pizza_steak_sushi(data_dir: str | os.PathLike | None = None,
         force: fetch and verify again even when a verified copy is present.
         expected: ``{split: {class_name: image_count}}`` to verify against. Default: the real
             dataset (225 train, 75 test images).
-        timeout: seconds to wait for the server to connect or send data.
+        timeout: seconds to wait for the server to connect or send data (each wait).
+        deadline: seconds the whole download may take, retries included; a slower one stops
+            with a DataError (a server that trickles bytes never trips ``timeout``).
         retries: extra attempts after a transient failure (connection, timeout, HTTP 5xx/429,
             truncated body); a 404 is not retried.
         backoff: seconds before the first retry, doubled for each later one.
@@ -126,7 +131,9 @@ def download_pizza_steak_sushi(data_dir: str | os.PathLike | None = None,
         DataError: the download, the archive or its content failed; the message says what to do.
     """
     expected = check_counts(expected, EXPECTED_COUNTS)
-    check_network_options(timeout, retries, backoff)
+    check_network_options(timeout, retries, backoff, deadline)
+    if not isinstance(force, bool):
+        raise TypeError(f"force must be True or False, got {force!r}.")
     data_dir = make_data_dir(data_dir, default_data_dir, DATA_DIR_ENV)
     root = data_dir / DATASET_NAME
 
@@ -137,6 +144,6 @@ def download_pizza_steak_sushi(data_dir: str | os.PathLike | None = None,
             return root
     src, origin = choose_source(source, data_dir, ARCHIVE_NAME, SOURCE_ENV, DATASET_URL)
     return install_archive(src, origin, data_dir, DATASET_NAME, expected, default_url=DATASET_URL,
-                           fix_text=_fix_text(data_dir), source_env=SOURCE_ENV,
+                           fix_text=_fix_text(data_dir), source_env=SOURCE_ENV, data_env=DATA_DIR_ENV,
                            stale_reason=stale_reason, timeout=timeout, retries=retries,
-                           backoff=backoff)
+                           backoff=backoff, deadline=deadline)

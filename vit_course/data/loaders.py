@@ -13,13 +13,14 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms
 
 from ..checks import check_nonnegative_int, check_positive_int
 from ..imaging import IMAGENET_MEAN, IMAGENET_STD
 from ..runtime import SEED
+from ..tools.transport import IMAGE_EXTENSIONS, is_hidden
 
 
 def simple_transform(img_size: int = 224) -> transforms.Compose:
@@ -42,7 +43,7 @@ def imagenet_transform(img_size: int = 224) -> transforms.Compose:
                                transforms.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def _to_rgb(img: Image.Image, path: str) -> Image.Image:
     """Convert any PIL mode to RGB (rules in :func:`load_image`)."""
     mode = img.mode
     if mode == "RGB":
@@ -50,11 +51,15 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if mode == "P" or mode == "PA":
         img = img.convert("RGBA")  # applies the palette and its transparency
         mode = "RGBA"
-    if mode.startswith("I") or mode == "F":
+    if mode.startswith("I") or mode == "F":  # scaled by the file's range, not its content
         arr = np.asarray(img, dtype=np.float64)
-        if mode.startswith("I") and arr.size and arr.max() > 255:
-            arr = arr * (255.0 / 65535.0)  # 16-bit range → 8-bit
-        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
+        top, what = (1.0, "float brightness in [0, 1]") if mode == "F" else (65535.0, "16-bit (0..65535)")
+        if not np.isfinite(arr).all() or (arr.size and (arr.min() < 0 or arr.max() > top)):
+            raise ValueError(
+                f"{path!r} is a mode-{mode} image with values in [{np.nanmin(arr):g}, {np.nanmax(arr):g}] "
+                f"(non-finite: {int((~np.isfinite(arr)).sum())}); load_image reads mode {mode} as {what}. "
+                "Rescale it into that range (or save it as an 8-bit PNG) and load it again.")
+        img = Image.fromarray(np.rint(arr * (255.0 / top)).astype(np.uint8))
         mode = "L"
     if mode in ("RGBA", "LA", "RGBa", "La"):
         rgba = img.convert("RGBA")
@@ -76,8 +81,10 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     Conversions, so every model sees 3 channels:
 
     - grayscale ``L`` / ``1``: the gray value is copied to R, G and B;
-    - 16/32-bit integer ``I``, ``I;16``: values above 255 are taken as 16-bit and scaled by
-      255/65535, otherwise kept; float ``F``: rounded and clipped to 0..255; then as ``L``;
+    - the EXIF orientation (phone photos) is applied first, so the image is upright;
+    - 16-bit ``I;16`` and integer ``I``: scaled by 255/65535 (by the 16-bit range, so a dark
+      image stays dark); float ``F``: values in [0, 1] scaled by 255; then as ``L``. Values
+      outside that range, NaN or inf are refused (ValueError);
     - ``RGBA`` / ``LA`` (transparency): composited on a white background;
     - palette ``P``: expanded through the palette to RGBA (keeping palette transparency),
       then composited on white;
@@ -91,7 +98,9 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 
     Raises:
         FileNotFoundError: nothing at ``path``.
-        ValueError: ``path`` is a folder, or a file PIL cannot decode.
+        ValueError: ``path`` is a folder, a file PIL cannot decode, an image over PIL's
+            decompression-bomb limit, or out-of-range 16-bit/float values.
+        PermissionError: the file cannot be read.
     """
     path = _fspath(path, "path", "a str or os.PathLike pointing at an image file")
     if not os.path.exists(path):
@@ -105,7 +114,16 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
-            return _to_rgb(img)
+            ImageOps.exif_transpose(img, in_place=True)
+            return _to_rgb(img, path)
+    except Image.DecompressionBombError as exc:
+        raise ValueError(
+            f"{path!r} is too large to open safely ({exc}). If you trust the file, shrink it first, "
+            "e.g. PIL.Image.MAX_IMAGE_PIXELS = None; PIL.Image.open(path).reduce(8).save('small.jpg'), "
+            "and load the smaller copy.") from None
+    except PermissionError as exc:
+        raise PermissionError(f"{path!r} cannot be read ({exc.strerror}); fix its permissions "
+                              "(chmod u+r) or copy it somewhere you can read.") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(
             f"{path!r} is not an image PIL can decode ({type(exc).__name__}: {exc}). "
@@ -162,6 +180,16 @@ class TensorImageDataset(Dataset):
         return self.images[index], self.targets[index]
 
 
+class _VisibleImageFolder(datasets.ImageFolder):
+    """ImageFolder without hidden classes or files (``.ipynb_checkpoints/``, ``.DS_Store``, ``._x.jpg``)."""
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not is_hidden(e.name))
+        if not classes:
+            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+        return classes, {name: i for i, name in enumerate(classes)}
+
+
 def _image_folder(folder: str | os.PathLike, split: str, transform: Callable) -> datasets.ImageFolder:
     folder = _fspath(folder, f"{split}_dir", "a path (str or os.PathLike)")
     if not os.path.isdir(folder):
@@ -171,7 +199,9 @@ def _image_folder(folder: str | os.PathLike, split: str, transform: Callable) ->
             f"root / '{split}'."
         )
     try:
-        return datasets.ImageFolder(folder, transform=transform, loader=load_image)
+        return _VisibleImageFolder(folder, transform=transform, loader=load_image,
+                                   is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS) and not any(
+                                       is_hidden(part) for part in os.path.relpath(p, folder).split(os.sep)))
     except FileNotFoundError as exc:  # no class folders, or class folders without images
         raise ValueError(
             f"{split}_dir {folder!r} is not an image-folder dataset: {exc}. Expected one sub-folder "

@@ -5,22 +5,29 @@ dataset's name, URL, counts and source order):
 
 - HTTP with retries: transient failures (connection, timeout, HTTP 408/425/429/5xx, a body
   shorter than its ``Content-Length``) are retried with exponential backoff; a 404 is not.
-- Archive checks: every member's CRC, no absolute paths, no ``..``, no symbolic links.
+  ``timeout`` bounds each wait for the server; ``deadline`` the whole download, retries
+  included, so a server that trickles bytes cannot hold a notebook forever.
+- Archive checks (:mod:`vit_course.tools.archive`): paths, encryption, compression method,
+  size and compression-ratio limits, then every member's CRC.
 - Verification by content: the ``train/`` and ``test/`` class folders, the image counts and
   that every image decodes. The archive is checked by content rather than by a hash because
   mirrors may repack the same images into different bytes.
 - Atomic writes: downloads go to a temporary file and extraction to a temporary folder next
   to the target; both are renamed into place only when complete and verified, and removed
   on any failure, so the data folder never holds a half-written file or folder.
-- Markers: a small file records a verified copy, so later calls only recount the files.
+- Markers: a small file records a verified copy with each image's size and SHA-256, so later
+  calls check the content without decoding it again: a changed image means a new install.
+- Disk errors (a full disk, a folder that cannot be written) are reported with the fix.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import math
 import os
 import shutil
-import stat
 import tempfile
 import time
 import urllib.parse
@@ -31,10 +38,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 import requests
+import urllib3
 from PIL import Image
 from tqdm.auto import tqdm
 
 from ..checks import check_nonnegative_int
+from .archive import MAX_TOTAL_BYTES, archive_problem
 
 MARKER_NAME = ".vit_course_verified.json"
 #: File endings counted as images (the same list torchvision's ImageFolder accepts).
@@ -87,25 +96,34 @@ def check_counts(expected: Any, default: Counts) -> Counts:
     return out
 
 
-def check_network_options(timeout: Any, retries: Any, backoff: Any) -> None:
-    """``timeout`` > 0 and ``backoff`` >= 0 seconds, ``retries`` an int >= 0."""
+def check_network_options(timeout: Any, retries: Any, backoff: Any, deadline: Any) -> None:
+    """``timeout`` and ``deadline`` > 0, ``backoff`` >= 0 finite seconds, ``retries`` an int >= 0."""
     check_nonnegative_int(retries, "retries", "the extra attempts after a transient failure")
-    if not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}.")
-    if not isinstance(backoff, (int, float)) or backoff < 0:
-        raise ValueError(f"backoff must be a number of seconds >= 0, got {backoff!r}.")
+    for name, value, zero_ok in (("timeout", timeout, False), ("backoff", backoff, True),
+                                 ("deadline", deadline, False)):
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or value < 0 or (value == 0 and not zero_ok)):
+            raise ValueError(f"{name} must be a finite number of seconds {'>= 0' if zero_ok else '> 0'}, "
+                             f"got {value!r}.")
 
 
 def make_data_dir(data_dir: Any, default: Callable[[], Path], env: str) -> Path:
     """``data_dir`` (or ``default()`` for None) as a Path, created; refuses a file."""
     if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
         raise TypeError(f"data_dir must be a path (str or os.PathLike) or None, got {type(data_dir).__name__}.")
+    if data_dir is not None and not os.fspath(data_dir).strip():
+        raise ValueError(f"data_dir is an empty path; pass a folder, or None for the default (${env}).")
     data_dir = Path(data_dir).expanduser() if data_dir is not None else default()
     if data_dir.exists() and not data_dir.is_dir():
         raise ValueError(
             f"data_dir {data_dir} exists but is a file; pass a folder (or set ${env})."
         )
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create the data folder {data_dir} ({type(exc).__name__}: {exc.strerror or exc}). "
+                        f"Pass data_dir= (or set ${env}) to a folder you can write, e.g. under your "
+                        "home folder.") from None
     return data_dir
 
 
@@ -134,7 +152,8 @@ def choose_source(source: Any, data_dir: Path, archive_name: str, source_env: st
 # --------------------------------------------------------------------------- verification
 
 
-def _is_hidden(name: str) -> bool:
+def is_hidden(name: str) -> bool:
+    """Hidden entries (``.ipynb_checkpoints``, ``.DS_Store``, ``._x.jpg``, ``__MACOSX``) are never data."""
     return name.startswith(".") or name in _IGNORED_TOP_LEVEL
 
 
@@ -142,9 +161,9 @@ def _image_files(folder: Path) -> list[Path]:
     """Image files under ``folder`` (recursively, like ImageFolder), hidden files skipped, sorted."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
         for fname in sorted(filenames):
-            if not _is_hidden(fname) and fname.lower().endswith(IMAGE_EXTENSIONS):
+            if not is_hidden(fname) and fname.lower().endswith(IMAGE_EXTENSIONS):
                 found.append(Path(dirpath) / fname)
     return found
 
@@ -163,12 +182,12 @@ def _count(root: Path, expected: Counts, label: str | None = None) -> Counts:
     for split, want in expected.items():
         split_dir = root / split
         if not split_dir.is_dir():
-            present = sorted(p.name for p in root.iterdir() if not _is_hidden(p.name)) if root.is_dir() else []
+            present = sorted(p.name for p in root.iterdir() if not is_hidden(p.name)) if root.is_dir() else []
             raise DataError(
                 f"missing folder {split!r} in {_shown(root, root, label)}: expected the splits {sorted(expected)}, "
                 f"found {present}."
             )
-        classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not _is_hidden(p.name))
+        classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not is_hidden(p.name))
         if classes != sorted(want):
             raise DataError(
                 f"wrong class folders in {_shown(split_dir, root, label)}: expected {sorted(want)}, found {classes}."
@@ -191,11 +210,14 @@ def _decode(path: Path) -> None:
         img.load()
 
 
-def verify_folder(root: Path, expected: Counts, label: str | None = None) -> Counts:
+def verify_folder(root: str | os.PathLike, expected: Counts, label: str | None = None) -> Counts:
     """Split folders, class folders, image counts and that every image decodes; DataError if not.
 
     ``label`` (e.g. ``"the archive"``) names the folder in messages instead of its path.
     """
+    if not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a dataset folder (str or os.PathLike), got {type(root).__name__}: {root!r}.")
+    root = Path(root)
     if not root.is_dir():
         raise DataError(
             f"dataset folder {root} does not exist (or is not a folder). "
@@ -216,20 +238,44 @@ def verify_folder(root: Path, expected: Counts, label: str | None = None) -> Cou
     return counts
 
 
-def _marker_ok(root: Path, expected: Counts) -> bool:
-    """Cheap check of a previously verified copy: marker present and file counts unchanged."""
+def _fingerprints(root: Path, expected: Counts) -> dict[str, list]:
+    """``{relative path: [size, sha256]}`` of every image counted in ``root``."""
+    out = {}
+    for split, classes in expected.items():
+        for name in classes:
+            for path in _image_files(root / split / name):
+                out[path.relative_to(root).as_posix()] = [path.stat().st_size,
+                                                          hashlib.sha256(path.read_bytes()).hexdigest()]
+    return out
+
+
+def _marker_ok(root: Path, expected: Counts) -> bool | str:
+    """Check a previously verified copy against its marker: True when every image is unchanged,
+    False when there is no usable marker, else the reason (an image added, removed or changed)."""
     try:
         marker = json.loads((root / MARKER_NAME).read_text())
-        return marker.get("counts") == expected and _count(root, expected) == expected
-    except (OSError, ValueError, DataError):
+        if marker.get("counts") != expected or not isinstance(marker.get("files"), dict):
+            return False
+        counts, now = _count(root, expected), _fingerprints(root, expected)
+    except (OSError, ValueError, AttributeError):
         return False
+    except DataError as exc:
+        return str(exc)
+    changed = sorted(set(now) ^ set(marker["files"]) | {f for f in now if now[f] != marker["files"].get(f)})
+    return counts == expected and (not changed or f"{changed[0]} changed since it was verified "
+                                                 f"({len(changed)} file(s) differ from the marker)")
 
 
 def _write_marker(root: Path, counts: Counts, source: str) -> None:
-    (root / MARKER_NAME).write_text(
-        json.dumps({"counts": counts, "source": source, "verified_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
-                   indent=1)
-    )
+    """Write the marker atomically (a temporary file renamed into place)."""
+    text = json.dumps({"counts": counts, "source": source, "files": _fingerprints(root, counts),
+                       "verified_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1)
+    tmp = root / f"{MARKER_NAME}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, root / MARKER_NAME)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def existing_copy(root: Path, expected: Counts) -> tuple[bool, str | None]:
@@ -241,14 +287,20 @@ def existing_copy(root: Path, expected: Counts) -> tuple[bool, str | None]:
     """
     if not root.is_dir():
         return False, None
-    if _marker_ok(root, expected):
+    state = _marker_ok(root, expected)
+    if state is True:
         print(f"Dataset already present and verified at {root}; skipping download.")
         return True, None
+    if state:  # a marked copy whose content changed: never trusted again as it is
+        return False, state
     try:
         counts = verify_folder(root, expected)
     except DataError as exc:
         return False, str(exc)
-    _write_marker(root, counts, "found in place")
+    try:
+        _write_marker(root, counts, "found in place")
+    except OSError:  # a read-only copy: verified all the same, checked in full next time
+        pass
     print(f"Dataset found and verified at {root}; skipping download.")
     return True, None
 
@@ -256,25 +308,14 @@ def existing_copy(root: Path, expected: Counts) -> tuple[bool, str | None]:
 # --------------------------------------------------------------------------- archive checks
 
 
-def _member_problem(info: zipfile.ZipInfo) -> str | None:
-    """Why a zip member must not be extracted, or None when it is safe."""
-    name = info.filename.replace("\\", "/")
-    mode = info.external_attr >> 16
-    if stat.S_ISLNK(mode):
-        return "is a symbolic link"
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        return "has an absolute path"
-    if ".." in PurePosixPath(name).parts:
-        return "contains '..' and would be written outside the target folder"
-    return None
-
-
 def _check_archive(zf: zipfile.ZipFile) -> None:
-    for info in zf.infolist():
-        problem = _member_problem(info)
-        if problem is not None:
-            raise DataError(f"archive member {info.filename!r} {problem}; refusing to extract the archive.")
-    bad = zf.testzip()
+    problem = archive_problem(zf)
+    if problem is not None:
+        raise DataError(f"archive {problem}; refusing to extract the archive.")
+    try:
+        bad = zf.testzip()
+    except Exception as exc:  # zlib.error, EOFError: a member's compressed data is damaged
+        raise DataError(f"the archive is corrupt: a member does not decompress ({type(exc).__name__}: {exc}).") from None
     if bad is not None:
         raise DataError(f"archive member {bad!r} is corrupt (CRC check failed).")
 
@@ -292,7 +333,7 @@ def _dataset_root_in(folder: Path, expected: Counts) -> Path:
     """The extracted dataset root: ``folder`` itself, or its only sub-folder if the zip wraps one."""
     if all((folder / split).is_dir() for split in expected):
         return folder
-    subdirs = [p for p in folder.iterdir() if p.is_dir() and not _is_hidden(p.name)]
+    subdirs = [p for p in folder.iterdir() if p.is_dir() and not is_hidden(p.name)]
     if len(subdirs) == 1 and all((subdirs[0] / split).is_dir() for split in expected):
         return subdirs[0]
     return folder  # let _count name what is missing
@@ -322,11 +363,13 @@ def _reason(exc: Exception) -> str:
     return text.rsplit("): ", 1)[-1] if "): " in text else text
 
 
-def _fetch_once(url: str, fh: BinaryIO, timeout: float, desc: str) -> None:
+def _fetch_once(url: str, fh: BinaryIO, timeout: float, desc: str, end: float, deadline: float) -> None:
+    """One GET of ``url`` into ``fh``; gives up at ``time.monotonic() == end`` (``deadline`` s overall)."""
     received = 0
+    wait = min(timeout, max(end - time.monotonic(), 0.01))
     try:
         with requests.get(
-            url, stream=True, timeout=(timeout, timeout),
+            url, stream=True, timeout=(wait, wait),
             headers={"Accept-Encoding": "identity", "User-Agent": "vit-course"},
         ) as resp:
             if resp.status_code >= 400:
@@ -340,32 +383,51 @@ def _fetch_once(url: str, fh: BinaryIO, timeout: float, desc: str) -> None:
                 total = None
             with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
                       desc=desc, leave=False) as bar:
-                for chunk in resp.iter_content(chunk_size=1 << 16):
+                # read1 returns what has arrived, so the deadline is checked after every read
+                # (iter_content blocks until a whole chunk is in, however slowly it comes).
+                while chunk := resp.raw.read1(1 << 16):
                     fh.write(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
+                    if max(received, total or 0) > MAX_TOTAL_BYTES:
+                        raise _PermanentError(
+                            f"the server sends more than {MAX_TOTAL_BYTES >> 20} MB, the most accepted "
+                            "(the real zip is about 16 MB): that is not the dataset")
+                    if time.monotonic() > end:
+                        raise _PermanentError(
+                            f"the download did not finish within deadline={deadline:g} s ({received} "
+                            "bytes received): the server or the network is too slow. Pass a larger "
+                            "deadline=, or fetch the zip another way and use it as the source")
             if total is not None and received != total:
                 raise _TransientError(f"truncated download: received {received} of {total} bytes")
-    except requests.exceptions.ChunkedEncodingError as exc:
+    except (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError) as exc:
         raise _TransientError(
             f"truncated download: the connection closed after {received} bytes ({exc})"
         ) from exc
-    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+            urllib3.exceptions.TimeoutError) as exc:
         raise _TransientError(f"{type(exc).__name__}: {_reason(exc)}") from exc
-    except requests.exceptions.RequestException as exc:
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
         raise _PermanentError(f"{type(exc).__name__}: {exc}") from exc
 
 
-def _download(url: str, folder: Path, name: str, *, timeout: float, retries: int, backoff: float) -> Path:
-    """Download ``url`` into a temporary file in ``folder``; return its path. Retries transient errors."""
+def _download(url: str, folder: Path, name: str, *, timeout: float, retries: int, backoff: float,
+              deadline: float) -> Path:
+    """Download ``url`` into a temporary file in ``folder``; return its path. Retries transient
+    errors, all within ``deadline`` seconds."""
     last = "unknown error"
+    end = time.monotonic() + deadline
     for attempt in range(retries + 1):
         if attempt:
-            time.sleep(backoff * 2 ** (attempt - 1))
+            pause = backoff * 2 ** (attempt - 1)
+            if time.monotonic() + pause > end:
+                raise _PermanentError(f"{last} (gave up after {attempt} attempt(s): deadline={deadline:g} s "
+                                      "reached; pass a larger deadline= or fetch the zip another way)")
+            time.sleep(pause)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}-", suffix=".zip.part")
         try:
             with os.fdopen(fd, "wb") as fh:
-                _fetch_once(url, fh, timeout, f"Downloading {name}.zip")
+                _fetch_once(url, fh, timeout, f"Downloading {name}.zip", end, deadline)
             return Path(tmp)
         except _TransientError as exc:
             last = str(exc)
@@ -380,21 +442,26 @@ def _download(url: str, folder: Path, name: str, *, timeout: float, retries: int
 
 
 def install_archive(src: str, origin: str, data_dir: Path, name: str, expected: Counts, *,
-                    default_url: str, fix_text: str, source_env: str, stale_reason: str | None,
-                    timeout: float, retries: int, backoff: float) -> Path:
+                    default_url: str, fix_text: str, source_env: str, data_env: str,
+                    stale_reason: str | None, timeout: float, retries: int, backoff: float,
+                    deadline: float) -> Path:
     """Fetch the zip ``src``, check and extract it, verify the content, move it to ``data_dir/name``.
 
     Args:
         src, origin: the URL or path of the zip, and where that choice came from (for messages).
         name: the dataset's folder name (and the zip's, without ``.zip``).
         expected: ``{split: {class_name: image_count}}``.
-        default_url, fix_text, source_env: the dataset's URL, what to do when fetching
-            fails, and its source variable (for messages).
+        default_url, fix_text, source_env, data_env: the dataset's URL, what to do when
+            fetching fails, its source and data-folder variables (for messages).
         stale_reason: why a copy already at the target failed verification, or None.
-        timeout, retries, backoff: as in ``download_pizza_steak_sushi``.
+        timeout, retries, backoff, deadline: as in ``download_pizza_steak_sushi``.
 
     Returns:
         ``data_dir/name``. A stale copy there is replaced only once the new one is verified.
+
+    Raises:
+        DataError: fetching, checking or writing failed (a full disk included); nothing new
+        is left in ``data_dir``.
     """
     root = data_dir / name
     stale = f"\n(The existing folder {root} did not pass verification: {stale_reason})" if stale_reason else ""
@@ -407,7 +474,7 @@ def install_archive(src: str, origin: str, data_dir: Path, name: str, expected: 
             if archive is None:
                 print(f"Downloading {src} (from {origin}) into {data_dir}")
                 tmp_zip = archive = _download(src, data_dir, name, timeout=timeout, retries=retries,
-                                              backoff=backoff)
+                                              backoff=backoff, deadline=deadline)
             elif not archive.is_file():
                 raise _PermanentError(f"{archive} does not exist or is not a file")
             else:
@@ -448,11 +515,19 @@ def install_archive(src: str, origin: str, data_dir: Path, name: str, expected: 
         try:
             os.replace(new_root, root)
         except OSError:
-            if _marker_ok(root, expected):  # another process finished first
+            if _marker_ok(root, expected) is True:  # another process finished first
                 return root
             if trash is not None and not root.exists():  # put the old copy back
                 os.replace(trash / name, root)
             raise
+    except OSError as exc:  # a full disk, a folder that cannot be written
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        fix = ("free some space on that disk (the zip and its extracted copy need about twice the "
+               "zip's size)" if full else "make that folder writable")
+        raise DataError(
+            f"Could not write the dataset into {data_dir} ({type(exc).__name__}: {exc.strerror or exc}); "
+            f"nothing was installed. To fix it, {fix}, or pass data_dir= (or set {data_env}) to a "
+            f"folder elsewhere, then run this again.{stale}") from None
     finally:
         if tmp_zip is not None:
             tmp_zip.unlink(missing_ok=True)
