@@ -4,8 +4,8 @@ jacobgil/vit-explain's rollout (``vit_rollout.py`` ``rollout()``) discards the l
 ``discard_ratio`` fraction of every fused attention matrix before multiplying the layers
 (its README shows discard-ratio sweeps as GIFs, ``examples/*_discard_ratio.gif``); the maps
 here use :func:`vit_course.explain.rollout`, which discards per image. The animation
-shows one image's map for
-each head fusion (``mean``, ``max``, ``min``) while the ratio sweeps from 0 to 0.99::
+shows one image's map for each head fusion (``mean``, ``max``, ``min``) while the ratio
+sweeps from 0 to 0.99::
 
     discard_sweep_gif(model, image, "assets/discard_sweep.gif", raw_image=raw)
 

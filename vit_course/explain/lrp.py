@@ -28,21 +28,24 @@ input's positive and negative parts against the weight's).
 Differences from the authors' code (hila-chefer/Transformer-Explainability,
 ``baselines/ViT/ViT_LRP.py``, ``modules/layers_ours.py``, ``ViT_explanation_generator.py``):
 
-- Batches: their code is CUDA-only and reads ``cam[0]`` (image 0 of the batch); their
-  residual rule normalises with sums over the whole batch. Here every step is per image,
-  on any device, so an image's map is the same alone or in a batch.
+- Batches: their code is CUDA-only (``LRP.generate_LRP`` puts the one-hot on
+  ``.cuda()``) and reads ``cam[0]`` (image 0 of the batch; ``VisionTransformer.relprop``,
+  ``method="transformer_attribution"``, called ``"grad"`` in earlier commits); their
+  residual rule (``Add.relprop``) normalises with sums over the whole batch. Here every
+  step is per image, on any device, so an image's map is the same alone or in a batch.
 - Start of the relevance: a one-hot vector for the target class, as theirs
-  (``relprop(one_hot_vector)``), not the one-hot times the logit. The gradient ∇A is of
-  the target logit itself, as theirs.
+  (``relprop(one_hot_vector)`` in ``LRP.generate_LRP``), not the one-hot times the logit.
+  The gradient ∇A is of the target logit itself, as theirs.
 - Rollout: the same as theirs (``compute_rollout_attention`` in ``ViT_LRP.py`` adds I to
   each Ā and multiplies, without the row normalisation that the copy in
   ``ViT_explanation_generator.py`` applies for plain attention rollout).
 - Stabiliser: ``safe_divide`` here pushes a denominator away from 0 on its own side;
-  theirs adds +1e-9 whatever the sign.
+  theirs (``safe_divide`` in ``layers_ours.py``) adds +1e-9 whatever the sign.
 - The relevance pass stops at block ``start_layer``'s attention: nothing below it enters
   the map. (Set ``to_input=True`` in :func:`relevance_pass` for the full pass down to the
   pixels, which uses LRP-αβ on the patch embedding where their "full" LRP baseline uses the
-  z^B rule for the first layer.)
+  z^B rule for the first layer: ``Conv2d.relprop`` in ``layers_ours.py`` switches to it
+  when the input has 3 channels.)
 - Supported models: every family of :mod:`vit_course.explain.families` whose blocks are
   plain pre-norm blocks: the course ViT, torchvision ``VisionTransformer`` (any image or
   patch size, no conv stem; ``heads`` one Linear, bare or in a Sequential, as after

@@ -15,7 +15,8 @@ attribute, ``supports_capture``:
 ``compute`` returns the class token's row over all T tokens (B, T) (the base drops the
 prefix columns and lays the patches out on the grid), or finished maps (B, h, w) — or
 (B, H, W) pixel maps for the input-gradient methods' ``resolution="pixels"``. A new
-method is one class (pytorch-grad-cam's ``get_cam_weights`` in spirit)::
+method is one class (as a new CAM in jacobgil/pytorch-grad-cam is one ``BaseCAM`` subclass
+that overrides ``get_cam_weights``, e.g. ``GradCAM`` in ``grad_cam.py``)::
 
     @register_method("my_method")
     class MyMethod(Explainer):

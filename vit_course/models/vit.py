@@ -13,11 +13,17 @@ al. 2021, Table 1). Differences from the seed, all compatible with its call sign
   softmax(QKᵀ/√d) for that call only. Both paths give the same logits.
 - The seed's ``classifier = Sequential(LayerNorm, Linear)`` is split into ``norm`` and
   ``head`` so that :meth:`ViT.forward_features` returns normed tokens (B, 1+N, D) and
-  :meth:`ViT.forward_head` classifies the class token (timm's split).
-- The class token and position embeddings start from a truncated normal (std 0.02, as
-  in the reference ViT code) instead of the seed's ``torch.randn`` (std 1), and Linear
-  layers from a truncated normal (std 0.02) with zero bias. The head is random, not zero
-  (torchvision zero-initialises it, which makes gradients of an untrained model vanish).
+  :meth:`ViT.forward_head` classifies the class token (the split of timm's
+  ``VisionTransformer.forward_features`` / ``forward_head``).
+- The class token and position embeddings start from a truncated normal (std 0.02)
+  instead of the seed's ``torch.randn`` (std 1), and Linear layers from a truncated normal
+  (std 0.02) with zero bias. For the position embeddings and Linear layers that is timm's
+  ``VisionTransformer.init_weights`` (``trunc_normal_(pos_embed, std=.02)``,
+  ``init_weights_vit_timm``); timm starts the class token at ``normal_(std=1e-6)``, while
+  here it shares the position embeddings' std 0.02 (as in timm's early versions, e.g. the
+  copy of Ross Wightman's code in hila-chefer/Transformer-Explainability
+  ``baselines/ViT/ViT_LRP.py``). The head is random, not zero (torchvision
+  zero-initialises it, which makes gradients of an untrained model vanish).
 - Inputs are checked (:func:`vit_course.checks.check_images`) and bad ones raise
   ``ValueError``/``TypeError`` that say what to do.
 
