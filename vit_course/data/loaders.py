@@ -7,6 +7,7 @@ decoded and transformed once and kept as a tensor, so later epochs skip JPEG dec
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from torchvision import datasets, transforms
 from ..checks import check_nonnegative_int, check_positive_int
 from ..imaging import IMAGENET_MEAN, IMAGENET_STD
 from ..runtime import SEED
-from ..tools.transport import IMAGE_EXTENSIONS, is_hidden
+from ..tools.transport import is_visible_image, visible_classes
 
 
 def simple_transform(img_size: int = 224) -> transforms.Compose:
@@ -122,8 +123,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             "e.g. PIL.Image.MAX_IMAGE_PIXELS = None; PIL.Image.open(path).reduce(8).save('small.jpg'), "
             "and load the smaller copy.") from None
     except PermissionError as exc:
-        raise PermissionError(f"{path!r} cannot be read ({exc.strerror}); fix its permissions "
-                              "(chmod u+r) or copy it somewhere you can read.") from None
+        raise PermissionError(f"{path!r} cannot be read ({exc.strerror}); fix its permissions (chmod u+r).") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(
             f"{path!r} is not an image PIL can decode ({type(exc).__name__}: {exc}). "
@@ -183,11 +183,7 @@ class TensorImageDataset(Dataset):
 class _VisibleImageFolder(datasets.ImageFolder):
     """ImageFolder without hidden classes or files (``.ipynb_checkpoints/``, ``.DS_Store``, ``._x.jpg``)."""
 
-    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not is_hidden(e.name))
-        if not classes:
-            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
-        return classes, {name: i for i, name in enumerate(classes)}
+    find_classes = staticmethod(visible_classes)
 
 
 def _image_folder(folder: str | os.PathLike, split: str, transform: Callable) -> datasets.ImageFolder:
@@ -200,8 +196,7 @@ def _image_folder(folder: str | os.PathLike, split: str, transform: Callable) ->
         )
     try:
         return _VisibleImageFolder(folder, transform=transform, loader=load_image,
-                                   is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS) and not any(
-                                       is_hidden(part) for part in os.path.relpath(p, folder).split(os.sep)))
+                                   is_valid_file=functools.partial(is_visible_image, folder))
     except FileNotFoundError as exc:  # no class folders, or class folders without images
         raise ValueError(
             f"{split}_dir {folder!r} is not an image-folder dataset: {exc}. Expected one sub-folder "

@@ -157,6 +157,20 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".") or name in _IGNORED_TOP_LEVEL
 
 
+def visible_classes(directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
+    """ImageFolder's ``find_classes`` without hidden folders (``.ipynb_checkpoints/``)."""
+    classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not is_hidden(e.name))
+    if not classes:
+        raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+    return classes, {name: i for i, name in enumerate(classes)}
+
+
+def is_visible_image(root: str | os.PathLike, path: str) -> bool:
+    """An image file (by its ending) with no hidden part in its path below ``root``."""
+    return path.lower().endswith(IMAGE_EXTENSIONS) and not any(
+        is_hidden(part) for part in os.path.relpath(path, root).split(os.sep))
+
+
 def _image_files(folder: Path) -> list[Path]:
     """Image files under ``folder`` (recursively, like ImageFolder), hidden files skipped, sorted."""
     found = []
