@@ -107,20 +107,23 @@ def channel_stats(value: Any, channels: int, name: str, like: Tensor) -> Tensor:
     if t.numel() != channels:
         raise ValueError(f"{name} must be one number or one per channel ({channels}), got "
                          f"{tuple(t.tolist())}.")
-    if name == "std" and (t <= 0).any():
-        raise ValueError(f"std must be > 0 per channel, got {tuple(t.tolist())}.")
+    if not torch.isfinite(t).all() or (name == "std" and (t <= 0).any()):
+        raise ValueError(f"{name} must be finite" + (" and > 0" if name == "std" else "")
+                         + f" per channel, got {tuple(t.tolist())}; pass the transform's values.")
     return t.view(1, channels, 1, 1)
 
 
 # ----------------------------------------------------------------------------- tensors
 def check_images(images: Any, name: str = "images", *, channels: int | None = None,
                  image_size: tuple[int, int] | None = None,
-                 patch_size: tuple[int, int] | None = None) -> Tensor:
-    """A float image batch (B, C, H, W); optionally with C, H×W or a patch multiple required.
+                 patch_size: tuple[int, int] | None = None, finite: bool = False) -> Tensor:
+    """A float image batch (B, C, H, W); optionally with C, H×W or a patch multiple required,
+    and with ``finite=True`` no NaN or inf (one pass over the pixels; the error names the images).
 
     Raises:
         TypeError: not a floating-point tensor.
-        ValueError: rank other than 4, empty batch, wrong channels or size.
+        ValueError: rank other than 4, empty batch, wrong channels or size, the meta
+            device (no data), NaN or inf pixels with ``finite=True``.
     """
     if not isinstance(images, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor (B, C, H, W), got "
@@ -150,6 +153,15 @@ def check_images(images: Any, name: str = "images", *, channels: int | None = No
     if image_size is None and patch_size is not None and (H % patch_size[0] or W % patch_size[1]):
         raise ValueError(f"image size {H}x{W} must be a multiple of the patch size "
                          f"{tuple(patch_size)}; resize or pad the images.")
+    if images.is_meta:
+        raise ValueError(f"{name} are on the meta device (a shape without data); load real "
+                         "pixel values (on the CPU or a GPU) with the model's transform.")
+    if finite:
+        bad = (~torch.isfinite(images).flatten(1).all(1)).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(f"{name} {bad[:8]} (batch index) contain NaN or inf pixels; an "
+                             "explanation of them would be NaN. Drop or repair those images "
+                             "(e.g. torch.nan_to_num(images)) before explaining.")
     return images
 
 

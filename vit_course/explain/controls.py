@@ -77,7 +77,7 @@ class _Control(Explainer):
 
     def _grid(self, images: Tensor, target: object, grid: tuple[int, int] | None
               ) -> tuple[int, int]:
-        x = check_images(images)
+        x = check_images(images, finite=True)
         check_targets(target, x.shape[0], self.info.num_classes)
         return tuple(grid) if grid is not None else self.info.grid(*x.shape[-2:])
 

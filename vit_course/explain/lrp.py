@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_layer_index, check_targets, resolve_targets
-from .capture import _backward, prepare_images
+from .capture import _backward, prepare_images, require_autograd
 from .families import BlockParts, blocks_of, describe_model, family_of, head_linear, part
 from .gae import gae_rollout
 from .lrp_layers import (EPS, relprop_add, relprop_clone, relprop_identity, relprop_linear,
@@ -245,9 +245,7 @@ def forward_trace(weights: ViTWeights, images: Tensor) -> Trace:
     Returns:
         a :class:`Trace`; ``trace.logits`` equals the model's logits up to float rounding.
     """
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError("transformer_attribution needs gradients, which cannot be computed "
-                           "inside torch.inference_mode(); call it outside.")
+    require_autograd("transformer_attribution")
     B = images.shape[0]
     with torch.enable_grad():
         emb = F.conv2d(images, weights.patch_weight, weights.patch_bias,

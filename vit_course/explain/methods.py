@@ -36,7 +36,7 @@ Maps come back on the patch grid and are not normalised;
 
 from __future__ import annotations
 
-import operator
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import check_choice, check_fusion, check_head_index, check_layer_index, \
-    check_positive_int, check_ratio, check_targets
+from ..checks import check_choice, check_fusion, check_head_index, check_images, \
+    check_layer_index, check_positive_int, check_ratio, check_targets
 from .capture import Capture, capture, gradients_for_targets, prepare_images, require_autograd
 from .families import ModelInfo, describe_model, unwrap
 from .rollout import _shape_or_type, attention_map, cls_row_to_grid, grad_rollout, rollout
@@ -163,6 +163,8 @@ class Explainer:
                   capture: Capture | None = None, **options: Any) -> Tensor:
         """Explain ``images`` (or a ready ``capture`` of them); see :func:`explain`."""
         opts = self._merge(options)                # bad options fail before any model pass
+        if self.needs_grad and capture is None:
+            require_autograd(self.name)            # inference_mode: say why, and what to do
         if capture is not None or self.supports_capture:
             cap = (self._check_capture(capture, target, images) if capture is not None else
                    _capture(self.model, images, target=target, with_grad=self.needs_grad,
@@ -368,18 +370,22 @@ def explain_classes(model: nn.Module, images: Tensor, method: str = "grad_rollou
         if K is None:
             raise ValueError("the model does not say how many classes it has; pass classes=[...].")
         classes = range(K)
-    if isinstance(classes, (int, Tensor)) and not (isinstance(classes, Tensor) and classes.ndim):
-        raise TypeError(f"classes must be a sequence of class indices, got {classes!r}; wrap one "
-                        "class in a list.")
-    if any(isinstance(c, bool) for c in classes):
-        raise TypeError(f"classes must hold int class indices, got {list(classes)!r}; "
-                        "True/False are not classes (select indices with a list of ints).")
-    classes = [operator.index(c) for c in classes]
+    if hasattr(classes, "tolist"):                 # a tensor or array of class indices
+        classes = classes.tolist()
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence) or not all(
+            isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in classes):
+        raise TypeError(f"classes must be a list of int class indices, e.g. [0, 2], got "
+                        f"{classes!r}; True/False are not classes, nor are floats (wrap one "
+                        "class in a list).")
+    classes = [int(c) for c in classes]
+    images = check_images(images, finite=True)    # NaN/inf named by their index in the batch
     if not classes:
         raise ValueError("classes is empty; pass at least one class index (or None for all).")
     if K is not None and not all(0 <= c < K for c in classes):
         raise ValueError(f"classes must be in [0, {K - 1}] for a model with {K} classes, "
                          f"got {classes}")
+    if explainer.needs_grad:
+        require_autograd(explainer.name)
     if not (explainer.needs_grad and explainer.supports_capture):
         return torch.stack([explainer.attribute(images, c, **opts) for c in classes], dim=1)
     out = []

@@ -32,6 +32,7 @@ in the current folder). Bad input ends with exit code 2 and one ``error:`` line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -156,16 +157,57 @@ def write_overlay(image_chw: torch.Tensor, heat: torch.Tensor, out: Path, title:
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-    os.close(fd)
+    new = [d for d in (out.parent, *out.parent.parents) if not d.exists()]   # made here
+    tmp = None
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
+        os.close(fd)
         fig.savefig(tmp, dpi=110)
         os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        for d in new:                              # folders made for it, innermost first
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        if tmp is None and isinstance(exc, OSError):
+            raise CliError(f"--out {out}: cannot create a file in {out.parent} "
+                           f"({exc.strerror}); choose an --out in a folder you can write to."
+                           ) from exc
         raise
     return out
+
+
+def check_out(out: Path) -> Path:
+    """``--out`` before any work: a .png path, not a folder, in a folder that can be made."""
+    if out.suffix.lower() != ".png":
+        raise CliError(f"--out must end in .png, got {str(out)!r}")
+    if out.is_dir():
+        raise CliError(f"--out {out} is a folder; give a file name in it, e.g. {out / 'map.png'}")
+    parent = next(d for d in (out.parent.absolute(), *out.parent.absolute().parents)
+                  if d.exists())
+    if not parent.is_dir():
+        raise CliError(f"--out {out}: {parent} is a file, not a folder; choose an --out in "
+                       "a folder.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CliError(f"--out {out}: no permission to write in {parent}; choose an --out in "
+                       "a folder you can write to.")
+    return out
+
+
+def check_device(name: str) -> torch.device:
+    """``--device`` before any work: a torch device that exists on this machine."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise CliError(f"--device {name!r} is not a torch device; use cpu, cuda, cuda:1 or "
+                       "mps.") from None
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+    if not available.get(device.type, lambda: True)():
+        raise CliError(f"--device {name}: no {device.type} device is available on this "
+                       "machine; use --device cpu.")
+    return device
 
 
 # ----------------------------------------------------------------------------- main
@@ -214,15 +256,15 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"{flag} does not apply to --method {args.method} (flags it "
                            f"accepts: {', '.join(accepted) or 'none'}).")
         options[name] = value
-    out = Path(args.out) if args.out else Path.cwd() / f"{Path(args.image).stem}_{args.method}.png"
-    if out.suffix.lower() != ".png":
-        raise CliError(f"--out must end in .png, got {str(out)!r}")
+    out = check_out(Path(args.out) if args.out else
+                    Path.cwd() / f"{Path(args.image).stem}_{args.method}.png")
+    device = check_device(args.device)
 
     from vit_course.data import load_image
 
     pil = load_image(args.image)                        # FileNotFoundError / ValueError
     model, transform, names = load_model(args.checkpoint, args.model)
-    model = model.to(args.device)
+    model = model.to(device)
     images = transform(pil).unsqueeze(0)                # (1, C, H, W)
     explainer = cls(model, **options)                   # option values checked here
     with_grad = cls.needs_grad and cls.supports_capture
