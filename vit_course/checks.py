@@ -91,8 +91,8 @@ def check_head_index(index: Any, num_heads: int, name: str = "head") -> int | No
 def check_fractions(fractions: Any, name: str = "fractions") -> tuple[float, ...]:
     """A non-empty sequence of fractions in [0, 1), as a tuple of floats."""
     try:
-        out = tuple(float(f) for f in fractions)
-    except TypeError:
+        out = tuple(float(f) for f in (None if isinstance(fractions, str) else fractions))
+    except (TypeError, ValueError):
         raise TypeError(f"{name} must be a sequence of numbers in [0, 1), got {fractions!r}.") from None
     if not out or any(not 0.0 <= f < 1.0 for f in out):
         raise ValueError(f"{name} must be a non-empty sequence of numbers in [0, 1), got {out}.")
@@ -108,7 +108,7 @@ def channel_stats(value: Any, channels: int, name: str, like: Tensor) -> Tensor:
         raise ValueError(f"{name} must be one number or one per channel ({channels}), got "
                          f"{tuple(t.tolist())}.")
     if not torch.isfinite(t).all() or (name == "std" and (t <= 0).any()):
-        raise ValueError(f"{name} must be finite" + (" and > 0" if name == "std" else "")
+        raise ValueError(f"{name} must be " + ("> 0 and finite" if name == "std" else "finite")
                          + f" per channel, got {tuple(t.tolist())}; pass the transform's values.")
     return t.view(1, channels, 1, 1)
 
@@ -160,8 +160,8 @@ def check_images(images: Any, name: str = "images", *, channels: int | None = No
         bad = (~torch.isfinite(images).flatten(1).all(1)).nonzero().flatten().tolist()
         if bad:
             raise ValueError(f"{name} {bad[:8]} (batch index) contain NaN or inf pixels; an "
-                             "explanation of them would be NaN. Drop or repair those images "
-                             "(e.g. torch.nan_to_num(images)) before explaining.")
+                             "explanation or score of them would be NaN. Drop or repair those images "
+                             "(e.g. torch.nan_to_num(images)) before explaining or scoring.")
     return images
 
 
@@ -176,8 +176,10 @@ def check_maps(maps: Any, images: Tensor | None = None, name: str = "maps") -> T
     if maps.ndim != 3:
         raise ValueError(f"{name} must have shape (B, h, w) (one map per image on the patch grid), "
                          f"got shape {tuple(maps.shape)}; for a single map use maps.unsqueeze(0).")
-    if torch.isnan(maps).any():
-        raise ValueError(f"{name} contains NaN; replace it (e.g. torch.nan_to_num(maps)) before scoring.")
+    bad = (~torch.isfinite(maps).flatten(1).all(1)).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"{name} contains NaN or inf in map(s) {bad[:8]} (batch index); replace them "
+                         "(e.g. torch.nan_to_num(maps, posinf=0.0)) or drop those images before scoring.")
     if images is not None:
         B, _, H, W = images.shape
         if maps.shape[0] != B:
@@ -301,3 +303,15 @@ def check_gradients(gradients: Any, attentions: Sequence[Tensor],
             "capture(..., with_grad=True).")
     return grads
 
+
+def check_numbers(values: Any, name: str, allow_nan: bool = False) -> Tensor:
+    """Numbers (tensor, array, list) → float64 tensor; inf, and NaN unless ``allow_nan``, refused."""
+    try:
+        t = torch.as_tensor(values.detach() if isinstance(values, Tensor) else values, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be numbers (a tensor, NumPy array or list), got {values!r:.40}.") from None
+    bad = (t.isinf() if allow_nan else ~t.isfinite()).nonzero()
+    if bad.numel():
+        raise ValueError(f"{name} holds {'inf' if allow_nan else 'NaN or inf'} at index {bad[0].tolist()}; drop "
+                         "or repair the images or maps that produced it (or use torch.nan_to_num) first.")
+    return t

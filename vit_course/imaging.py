@@ -161,12 +161,15 @@ def mask_coverage(masks: Tensor | np.ndarray, grid: int | Sequence[int]) -> Tens
     """Fraction of each patch's pixels inside a pixel mask.
 
     Args:
-        masks: (H, W) or (B, H, W), bool (or float in [0, 1]); torch or NumPy.
+        masks: (H, W) or (B, H, W), bool (or float in [0, 1]); torch or NumPy. Integer masks
+            (0/255 or 0/1) are refused: say which pixels are inside with ``mask > 0``.
         grid: (h, w) patch grid (or one int for square); H must be a multiple of h and W of w.
 
     Returns:
         float64 (h, w) or (B, h, w).
     """
+    if not isinstance(masks, (Tensor, np.ndarray)):
+        raise TypeError(f"masks must be a bool torch.Tensor or NumPy array, got {type(masks).__name__}.")
     m = torch.as_tensor(masks)
     if m.ndim not in (2, 3):
         raise ValueError(f"masks must be (H, W) or (B, H, W), got shape {tuple(m.shape)}.")
@@ -174,8 +177,8 @@ def mask_coverage(masks: Tensor | np.ndarray, grid: int | Sequence[int]) -> Tens
         if not m.is_floating_point():
             raise TypeError(f"masks must be bool (or float fractions in [0, 1]), got {m.dtype}; "
                             "turn a 0/255 mask into bool with mask > 0.")
-        if m.numel() and (m.min() < 0 or m.max() > 1):
-            raise ValueError("float masks must hold fractions in [0, 1], got values in "
+        if not ((m >= 0) & (m <= 1)).all():                # NaN fails both comparisons
+            raise ValueError("float masks must hold fractions in [0, 1] (no NaN), got values in "
                              f"[{float(m.min()):.3g}, {float(m.max()):.3g}]; use mask > 0.5.")
     h, w = _check_pair(grid, "grid", "a pair (h, w) of positive ints")
     H, W = m.shape[-2:]

@@ -31,7 +31,7 @@ def explain_maps(fn: ExplainFn, model: nn.Module, images: Tensor, target: Tensor
     ``functools.partial(explain, method="random", seed=0)`` or
     ``lambda model, images, target: explain(model, images, "gradcam", target=target)``.
     """
-    return check_maps(fn(model, images, target=target).detach(), images, name=name)
+    return check_maps(fn(model, images, target=target), images, name=name).detach()
 
 
 # ----------------------------------------------------------------------------- ranking

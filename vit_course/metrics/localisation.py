@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import check_images, check_labels, check_maps, check_positive_int
+from ..checks import (
+    check_images, check_labels, check_maps, check_nonnegative_int, check_positive_int
+)
 from ..imaging import mask_coverage, mask_to_grid
 from ..runtime import SEED
 from ._common import as_generator, batch_logits, rank_tokens
@@ -54,7 +56,7 @@ class GridImages(NamedTuple):
 
 def correctly_classified(model: nn.Module, images: Tensor, labels: Any, batch_size: int = 64) -> Tensor:
     """(M,) bool: which images ``model`` classifies as their label (eval mode, batched)."""
-    logits = batch_logits(model, check_images(images), batch_size)
+    logits = batch_logits(model, check_images(images, finite=True), batch_size)
     y = check_labels(labels, images.shape[0], logits.shape[1]).to(logits.device)
     return logits.argmax(dim=1) == y
 
@@ -79,7 +81,7 @@ def make_grid_images(images: Tensor, labels: Any, target_class: int | None = Non
     Returns:
         :class:`GridImages`.
     """
-    images = check_images(images)
+    images = check_images(images, finite=True)
     M, C, H, W = images.shape
     if H % 2 or W % 2:
         raise ValueError(f"images must have even height and width to split into 2x2 tiles, got {H}x{W}.")
@@ -89,6 +91,7 @@ def make_grid_images(images: Tensor, labels: Any, target_class: int | None = Non
     classes = sorted(set(y.tolist()))
     usable = [c for c in classes if int((y != c).sum()) >= 3]
     if target_class is not None:
+        check_nonnegative_int(target_class, "target_class", "pass one class index, e.g. 0.")
         if target_class not in classes:
             raise ValueError(f"target_class={target_class} has no image among the labels {classes}; "
                              "pass a class that has correctly classified images.")
@@ -128,7 +131,8 @@ def grid_pointing_score(maps: Tensor, target_tile: Any) -> Tensor:
 
     Args:
         maps: (G, h, w) with even h and w (each tile is an h/2 × w/2 block of tokens).
-        target_tile: G ints in 0..3 (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right).
+        target_tile: G ints in 0..3 (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right);
+            floats and bools are refused, not truncated.
 
     Returns:
         (G,) float64 scores in [0, 1].
@@ -138,9 +142,7 @@ def grid_pointing_score(maps: Tensor, target_tile: Any) -> Tensor:
     if h % 2 or w % 2:
         raise ValueError(f"maps grid {h}x{w} must have even sides to split into 2x2 tiles; build the grid "
                          "images at a size the patch grid splits evenly (e.g. 224 px with 16-px patches).")
-    t = torch.as_tensor(target_tile).long().flatten().to(maps.device)
-    if t.numel() != G:
-        raise ValueError(f"target_tile must have one entry per map ({G}), got {t.numel()}.")
+    t = check_labels(target_tile, G, name="target_tile").to(maps.device)    # ints, one per map
     if (t < 0).any() or (t > 3).any():
         raise ValueError(f"target_tile must be in 0..3, got {sorted(set(t.tolist()))}.")
     pos = maps.double().clamp_min(0)
@@ -194,6 +196,7 @@ def _nan_if_empty(score: Tensor, inside: Tensor) -> Tensor:
 
 def _token_masks(maps: Tensor, masks: Tensor, threshold: float) -> Tensor:
     maps = check_maps(maps)
+    masks = torch.as_tensor(masks) if isinstance(masks, np.ndarray) else masks
     if not isinstance(masks, Tensor) or masks.ndim != 3 or masks.shape[0] != maps.shape[0]:
         raise ValueError(f"masks must be (B, H, W) with B = {maps.shape[0]} like maps, "
                          f"got {getattr(masks, 'shape', type(masks).__name__)}.")

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import (
-    channel_stats, check_choice, check_images, check_labels, check_maps, check_positive_int,
-    resolve_targets
+    channel_stats, check_choice, check_images, check_labels, check_maps, check_numbers,
+    check_positive_int, resolve_targets
 )
 from ..imaging import IMAGENET_MEAN, IMAGENET_STD, gaussian_blur
 from ._common import (
@@ -47,7 +47,7 @@ def make_baseline(images: Tensor, baseline: str = "blur") -> Tensor:
         (B, C, H, W) baseline images.
     """
     check_choice(baseline, "baseline", BASELINES)
-    images = check_images(images)
+    images = check_images(images, finite=True)
     if baseline == "blur":
         return gaussian_blur(images, BLUR_SIGMA)
     if baseline == "mean":
@@ -59,9 +59,12 @@ def make_baseline(images: Tensor, baseline: str = "blur") -> Tensor:
 def _curve(model: nn.Module, images: Tensor, maps: Tensor, target: Any, steps: int, baseline: str,
            batch_size: int, progress: bool, insertion: bool, cache: LogitCache | None = None,
            baseline_images: Tensor | None = None, precision: str = "float32") -> Tensor:
-    images = check_images(images)
+    images = check_images(images, finite=True)
     maps = check_maps(maps, images)
     steps = check_positive_int(steps, "steps", "the number of perturbation steps, e.g. 20.")
+    if steps > max(maps[0].numel(), 100):
+        raise ValueError(f"steps={steps} is more than the {maps[0].numel()} tokens (or 100): further "
+                         "steps only repeat points and cost forward passes; use e.g. steps=20.")
     check_choice(baseline, "baseline", BASELINES)
     cache = cache or LogitCache(precision)
     base = baseline_images if baseline_images is not None else make_baseline(images, baseline)
@@ -141,7 +144,7 @@ def auc(curve: Any) -> Tensor:
     Returns:
         (...) areas: ``sum_k (y_k + y_{k+1}) / 2 · (1/S)``.
     """
-    y = torch.as_tensor(curve, dtype=torch.float64)
+    y = check_numbers(curve, "curve")
     if y.ndim == 0 or y.shape[-1] < 2:
         raise ValueError(f"curve needs at least 2 points along its last axis (steps >= 1), "
                          f"got shape {tuple(y.shape)}.")
@@ -174,7 +177,7 @@ def chefer_auc(accuracy: Any) -> Tensor:
     Returns:
         (...) float64 AUC values in [0, 0.9].
     """
-    a = torch.as_tensor(accuracy, dtype=torch.float64)
+    a = check_numbers(accuracy, "accuracy")
     if a.ndim == 0 or a.shape[-1] != 10:
         raise ValueError(f"chefer_auc expects 10 values per curve (0 %, 10 %, …, 90 % removal), "
                          f"got shape {tuple(a.shape)}.")
@@ -184,7 +187,7 @@ def chefer_auc(accuracy: Any) -> Tensor:
 def _chefer_curves(model: nn.Module, images: Tensor, maps: Tensor, labels: Any, mean: Any, std: Any,
                    batch_size: int, progress: bool, cache: LogitCache | None = None,
                    precision: str = "float32") -> dict[str, Tensor]:
-    images = check_images(images)
+    images = check_images(images, finite=True)
     maps = check_maps(maps, images)
     cache = cache or LogitCache(precision)
     B, C = images.shape[:2]

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from ..checks import (
     channel_stats, check_choice, check_fractions, check_images, check_labels, check_maps,
-    resolve_targets
+    check_nonnegative_int, resolve_targets
 )
 from ..imaging import IMAGENET_MEAN, IMAGENET_STD
 from ..runtime import SEED
@@ -112,6 +112,12 @@ def _solve(values: Tensor, known: Tensor, tol: float, max_iter: int) -> tuple[Te
     return torch.where(known, values, x), it, rel
 
 
+def _check_noise(noise: Any) -> None:
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < float("inf"):
+        raise ValueError(f"noise must be a finite number >= 0 (a standard deviation in pixel units), "
+                         f"got {noise!r}; ROAD uses 0.01.")
+
+
 def linear_impute(images: Tensor, known: Tensor, *, tol: float = 1e-6, max_iter: int = 5000) -> Tensor:
     """Noise-free linear imputation: fill the unknown pixels from their neighbours.
 
@@ -134,7 +140,7 @@ def linear_impute(images: Tensor, known: Tensor, *, tol: float = 1e-6, max_iter:
     Returns:
         (B, C, H, W) images, in the input dtype.
     """
-    images = check_images(images)
+    images = check_images(images, finite=True)
     B, C, H, W = images.shape
     if not isinstance(known, Tensor) or known.shape != (B, H, W):
         raise ValueError(f"known must be a bool tensor of shape {(B, H, W)} (one pixel mask per image), "
@@ -172,8 +178,7 @@ def noisy_linear_impute(images: Tensor, known: Tensor, *, noise: float = 0.01,
     Returns:
         (B, C, H, W) imputed images; known pixels are unchanged.
     """
-    if not noise >= 0:
-        raise ValueError(f"noise must be >= 0 (a standard deviation), got {noise!r}.")
+    _check_noise(noise)
     out = linear_impute(images, known, tol=tol, max_iter=max_iter)
     if noise > 0:
         g = generator if generator is not None else torch.Generator().manual_seed(SEED)
@@ -215,21 +220,16 @@ def road_curve(model: nn.Module, images: Tensor, maps: Tensor, labels: Any = Non
         dict with ``"fractions"`` (F,), ``"order"``, ``"probs"`` (B, F) target-class
         probability and ``"correct"`` (B, F) 1.0 where the prediction equals the label.
     """
-    images = check_images(images)
+    images = check_images(images, finite=True)
     maps = check_maps(maps, images)
     check_choice(order, "order", ROAD_ORDERS)
     fractions = check_fractions(fractions)
-    if not noise >= 0:
-        raise ValueError(f"noise must be >= 0 (a standard deviation in pixel units), got {noise!r}.")
+    _check_noise(noise)
     B, C, H, W = images.shape
     m = channel_stats(mean, C, "mean", images)
     s = channel_stats(std, C, "std", images)
-    if isinstance(seed, torch.Generator):
-        base_seed = int(torch.randint(2**62, (1,), generator=seed).item())
-    elif seed is None or (isinstance(seed, int) and not isinstance(seed, bool)):
-        base_seed = SEED if seed is None else seed
-    else:
-        raise TypeError(f"seed must be an int or a torch.Generator, got {type(seed).__name__}.")
+    base_seed = (int(torch.randint(2**62, (1,), generator=seed).item()) if isinstance(seed, torch.Generator)
+                 else check_nonnegative_int(SEED if seed is None else seed, "seed", "or a torch.Generator."))
     cache = LogitCache()
     clean = cache.get("clean", model, lambda: images, batch_size)
     t = resolve_targets(target, clean)

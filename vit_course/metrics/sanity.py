@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import check_choice, check_images, resolve_targets
+from ..checks import check_choice, check_images, check_numbers, check_positive_int, resolve_targets
 from ..imaging import normalize_maps
 from ..runtime import SEED
 from ..explain import ExplainFn
@@ -64,8 +64,8 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     if not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.shape != b.shape or a.ndim < 2:
         raise ValueError(f"spearman needs two tensors of the same shape (B, ...), got "
                          f"{getattr(a, 'shape', type(a).__name__)} and {getattr(b, 'shape', type(b).__name__)}.")
-    ra = rank_average(a.flatten(1))
-    rb = rank_average(b.flatten(1))
+    ra = rank_average(check_numbers(a, "a").flatten(1))          # NaN / inf refused, not ranked
+    rb = rank_average(check_numbers(b, "b").flatten(1))
     ra = ra - ra.mean(dim=1, keepdim=True)
     rb = rb - rb.mean(dim=1, keepdim=True)
     den = (ra.pow(2).sum(dim=1) * rb.pow(2).sum(dim=1)).sqrt()
@@ -93,8 +93,11 @@ def ssim(a: Tensor, b: Tensor, *, sigma: float = 1.5, window: int = 11, normalis
     if not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.shape != b.shape or a.ndim != 3:
         raise ValueError(f"ssim needs two (B, h, w) tensors of the same shape, got "
                          f"{getattr(a, 'shape', type(a).__name__)} and {getattr(b, 'shape', type(b).__name__)}.")
-    x = normalize_maps(a.double()) if normalise else a.double()
-    y = normalize_maps(b.double()) if normalise else b.double()
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 < sigma < float("inf"):
+        raise ValueError(f"sigma must be a positive number of tokens, got {sigma!r}; the default is 1.5.")
+    check_positive_int(window, "window", "the largest window side in tokens, e.g. 11.")
+    x, y = check_numbers(a, "a"), check_numbers(b, "b")
+    x, y = (normalize_maps(x), normalize_maps(y)) if normalise else (x, y)
     h, w = x.shape[1:]
     k = min(window, h, w)
     k = k if k % 2 else k - 1
@@ -205,7 +208,7 @@ def cascading_randomization(model: nn.Module, images: Tensor, explain_fn: Explai
     """
     from tqdm.auto import tqdm
 
-    images = check_images(images)
+    images = check_images(images, finite=True)
     t = resolve_targets(target, batch_logits(model, images, images.shape[0]))
     original = explain_maps(explain_fn, model, images, t)
     plan = randomization_steps(model)
@@ -239,7 +242,7 @@ def class_sensitivity(model: nn.Module, images: Tensor, explain_fn: ExplainFn, *
         ``"spearman"`` (B, J) and ``"mean"`` (B,) the mean over the J classes.
     """
     check_choice(others, "others", ("all", "lowest"))
-    images = check_images(images)
+    images = check_images(images, finite=True)
     logits = batch_logits(model, images, images.shape[0])
     B, K = logits.shape
     if K < 2:

@@ -23,7 +23,7 @@ from ..checks import check_choice, check_images, check_labels, check_positive_in
 from ..explain import ExplainFn, explain
 from ..imaging import IMAGENET_MEAN, IMAGENET_STD
 from ..runtime import SEED
-from ._common import PRECISIONS, LogitCache, explain_maps
+from ._common import PRECISIONS, LogitCache, as_generator, explain_maps
 from .localisation import GridImages, grid_pointing_score, make_grid_images
 from .perturbation import BASELINES, _chefer_curves, _curve, auc, make_baseline
 from .summary import format_table, summarise
@@ -88,8 +88,8 @@ def control_explainers(controls: Sequence[str] = CONTROLS, seed: int = SEED) -> 
     (chunks of images, then the grids) continue one random stream, as a single call would.
     """
     fns: dict[str, ExplainFn] = {}
-    for c in controls:
-        opts = {"seed": torch.Generator().manual_seed(seed)} if c == "random" else {}
+    for c in [controls] if isinstance(controls, str) else controls:      # one name is a list of one
+        opts = {"seed": as_generator(seed, SEED)} if c == "random" else {}
         fns[check_choice(c, "control", CONTROLS)] = functools.partial(explain, method=c, **opts)
     return fns
 
@@ -137,8 +137,9 @@ def run_suite(model: nn.Module, images: Tensor, labels: Any, explainers: Mapping
     Returns:
         :class:`SuiteResult`; ``result.format()`` prints the table.
     """
-    images = check_images(images)
+    images = check_images(images, finite=True)
     B = images.shape[0]
+    n_grids = B if n_grids is None else check_positive_int(n_grids, "n_grids", "the number of 2x2 grids.")
     steps = check_positive_int(steps, "steps", "the number of deletion/insertion steps, e.g. 20.")
     check_choice(baseline, "baseline", BASELINES)
     check_positive_int(batch_size, "batch_size")
@@ -169,7 +170,7 @@ def run_suite(model: nn.Module, images: Tensor, labels: Any, explainers: Mapping
         correct = (targets == y).nonzero().flatten()
         try:
             grids = make_grid_images(images[correct.to(images.device)], y[correct], None,
-                                     n_grids or B, seed)
+                                     n_grids, seed)
         except ValueError as err:
             warnings.warn(f"grid pointing game skipped: {err}", RuntimeWarning, stacklevel=2)
     res.grids = grids

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import torch
 
-from ..checks import check_positive_int
+from ..checks import check_nonnegative_int, check_numbers, check_positive_int
 from ..runtime import SEED
 
 #: Which direction is better for the metrics this package produces ("higher" / "lower").
@@ -32,38 +30,39 @@ METRIC_DIRECTIONS: dict[str, str] = {
 }
 
 
-def _as_array(values: Any) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        values = values.detach().double().cpu().numpy()
-    return np.asarray(values, dtype=np.float64).ravel()
+def _as_array(values: Any, name: str = "values") -> np.ndarray:
+    return check_numbers(values, name, allow_nan=True).cpu().numpy().ravel()   # inf refused
 
 
-def bootstrap_ci(values: Any, n_boot: int = 1000, ci: float = 0.95, seed: int = SEED
-                 ) -> tuple[float, float, float]:
+def bootstrap_ci(values: Any, n_boot: int = 1000, ci: float = 0.95, seed: int = SEED,
+                 name: str = "values") -> tuple[float, float, float]:
     """Mean and percentile-bootstrap confidence interval of the mean.
 
-    NaN values are dropped (with a warning); no values at all gives (nan, nan, nan); one value
-    gives (v, v, v).
+    NaN values are dropped (with a warning); inf values, and no value left at all, are refused
+    (ValueError); one value gives (v, v, v).
 
     Args:
         values: per-image scores (tensor, array or list).
         n_boot: bootstrap resamples. Default: 1000.
         ci: coverage. Default: 0.95 (the 2.5th and 97.5th percentiles of the resampled means).
         seed: NumPy generator seed, so the interval is reproducible. Default: SEED.
+        name: what the values are, for error messages.
 
     Returns:
         (mean, lo, hi).
     """
     check_positive_int(n_boot, "n_boot", "the number of bootstrap resamples, e.g. 1000.")
-    if not 0.0 < ci < 1.0:
+    if isinstance(ci, bool) or not isinstance(ci, (int, float)) or not 0.0 < ci < 1.0:
         raise ValueError(f"ci must be in (0, 1), e.g. 0.95; got {ci!r}.")
-    v = _as_array(values)
+    check_nonnegative_int(seed, "seed")
+    v = _as_array(values, name)
     if np.isnan(v).any():
         warnings.warn(f"bootstrap_ci: dropping {int(np.isnan(v).sum())} NaN value(s) of {v.size}.",
                       RuntimeWarning, stacklevel=2)
         v = v[~np.isnan(v)]
     if v.size == 0:
-        return (math.nan, math.nan, math.nan)
+        raise ValueError(f"{name} has no value that is not NaN; score at least one image (an "
+                         "empty object mask scores NaN) before summarising.")
     mean = float(v.mean())
     if v.size == 1:
         return (mean, mean, mean)
@@ -95,13 +94,19 @@ def summarise(results: Mapping[str, Mapping[str, Any]], n_boot: int = 1000, ci: 
         metrics += [m for m in per if m not in metrics]
     rows = []
     for metric in metrics:
+        first = None                                # (method, count) of the metric's first method
         for method, per in results.items():
             if metric not in per:
                 continue
-            v = _as_array(per[metric])
+            name = f"results[{method!r}][{metric!r}]"
+            v = _as_array(per[metric], name)
+            first = first or (method, v.size)
+            if v.size != first[1]:
+                raise ValueError(f"{name} has {v.size} values but results[{first[0]!r}][{metric!r}] has "
+                                 f"{first[1]}; score every method on the same images.")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                mean, lo, hi = bootstrap_ci(v, n_boot, ci, seed)
+                mean, lo, hi = bootstrap_ci(v, n_boot, ci, seed, name)
             rows.append({"metric": metric, "method": method, "mean": mean, "lo": lo, "hi": hi,
                          "n": int((~np.isnan(v)).sum()), "better": METRIC_DIRECTIONS.get(metric, "")})
     return rows
