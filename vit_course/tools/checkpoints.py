@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .weights import atomic_torch_save
+from .weights import atomic_torch_save, load_weights_only
 
 CHECKPOINT_FORMAT = "vit_course.checkpoint/1"
 
@@ -84,18 +84,13 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike,
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: not a readable checkpoint, or weights that do not fit ``model``.
+        ValueError: a damaged file, one holding pickled code (refused, never run), not a
+            checkpoint, or weights that do not fit ``model``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; train the model and save it with "
-                                "vit_course.engine.save_checkpoint(model, path), or check the path")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # corrupt file, or pickled objects weights_only refuses
-        raise ValueError(f"{path} is not a readable weights-only checkpoint ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}); re-save it with "
-                         "vit_course.engine.save_checkpoint") from exc
+    payload = load_weights_only(path, "train the model and save it with vit_course.engine."
+                                "save_checkpoint(model, path), or check the path", map_location,
+                                "checkpoint")
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
         state = payload["state_dict"]
         meta = json.loads(payload.get("meta", "{}"))

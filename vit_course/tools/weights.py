@@ -18,27 +18,37 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import re
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
-from torchvision.models import VisionTransformer, get_model, get_model_weights, get_weight
+from torchvision.models import (VisionTransformer, get_model, get_model_weights, get_weight,
+                                list_models)
 from torchvision.models._api import WeightsEnum
+
+from .files import atomic_write, atomic_write_text, check_writable  # noqa: F401  (re-exported)
 
 PREPARE_COMMAND = "python -m vit_course.download --all"
 PREPARE_MAKE = "make download"
 DEFAULT_ARCH = "vit_b_16"
 STATUSES = ("genuine", "stand-in", "missing", "unverified")
 FEATURES_FORMAT = "vit_course.features/1"
+TORCHVISION_VITS = tuple(list_models(include="vit_*"))   # vit_b_16, vit_b_32, vit_h_14, ...
+
+
+def unknown_arch_message(arch: str) -> str:
+    """Why ``arch`` cannot be built, and the names that can."""
+    return (f"arch={arch!r} is not a ViT this course can build; use one of "
+            f"{list(TORCHVISION_VITS)} (torchvision) or, with timm installed "
+            "(pip install -e .[timm]), a timm ViT/DeiT name such as 'deit_tiny_patch16_224'.")
 
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")  # same rule torch.hub uses for check_hash
 
@@ -50,34 +60,44 @@ class WeightsUnavailableError(RuntimeError):
 # --------------------------------------------------------------------------- files
 
 
-@contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Write a file through a temporary one beside ``path``, renamed onto it at the end.
-
-    ``with atomic_write(path) as f: f.write(...)``: never a half-written file. Parent
-    folders are created; the file gets mode 0644 (``mkstemp`` makes 0600). On any error in
-    the block (an interrupt included) the temporary file is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` through :func:`atomic_write`: never a half-written file."""
     with atomic_write(path) as f:
         torch.save(obj, f)
     return Path(path)
+
+
+def load_weights_only(path: str | os.PathLike, fix: str, map_location: Any = "cpu",
+                      what: str = "file") -> Any:
+    """``torch.load(path, weights_only=True)`` with errors in the project's words.
+
+    Raises:
+        FileNotFoundError: no file (``fix`` says how to make one).
+        ValueError: the file holds pickled code (refused, never run) or is damaged/truncated.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}; {fix}.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))   # the refused callable, e.g. posix.system
+        if found is None:                                # no refusal: a damaged pickle
+            raise _damaged(path, exc, fix) from None
+        raise ValueError(
+            f"{path} was refused: besides tensors it holds pickled Python objects "
+            f"({found.group(1)}), which could run code when loaded, so "
+            f"it is not read. Use only files made by this course (or another source you trust "
+            f"that saves plain weights); {fix}.") from None
+    except Exception as exc:  # RuntimeError from the zip reader, OSError 22, EOFError, ...
+        raise _damaged(path, exc, fix) from None
+
+
+def _damaged(path: Path, exc: Exception, fix: str) -> ValueError:
+    return ValueError(f"{path} is damaged or truncated ({type(exc).__name__}: "
+                      f"{'unreadable' if 'weights_only' in str(exc) else str(exc).splitlines()[0]}"
+                      f"); delete it "
+                      f"and {fix}.")
 
 
 _SHA_MEMO: dict[tuple[str, int, int], str] = {}
@@ -233,6 +253,8 @@ def load_torchvision(arch: str, weights: WeightsEnum | str, progress: bool = Tru
         WeightsUnavailableError: weights neither cached nor downloadable, or the cached file
             does not load.
     """
+    if arch not in TORCHVISION_VITS:
+        raise ValueError(unknown_arch_message(arch))
     weights = resolve_weights(weights, arch)
     path = ensure_weights(weights, arch, progress=progress)
     status = weights_status(weights, arch)
@@ -265,13 +287,12 @@ def load_timm(arch: str, weights: Any) -> tuple[nn.Module, Callable, PretrainedI
     except ImportError as exc:
         raise ImportError(f"arch={arch!r} is not a torchvision model, so it needs timm, which is "
                           "not installed. Install the optional extra: pip install -e .[timm] "
-                          "(or use arch='vit_b_16').") from exc
+                          f"(or use one of {list(TORCHVISION_VITS)}).") from exc
     if weights not in ("DEFAULT", None):
         raise ValueError(f"weights={weights!r} cannot be combined with timm arch={arch!r}; pass "
                          "weights='DEFAULT' (the model's pretrained tag).")
     if arch not in timm.list_models():
-        raise ValueError(f"arch={arch!r} is neither a torchvision nor a timm model; use e.g. "
-                         "'vit_b_16' or 'deit_tiny_patch16_224'.")
+        raise ValueError(unknown_arch_message(arch))
     try:
         model = timm.create_model(arch, pretrained=True)
     except Exception as exc:

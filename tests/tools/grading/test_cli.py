@@ -39,3 +39,65 @@ def test_grade_rejects_bad_arguments(exercise, tmp_path, capsys):
     assert grading_cli(base + ["--timeout", "0"]) == 2
     assert "must be > 0" in capsys.readouterr().err
     assert not (tmp_path / "g.csv").exists()
+
+
+# --------------------------------------------------------------------------- bad --out (issue 13)
+import errno  # noqa: E402
+import os  # noqa: E402
+
+import pytest  # noqa: E402
+
+from vit_course.tools.grading import grader  # noqa: E402
+
+
+def _tree(root):
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+OUT_ROWS = [  # (id, --out relative to tmp, extra args, message that names the problem and fix)
+    ("out_is_a_folder", "taken", [], r"taken: it is an existing folder; pass a file path, e\.g\. .*grades\.csv"),
+    ("out_under_a_file", "afile/grades.csv", [], r"afile is a file, not a folder; choose another path"),
+    ("out_deep_under_a_file", "afile/x/y/grades.csv", [], r"afile is a file, not a folder"),
+    ("feedback_dir_is_a_file", "g.csv", ["--feedback-dir", "afile"],
+     r"feedback folder .*afile is a file; remove it or pass --feedback-dir"),
+    ("feedback_dir_under_a_file", "g.csv", ["--feedback-dir", "afile/fb"], r"afile is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize("row_id, out, extra, pattern", OUT_ROWS, ids=[r[0] for r in OUT_ROWS])
+def test_grade_checks_out_before_grading(row_id, out, extra, pattern, exercise, tmp_path, capsys,
+                                         monkeypatch):
+    import re
+
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    (subs / "alice.ipynb").write_text(exercise["student"].read_text())
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "afile").write_text("x")
+    before = _tree(tmp_path)
+    graded = []
+    monkeypatch.setattr(grader, "grade_submission", lambda *a, **k: graded.append(a))
+    extra = [str(tmp_path / e) if i % 2 else e for i, e in enumerate(extra)]
+    rc = grading_cli(["grade", str(subs), "--source", str(exercise["source"]),
+                      "--out", str(tmp_path / out), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and re.search(pattern, err), err
+    assert graded == [], "the batch was graded before --out was checked"
+    assert _tree(tmp_path) == before, "something was left behind"
+
+
+def test_grade_csv_write_failure_leaves_nothing(exercise, tmp_path, monkeypatch):
+    """The CSV is written through a temporary file; if the rename fails nothing is left."""
+    from vit_course.tools import files
+
+    def no_replace(src, dst):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(files.os, "replace", no_replace)
+    empty = tmp_path / "subs"
+    empty.mkdir()
+    before = _tree(tmp_path)
+    with pytest.raises(PermissionError, match=r"could not save .*g\.csv.*nothing was written"):
+        grader.grade_folder(empty, exercise["source"], tmp_path / "out" / "g.csv")
+    assert _tree(tmp_path) == before and not any(".tmp" in n or ".partial" in n for n in _tree(tmp_path))
+    assert os.listdir(empty) == []

@@ -66,7 +66,7 @@ def _grade(args: argparse.Namespace) -> int:
             options=options,
             progress=print_progress,
         )
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"graded {len(grades)} submission(s) → {args.out}")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import nbformat
 
-from vit_course.tools.grading._io import write_atomic
+from vit_course.tools.grading._io import check_outputs, write_atomic
 from vit_course.tools.grading.assignment import Assignment, cell_text, load_assignment
 from vit_course.tools.grading.executor import ExecutionReport, execute_notebook, stop_all
 from vit_course.tools.grading.feedback import SubmissionGrade, csv_text, render_feedback
@@ -257,6 +257,7 @@ def grade_folder(
         The grades, sorted by student.
     Raises:
         ValueError: when ``submissions`` is not a folder, ``jobs < 1``, or the source is invalid.
+        OSError: ``out`` or ``feedback_dir`` cannot be written (checked before any grading).
     """
     submissions, out = Path(submissions), Path(out)
     if not submissions.is_dir():
@@ -265,6 +266,7 @@ def grade_folder(
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     assignment = load_assignment(source)
     feedback_dir = Path(feedback_dir) if feedback_dir is not None else out.with_name(out.stem + "_feedback")
+    check_outputs(out, feedback_dir)  # before grading: an unwritable --out fails now, not after the batch
     files = sorted(p for p in submissions.glob("*.ipynb") if p.is_file() and not p.name.startswith("."))
 
     def one(path: Path) -> SubmissionGrade:
