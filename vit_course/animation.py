@@ -38,7 +38,7 @@ from .checks import HEAD_FUSIONS, check_fractions, check_fusion, check_images
 from .explain import capture, explain, get_method
 from .imaging import upsample
 from .metrics import mass_on_mask
-from .tools.weights import atomic_write
+from .tools.files import atomic_write, check_writable
 from .viz import overlay
 
 
@@ -59,7 +59,7 @@ def _fusions(head_fusions: object) -> tuple[str, ...]:
 def _one_image(image: object, name: str = "image") -> Tensor:
     """One image (C, H, W) (or a batch of one) → (1, C, H, W)."""
     x = check_images(image.unsqueeze(0) if isinstance(image, Tensor) and image.ndim == 3
-                     else image, name)
+                     else image, name, finite=True)
     if x.shape[0] != 1:
         raise ValueError(f"{name} must be one image (C, H, W) (or (1, C, H, W)), got shape "
                          f"{tuple(x.shape)}; pick one image of the batch, e.g. x[0].")
@@ -186,6 +186,16 @@ def render_discard_sweep(raw_image: Tensor, maps: Tensor, ratios: Sequence[float
 
 
 # ----------------------------------------------------------------------------- write
+def _gif_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.suffix.lower() != ".gif":
+        raise ValueError(f"path must end in .gif, got {str(path)!r}")
+    if not path.parent.is_dir():
+        raise ValueError(f"the folder {str(path.parent)!r} does not exist; create it first "
+                         f"(Path({str(path.parent)!r}).mkdir(parents=True)).")
+    return check_writable(path, "sweep.gif")     # not an existing folder, and writable
+
+
 def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, fps: float = 4.0,
              hold_last: float = 1.5, colors: int = 128) -> Path:
     """Write frames as a looping GIF, atomically.
@@ -200,12 +210,7 @@ def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, fps: float =
     Returns:
         ``path`` as a ``Path``. The file appears complete or not at all.
     """
-    path = Path(path)
-    if path.suffix.lower() != ".gif":
-        raise ValueError(f"path must end in .gif, got {str(path)!r}")
-    if not path.parent.is_dir():
-        raise ValueError(f"the folder {str(path.parent)!r} does not exist; create it first "
-                         f"(Path({str(path.parent)!r}).mkdir(parents=True)).")
+    path = _gif_path(path)
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
         raise ValueError(f"fps must be a positive number, got {fps!r}")
     if isinstance(hold_last, bool) or not isinstance(hold_last, (int, float)) or hold_last < 0:
@@ -263,7 +268,7 @@ def discard_sweep_gif(model: nn.Module, image: Tensor, out_path: str | os.PathLi
     Returns:
         the path written.
     """
-    image = _one_image(image)[0]
+    image, _ = _one_image(image)[0], _gif_path(out_path)    # a bad path fails before the work
     if raw_image is None:
         if image.min() < 0 or image.max() > 1 or image.shape[0] != 3:
             raise ValueError("image is normalised (values outside [0, 1]) or not RGB, so it "

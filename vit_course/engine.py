@@ -23,7 +23,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from .checks import check_positive_int
+from .checks import check_images, check_labels, check_positive_int
 from .runtime import SEED, eval_mode, set_seed
 # Checkpoint files (format, atomic write, weights-only load, mismatch diagnostics) are
 # infrastructure: vit_course.tools.checkpoints. Re-exported here, where training happens.
@@ -46,15 +46,23 @@ def _resolve_device(model: nn.Module, device: str | torch.device | None) -> torc
     return device
 
 
-def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images, labels)``: the first two items of a dataloader batch."""
-    if isinstance(batch, (list, tuple)) and len(batch) >= 2:
-        return batch[0], batch[1]
-    raise TypeError(
-        "each dataloader batch must be a (images, labels, ...) tuple or list, got "
-        f"{type(batch).__name__}; use vit_course.data.create_dataloaders or a "
-        "torchvision ImageFolder dataset."
-    )
+def unpack_batch(batch: Any) -> tuple[torch.Tensor, Any]:
+    """``(images, labels)``: the first two items of a dataloader batch; images a finite tensor."""
+    pair = isinstance(batch, (list, tuple)) and len(batch) >= 2
+    if not pair or not isinstance(batch[0], torch.Tensor):
+        got = f"({type(batch[0]).__name__}, ...)" if pair else type(batch).__name__
+        raise TypeError(f"each dataloader batch must be an (images tensor, labels, ...) tuple or "
+                        f"list, got {got}; use vit_course.data.create_dataloaders or an "
+                        "ImageFolder whose transform ends in ToTensor().")
+    return _finite(batch[0]), batch[1]
+
+
+def _finite(images: torch.Tensor) -> torch.Tensor:
+    """``images`` when every value is finite; else a ValueError naming the bad batch indices."""
+    if bad := [i for i, x in enumerate(images) if x.is_floating_point() and not x.isfinite().all()]:
+        raise ValueError(f"images {bad[:8]} (index in the batch) hold NaN or inf values, so loss "
+                         "and predictions would be NaN; repair or drop them (check the transform).")
+    return images
 
 
 def _batch_loss_sum(loss_fn: nn.Module, logits: torch.Tensor, y: torch.Tensor
@@ -69,10 +77,13 @@ def _batch_loss_sum(loss_fn: nn.Module, logits: torch.Tensor, y: torch.Tensor
     return loss, loss * y.shape[0]         # mean → sum over images
 
 
-def _check_loader(name: str, loader: Any) -> None:
+def _check_loader(name: str, loader: Any, passes: int = 1) -> None:
     if not isinstance(loader, Iterable):
         raise TypeError(f"{name} must be an iterable of (images, labels) batches such as a "
                         f"torch DataLoader, got {type(loader).__name__}")
+    if passes > 1 and iter(loader) is loader:
+        raise TypeError(f"{name} is a one-pass iterator (e.g. a generator) but {passes} epochs "
+                        "read it again each time; pass a DataLoader or a list of batches.")
 
 
 def _epoch(model: nn.Module, dataloader: Iterable, loss_fn: nn.Module,
@@ -84,8 +95,8 @@ def _epoch(model: nn.Module, dataloader: Iterable, loss_fn: nn.Module,
     loss_sum, correct, total = 0.0, 0, 0
     for batch in dataloader:
         X, y = unpack_batch(batch)
-        X, y = X.to(device), y.to(device)
-        logits = model(X)
+        logits = model(X.to(device))
+        y = check_labels(y, X.shape[0], logits.shape[-1]).to(device)
         loss, batch_sum = _batch_loss_sum(loss_fn, logits, y)
         if optimizer is not None:
             optimizer.zero_grad()
@@ -153,9 +164,9 @@ def train(model: nn.Module, train_dataloader: Iterable, test_dataloader: Iterabl
         one float per epoch, accuracy in [0, 1].
     """
     check_positive_int(epochs, "epochs")
-    _check_loader("train_dataloader", train_dataloader)
+    _check_loader("train_dataloader", train_dataloader, epochs)
     if test_dataloader is not None:
-        _check_loader("test_dataloader", test_dataloader)
+        _check_loader("test_dataloader", test_dataloader, epochs)
     if seed is not None:
         set_seed(seed)
     device = _resolve_device(model, device)
@@ -320,7 +331,7 @@ def evaluate(model: nn.Module, dataloader: Iterable, class_names: list[str],
                     f"for class_names={list(class_names)}; give the model a {K}-class head or "
                     "pass the class names it was trained on")
             probs.append(logits.float().softmax(dim=1).cpu())
-            y_true.append(torch.as_tensor(y).long().cpu())
+            y_true.append(check_labels(y, X.shape[0], K).cpu())
     if not probs:
         raise ValueError("dataloader yielded no images; nothing to evaluate")
     probs_t = torch.cat(probs)
@@ -344,14 +355,9 @@ def predict(model: nn.Module, images: torch.Tensor, device: str | torch.device |
     Returns:
         softmax probabilities (B, K), float32 on the CPU.
     """
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a tensor (B, C, H, W), got {type(images).__name__}; "
-                        "apply the model's transform first")
-    if images.ndim == 3:
-        images = images.unsqueeze(0)
-    if images.ndim != 4:
-        raise ValueError(f"images must be (B, C, H, W) or (C, H, W), got shape "
-                         f"{tuple(images.shape)}")
+    images = _finite(check_images(images.unsqueeze(0) if isinstance(images, torch.Tensor)
+                                       and images.ndim == 3 else images))
+    check_positive_int(batch_size, "batch_size")
     device = _resolve_device(model, device)
     with eval_mode(model), torch.no_grad():
         return torch.cat([model(chunk.to(device)).float().softmax(dim=1).cpu()

@@ -54,7 +54,7 @@ from .runtime import SEED, artifacts_dir, eval_mode, set_seed
 # the feature cache) are infrastructure, in vit_course.tools.weights.
 from .tools.weights import (  # noqa: F401  (re-exported: notebooks and tests use them here)
     DEFAULT_ARCH, WeightsUnavailableError, atomic_torch_save, checkpoint_status,
-    feature_cache_key, load_timm, load_torchvision, read_features, standin_notice,
+    feature_cache_key, load_timm, load_weights_only, load_torchvision, read_features, standin_notice,
     state_fingerprint, weights_status, write_features,
 )
 
@@ -343,19 +343,22 @@ def load_pretrained_classifier(path: str | os.PathLike, *, freeze: bool = True,
         (``class_names``, ``stand_in``, ...). If the backbone's stand-in status now differs
         from when the head was trained, one line says so (the head will not fit).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no saved head at {path}; train one in notebook 03 "
-                                "(it saves artifacts/03_vit_b16_head.pt).")
-    stored = torch.load(path, map_location="cpu", weights_only=True)
+    path, fix = Path(path), "train one in notebook 03 (it saves artifacts/03_vit_b16_head.pt)"
+    stored = load_weights_only(path, fix, what="saved head")
     if not isinstance(stored, dict) or stored.get("format") != HEAD_FORMAT:
         raise ValueError(f"{path} is not a head saved by vit_course.pretrained.save_head "
-                         f"(format {HEAD_FORMAT!r}).")
-    meta = stored["meta"]
-    weights = meta["weights"]
+                         f"(format {HEAD_FORMAT!r}); {fix}.")
+    meta, state = stored.get("meta") or {}, stored.get("state_dict") or {}
+    K, D, weights = meta.get("num_classes"), meta.get("in_features"), meta.get("weights")
+    shapes = {k: tuple(getattr(v, "shape", ())) for k, v in state.items()} \
+        if isinstance(state, dict) else type(state).__name__
+    if shapes != {"weight": (K, D), "bias": (K,)} or not isinstance(weights, str):
+        raise ValueError(f"{path} does not hold one consistent head: its weights have shapes "
+                         f"{shapes} but its metadata says num_classes={K}, in_features={D}, "
+                         f"weights={weights!r}; delete it and {fix}.")
     model, transform = build_pretrained_vit(
-        "DEFAULT" if weights.startswith("timm:") else weights, num_classes=meta["num_classes"],
-        arch=meta["arch"], freeze=freeze, progress=progress)
+        "DEFAULT" if weights.startswith("timm:") else weights, num_classes=K,
+        arch=meta.get("arch", DEFAULT_ARCH), freeze=freeze, progress=progress)
     head_of(model).load_state_dict(stored["state_dict"])
     if model.pretrained_info.status != meta.get("status"):
         print(f"WARNING: the head in {path.name} was trained on {meta.get('status')} "

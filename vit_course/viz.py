@@ -37,8 +37,8 @@ def _image_hwc(image: Any, name: str = "image") -> np.ndarray:
     if arr.ndim != 3 or arr.shape[0] != 3:
         raise ValueError(f"{name} must be (3, H, W) (channels first, as ToTensor gives), got "
                          f"shape {arr.shape}; for an (H, W, 3) array pass arr.transpose(2, 0, 1)")
-    if arr.min() < -1e-4 or arr.max() > 1 + 1e-4:
-        raise ValueError(f"{name} values must lie in [0, 1], got [{arr.min():.3f}, {arr.max():.3f}]; "
+    if not np.isfinite(arr).all() or arr.min() < -1e-4 or arr.max() > 1 + 1e-4:
+        raise ValueError(f"{name} values must lie in [0, 1] (finite), got [{arr.min():.3f}, {arr.max():.3f}]; "
                          "plot images from vit_course.data.simple_transform (no Normalize), or "
                          "undo ImageNet normalisation first (x * std + mean)")
     return np.clip(arr.transpose(1, 2, 0), 0.0, 1.0)

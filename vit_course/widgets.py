@@ -110,7 +110,7 @@ def _batch(images: Any, name: str = "images") -> Tensor:
     """(B, C, H, W) float images; one (C, H, W) image becomes a batch of one."""
     if isinstance(images, Tensor) and images.ndim == 3:
         images = images.unsqueeze(0)
-    return check_images(images, name)
+    return check_images(images, name, finite=True)
 
 
 # ----------------------------------------------------------------------------- cache
@@ -347,7 +347,8 @@ class AttentionExplorer:
                 style=style),
             "head_fusion": widgets.ToggleButtons(options=list(HEAD_FUSIONS), value=head_fusion,
                                                  description="head fusion", style=style),
-            "discard_ratio": widgets.FloatSlider(value=discard_ratio, min=0.0, max=0.99,
+            "discard_ratio": widgets.FloatSlider(value=discard_ratio, min=0.0,
+                                                 max=max(0.99, discard_ratio),
                                                  step=0.01, readout_format=".2f",
                                                  description="discard ratio", **slider),
             "start_layer": widgets.IntSlider(value=start_layer, min=0, max=L - 1,
@@ -408,23 +409,36 @@ class AttentionExplorer:
 
         Raises:
             TypeError: an unknown control name (the message lists them).
-            ValueError: a value the control does not offer.
+            ValueError: a value the control does not offer (checked as the constructor
+                checks it; nothing changes then).
         """
         unknown = sorted(set(values) - set(self.controls))
         if unknown:
             raise TypeError(f"unknown control(s) {unknown}; the controls are "
                             f"{list(self.controls)}")
+        values = {n: _NONE if n in _NULLABLE and v is None else self._checked(n, v)
+                  for n, v in values.items()}          # all checked before any control moves
         with self.hold():
             for name, value in values.items():
                 control = self.controls[name]
-                if name in _NULLABLE and value is None:
-                    value = _NONE
+                if name == "discard_ratio":          # any ratio in [0, 1), as in the constructor
+                    control.max = max(control.max, value)
                 try:
                     control.value = value
                 except Exception as exc:        # traitlets.TraitError from the widget
                     raise ValueError(f"{name}={value!r} is not a value this control offers: "
                                      f"{exc}") from exc
         return self
+
+    def _checked(self, name: str, value: Any) -> Any:
+        """``value`` for control ``name``, checked (and converted) as the constructor does."""
+        L, H = self.info.num_layers, self.info.num_heads
+        check = {"discard_ratio": check_ratio, "head_fusion": check_fusion,
+                 "layer": lambda v: check_layer_index(v, L),
+                 "start_layer": lambda v: check_layer_index(v, L, "start_layer"),
+                 "head": lambda v: check_head_index(v, H), "image": self.cache._index,
+                 "target": lambda v: int(check_targets(v, 1, len(self.class_names))[0])}.get(name)
+        return value if check is None else check(value)
 
     def _on_change(self, change: dict) -> None:
         if self._holding:
