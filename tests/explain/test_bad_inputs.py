@@ -98,7 +98,7 @@ REFUSED = [
     ("classes_string", lambda: explain_classes(_m(), _x(), classes="01"),
      TypeError, r"list of int class indices, e\.g\. \[0, 2\]"),
     ("classes_one_int", lambda: explain_classes(_m(), _x(), classes=1),
-     TypeError, "wrap one class in a list"),
+     TypeError, "wrap one in a list"),
     ("classes_out_of_range", lambda: explain_classes(_m(), _x(), classes=[0, 3]),
      ValueError, r"in \[0, 2\] for a model with 3 classes"),
     ("classes_empty", lambda: explain_classes(_m(), _x(), classes=[]),
@@ -123,7 +123,7 @@ REFUSED = [
     # capture= of another model, or with other images
     ("capture_of_same_architecture_other_model",
      lambda: explain(_m(), None, "grad_rollout", capture=_cap(_m(seed=5))),
-     ValueError, r"another model; make it from this one \(capture\(model, images"),
+     ValueError, r"another model; capture this one \(capture\(model, images"),
     ("capture_of_other_family",
      lambda: explain(_m("torchvision"), None, "rollout", capture=_cap(_m())),
      ValueError, "another model"),
@@ -353,3 +353,19 @@ def test_cli_failed_write_leaves_nothing(cli_files, tmp_path, capsys, monkeypatc
                "--checkpoint", str(cli_files["checkpoint"])])
     assert rc == 2 and "No space left on device" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def _broken_model(kind: str = "course") -> nn.Module:
+    """A model whose patch embedding holds one NaN (a diverged training run)."""
+    model = make_model(kind)
+    with torch.no_grad():
+        next(p for p in model.parameters() if p.ndim == 4).view(-1)[0] = float("nan")
+    return model
+
+
+@pytest.mark.parametrize("method", sorted(m for m in METHODS if m not in ("random",
+                                                                           "center_gaussian")))
+def test_nan_weights_are_refused_not_propagated(method):
+    """Finite images through NaN weights: every method that runs the model says so."""
+    with pytest.raises(ValueError, match=r"images \[0, 1\] .*NaN or inf.*reload the weights"):
+        explain(_broken_model(), _x(), method)

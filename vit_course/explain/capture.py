@@ -175,19 +175,26 @@ def prepare_images(model: nn.Module, images: object,
                      patch_size=info.patch_size, finite=True)
     device, dtype = model_device_dtype(model)
     if device.type == "meta":
-        raise ValueError(f"the model's parameters are on the meta device (no weights); load "
-                         "them first, e.g. model.to_empty(device='cpu') then "
-                         "model.load_state_dict(...).")
+        raise ValueError("the model's parameters are on the meta device (no weights); load them "
+                         "(model.to_empty(device='cpu'), then model.load_state_dict(...)).")
     return info, x.to(device=device, dtype=dtype)
 
 
 def require_autograd(what: str) -> None:
     """Refuse ``torch.inference_mode()``, in which ``what`` cannot get its gradients."""
     if torch.is_inference_mode_enabled():
-        raise RuntimeError(
-            f"{what} needs gradients, and tensors made inside torch.inference_mode() cannot "
-            "be recorded for autograd; call explain outside torch.inference_mode(), or use "
-            "torch.no_grad() (gradient methods turn gradients on locally).")
+        raise RuntimeError(f"{what} needs gradients, which torch.inference_mode() cannot record; "
+                           "call explain outside torch.inference_mode(), or use torch.no_grad().")
+
+
+def require_finite(values: Tensor, what: str = "the maps") -> Tensor:
+    """Refuse NaN or inf in per-image ``values`` (B, ...) computed from finite images."""
+    bad = (~torch.isfinite(values).flatten(1).all(1)).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"{what} of images {bad[:8]} (batch index) are NaN or inf from finite "
+                         "images: the model's weights hold NaN/inf (a diverged training?) or "
+                         "float16 overflowed; reload the weights, or run the model in float32.")
+    return values
 
 
 # ----------------------------------------------------------------------------- capture
@@ -323,7 +330,7 @@ def capture(model: nn.Module, images: Tensor, *, target: object = None,
         else:
             with torch.no_grad():
                 logits, attentions = rec.forward(x)
-    targets = resolve_targets(target, logits)
+    targets = resolve_targets(target, require_finite(logits.detach(), "the logits"))
     cap = Capture(logits=logits.detach(), attentions=[a.detach() for a in attentions],
                   grid=grid, num_prefix_tokens=info.num_prefix_tokens, targets=targets,
                   _graph=(logits, attentions) if keep_graph else None,

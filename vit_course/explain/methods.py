@@ -46,7 +46,8 @@ from torch import Tensor, nn
 
 from ..checks import check_choice, check_fusion, check_head_index, check_images, \
     check_layer_index, check_positive_int, check_ratio, check_targets
-from .capture import Capture, capture, gradients_for_targets, prepare_images, require_autograd
+from .capture import Capture, capture, gradients_for_targets, prepare_images, \
+    require_autograd, require_finite
 from .families import ModelInfo, describe_model, unwrap
 from .rollout import _shape_or_type, attention_map, cls_row_to_grid, grad_rollout, rollout
 
@@ -176,24 +177,21 @@ class Explainer:
             H, W = images.shape[-2:]
             grid, prefix = self.info.grid(H, W), self.info.num_prefix_tokens
             if resolution == "grid" and out.ndim == 3 and out.shape[-2:] == (H, W) != grid:
-                return pool_to_grid(out, grid)     # pixel maps → the patch grid
-        return cls_row_to_grid(out, grid, prefix) if out.ndim == 2 else out
+                return require_finite(pool_to_grid(out, grid))     # pixel maps → the grid
+        return require_finite(cls_row_to_grid(out, grid, prefix) if out.ndim == 2 else out)
 
     def _check_capture(self, cap: object, target: object, images: object) -> Capture:
         if not isinstance(cap, Capture):
             raise TypeError(f"capture must be a Capture from vit_course.explain.capture(...), "
                             f"got {type(cap).__name__}")
-        i, mine = self.info, (cap.model_id or id(unwrap(self.model))) == id(unwrap(self.model))
-        if not mine or (cap.num_layers, cap.num_prefix_tokens) != (i.num_layers,
-                                                                   i.num_prefix_tokens):
-            raise ValueError("this capture was made from another model; make it from this "
-                             "one (capture(model, images, ...)) or explain the model it "
-                             "came from.")
-        if images is not None and (not isinstance(images, Tensor) or images.ndim != 4 or (
-                images.shape[0], i.grid(*images.shape[-2:])) != (cap.batch_size, cap.grid)):
+        if cap.model_id not in (None, id(unwrap(self.model))):
+            raise ValueError("this capture was made from another model; capture this one "
+                             "(capture(model, images, ...)) or explain the model it came from.")
+        shape = images.shape if isinstance(images, Tensor) and images.ndim == 4 else (0,) * 4
+        if images is not None and (shape[0], self.info.grid(*shape[2:])) != (cap.batch_size,
+                                                                            cap.grid):
             raise ValueError(f"images {_shape_or_type(images)} do not match the capture "
-                             f"({cap.batch_size} images, grid {cap.grid}); pass images=None "
-                             "with capture=, or the images the capture was made of.")
+                             f"({cap.batch_size} images, grid {cap.grid}); pass images=None.")
         if not self.supports_capture:
             raise TypeError(f"{self.name} cannot be computed from a Capture: it runs its own "
                             f"passes over the images; call explain(model, images, "
@@ -374,9 +372,8 @@ def explain_classes(model: nn.Module, images: Tensor, method: str = "grad_rollou
         classes = classes.tolist()
     if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence) or not all(
             isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in classes):
-        raise TypeError(f"classes must be a list of int class indices, e.g. [0, 2], got "
-                        f"{classes!r}; True/False are not classes, nor are floats (wrap one "
-                        "class in a list).")
+        raise TypeError(f"classes must be a list of int class indices, e.g. [0, 2], got {classes!r}"
+                        "; True/False are not classes, nor are floats (wrap one in a list).")
     classes = [int(c) for c in classes]
     images = check_images(images, finite=True)    # NaN/inf named by their index in the batch
     if not classes:
@@ -384,10 +381,9 @@ def explain_classes(model: nn.Module, images: Tensor, method: str = "grad_rollou
     if K is not None and not all(0 <= c < K for c in classes):
         raise ValueError(f"classes must be in [0, {K - 1}] for a model with {K} classes, "
                          f"got {classes}")
-    if explainer.needs_grad:
-        require_autograd(explainer.name)
     if not (explainer.needs_grad and explainer.supports_capture):
         return torch.stack([explainer.attribute(images, c, **opts) for c in classes], dim=1)
+    require_autograd(explainer.name)
     out = []
     for i in range(0, images.shape[0], chunk_size):
         cap = capture(model, images[i:i + chunk_size], keep_graph=True)
