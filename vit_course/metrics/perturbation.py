@@ -63,8 +63,7 @@ def _curve(model: nn.Module, images: Tensor, maps: Tensor, target: Any, steps: i
     maps = check_maps(maps, images)
     steps = check_positive_int(steps, "steps", "the number of perturbation steps, e.g. 20.")
     if steps > max(maps[0].numel(), 100):
-        raise ValueError(f"steps={steps} is more than the {maps[0].numel()} tokens (or 100): further "
-                         "steps only repeat points and cost forward passes; use e.g. steps=20.")
+        raise ValueError(f"steps={steps} is more than the {maps[0].numel()} tokens (or 100); use e.g. steps=20.")
     check_choice(baseline, "baseline", BASELINES)
     cache = cache or LogitCache(precision)
     base = baseline_images if baseline_images is not None else make_baseline(images, baseline)

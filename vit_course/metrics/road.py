@@ -114,8 +114,7 @@ def _solve(values: Tensor, known: Tensor, tol: float, max_iter: int) -> tuple[Te
 
 def _check_noise(noise: Any) -> None:
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < float("inf"):
-        raise ValueError(f"noise must be a finite number >= 0 (a standard deviation in pixel units), "
-                         f"got {noise!r}; ROAD uses 0.01.")
+        raise ValueError(f"noise must be a finite number >= 0 (a pixel standard deviation), got {noise!r}; try 0.01.")
 
 
 def linear_impute(images: Tensor, known: Tensor, *, tol: float = 1e-6, max_iter: int = 5000) -> Tensor:

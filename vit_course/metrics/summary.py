@@ -30,10 +30,6 @@ METRIC_DIRECTIONS: dict[str, str] = {
 }
 
 
-def _as_array(values: Any, name: str = "values") -> np.ndarray:
-    return check_numbers(values, name, allow_nan=True).cpu().numpy().ravel()   # inf refused
-
-
 def bootstrap_ci(values: Any, n_boot: int = 1000, ci: float = 0.95, seed: int = SEED,
                  name: str = "values") -> tuple[float, float, float]:
     """Mean and percentile-bootstrap confidence interval of the mean.
@@ -55,7 +51,7 @@ def bootstrap_ci(values: Any, n_boot: int = 1000, ci: float = 0.95, seed: int = 
     if isinstance(ci, bool) or not isinstance(ci, (int, float)) or not 0.0 < ci < 1.0:
         raise ValueError(f"ci must be in (0, 1), e.g. 0.95; got {ci!r}.")
     check_nonnegative_int(seed, "seed")
-    v = _as_array(values, name)
+    v = check_numbers(values, name, allow_nan=True).cpu().numpy().ravel()     # inf refused
     if np.isnan(v).any():
         warnings.warn(f"bootstrap_ci: dropping {int(np.isnan(v).sum())} NaN value(s) of {v.size}.",
                       RuntimeWarning, stacklevel=2)
@@ -83,7 +79,8 @@ def summarise(results: Mapping[str, Mapping[str, Any]], n_boot: int = 1000, ci: 
     Returns:
         Rows ``{"metric", "method", "mean", "lo", "hi", "n", "better"}`` ordered by metric
         (first appearance) and then method (as given). ``better`` is ``"higher"``,
-        ``"lower"`` or ``""`` for metrics not in :data:`METRIC_DIRECTIONS`.
+        ``"lower"`` or ``""`` for metrics not in :data:`METRIC_DIRECTIONS`. Methods with a
+        different number of values for one metric (different images) get a RuntimeWarning.
     """
     if not isinstance(results, Mapping):
         raise TypeError(f"results must be a dict method -> dict metric -> values, got {type(results).__name__}.")
@@ -99,11 +96,12 @@ def summarise(results: Mapping[str, Mapping[str, Any]], n_boot: int = 1000, ci: 
             if metric not in per:
                 continue
             name = f"results[{method!r}][{metric!r}]"
-            v = _as_array(per[metric], name)
+            v = check_numbers(per[metric], name, allow_nan=True).cpu().numpy().ravel()
             first = first or (method, v.size)
-            if v.size != first[1]:
-                raise ValueError(f"{name} has {v.size} values but results[{first[0]!r}][{metric!r}] has "
-                                 f"{first[1]}; score every method on the same images.")
+            if v.size != first[1]:          # allowed (the rows' n say so) but rarely meant
+                warnings.warn(f"{name} has {v.size} values but results[{first[0]!r}][{metric!r}] has {first[1]}: "
+                              "the means cover different images; score every method on the same images.",
+                              RuntimeWarning, stacklevel=2)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 mean, lo, hi = bootstrap_ci(v, n_boot, ci, seed, name)
