@@ -156,13 +156,16 @@ def check_images(images: Any, name: str = "images", *, channels: int | None = No
     if images.is_meta:
         raise ValueError(f"{name} are on the meta device (a shape without data); load real "
                          "pixel values (on the CPU or a GPU) with the model's transform.")
-    if finite:
-        bad = (~torch.isfinite(images).flatten(1).all(1)).nonzero().flatten().tolist()
-        if bad:
-            raise ValueError(f"{name} {bad[:8]} (batch index) contain NaN or inf pixels; an "
-                             "explanation or score of them would be NaN. Drop or repair those images "
-                             "(e.g. torch.nan_to_num(images)) before explaining or scoring.")
+    if finite and (bad := nonfinite_rows(images)):
+        raise ValueError(f"{name} {bad[:8]} (batch index) contain NaN or inf pixels; an "
+                         "explanation or score of them would be NaN. Drop or repair those images "
+                         "(e.g. torch.nan_to_num(images)) before explaining or scoring.")
     return images
+
+
+def nonfinite_rows(values: Tensor) -> list[int]:
+    """Batch indices of the items of ``values`` (B, ...) that hold NaN or ±inf."""
+    return (~torch.isfinite(values).flatten(1).all(1)).nonzero().flatten().tolist()
 
 
 def check_maps(maps: Any, images: Tensor | None = None, name: str = "maps") -> Tensor:
@@ -176,8 +179,7 @@ def check_maps(maps: Any, images: Tensor | None = None, name: str = "maps") -> T
     if maps.ndim != 3:
         raise ValueError(f"{name} must have shape (B, h, w) (one map per image on the patch grid), "
                          f"got shape {tuple(maps.shape)}; for a single map use maps.unsqueeze(0).")
-    bad = (~torch.isfinite(maps).flatten(1).all(1)).nonzero().flatten().tolist()
-    if bad:
+    if bad := nonfinite_rows(maps):
         raise ValueError(f"{name} contains NaN or inf in map(s) {bad[:8]} (batch index); replace them "
                          "(e.g. torch.nan_to_num(maps, posinf=0.0)) or drop those images before scoring.")
     if images is not None:

@@ -302,14 +302,11 @@ class AttentionExplorer:
         if len(self.class_names) != K:
             raise ValueError(f"class_names has {len(self.class_names)} names but the model "
                              f"gives {K} classes")
-        L, H = self.info.num_layers, self.info.num_heads
-        layer = check_layer_index(layer, L)
-        start_layer = check_layer_index(start_layer, L, "start_layer")
-        head = check_head_index(head, H)
-        check_fusion(head_fusion)
-        discard_ratio = check_ratio(discard_ratio)
-        if target is not None:
-            self.cache.resolve_target(index, target)     # ValueError when out of range
+        layer, start_layer, head, head_fusion, discard_ratio = (          # as set() checks
+            self._checked(n, v) for n, v in [("layer", layer), ("start_layer", start_layer),
+                                             ("head", head), ("head_fusion", head_fusion),
+                                             ("discard_ratio", discard_ratio)])
+        target = None if target is None else self._checked("target", target)
 
         self.current_map: Tensor | None = None
         self.last_update_ms = float("nan")

@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_images, check_positive_int, check_targets, resolve_targets
+from ..checks import (check_images, check_positive_int, check_targets, nonfinite_rows,
+                      resolve_targets)
 from .families import (SUPPORTED_MODELS, ModelInfo, describe_model, family_of, logits_of,
                        model_device_dtype, unwrap)
 
@@ -189,8 +190,7 @@ def require_autograd(what: str) -> None:
 
 def require_finite(values: Tensor, what: str = "the maps") -> Tensor:
     """Refuse NaN or inf in per-image ``values`` (B, ...) computed from finite images."""
-    bad = (~torch.isfinite(values).flatten(1).all(1)).nonzero().flatten().tolist()
-    if bad:
+    if bad := nonfinite_rows(values):
         raise ValueError(f"{what} of images {bad[:8]} (batch index) are NaN or inf from finite "
                          "images: the model's weights hold NaN/inf (a diverged training?) or "
                          "float16 overflowed; reload the weights, or run the model in float32.")
