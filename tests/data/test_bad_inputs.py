@@ -25,7 +25,7 @@ from PIL import Image
 from vit_course.data import create_dataloaders, download_pizza_steak_sushi, load_image, simple_transform
 from vit_course.data import download as download_module
 from vit_course.data.download import DATA_DIR_ENV, SOURCE_ENV, DataError, verify_dataset
-from vit_course.tools import archive, transport
+from vit_course.tools import archive, fetching, transport
 
 SMALL = {"train": {"pizza": 2, "steak": 1, "sushi": 1}, "test": {"pizza": 1, "steak": 1, "sushi": 1}}
 COLORS = {"pizza": (200, 40, 40), "steak": (120, 60, 20), "sushi": (240, 240, 240)}
@@ -171,7 +171,7 @@ class _FullDisk(io.RawIOBase):
 
 def _full_disk_download(c: Ctx):
     url = c.server(c.zip().read_bytes()).url("/ok")
-    c.mp.setattr(transport.os, "fdopen", _FullDisk)
+    c.mp.setattr(fetching.os, "fdopen", _FullDisk)
     return fetch(c.data, source=url)
 
 
