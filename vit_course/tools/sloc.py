@@ -154,7 +154,7 @@ def measure(package: Path = PACKAGE) -> dict:
         "course_loc": sum(course.values()),
         "tools_loc": sum(tools.values()),
         "modules": dict(sorted(loc.items())),
-        "over_limit": {m: n for m, n in course.items() if n > MAX_MODULE_LOC},
+        "over_limit": {m: n for m, n in loc.items() if n > MAX_MODULE_LOC},
         "import_cycles": find_cycles(graph),
         "defined_twice": twice,
     }
