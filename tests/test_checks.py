@@ -3,6 +3,7 @@ refuses the rest with a message that names the problem and the fix."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,6 +113,10 @@ def test_targets_broadcast_range_check_and_refuse_bools():
     assert C.check_targets(2, 3).tolist() == [2, 2, 2]
     assert C.check_targets(torch.tensor(1), 2).tolist() == [1, 1]
     assert C.check_targets([0, 2, 1], 3, 3).tolist() == [0, 2, 1]
+    assert C.check_targets(np.int64(1), 2).tolist() == [1, 1]          # NumPy ints are ints
+    assert C.check_targets([np.int32(2), 0], 2, 3).tolist() == [2, 0]
+    with pytest.raises(TypeError, match="bool"):
+        C.check_targets(np.bool_(True), 2)
     with pytest.raises(TypeError, match="bool"):
         C.check_targets(True, 3)
     with pytest.raises(TypeError, match="int class indices"):

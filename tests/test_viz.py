@@ -138,3 +138,5 @@ def test_plot_prediction_shows_the_image_and_the_top_class():
     assert np.asarray(fig.axes[0].images[0].get_array()).shape == (40, 50, 3)
     with pytest.raises(ValueError, match="3 classes but 2 class_names"):
         viz.plot_prediction(photo, probs, ["a", "b"])
+    with pytest.raises(ValueError, match="probs must be finite.*check its weights"):
+        viz.plot_prediction(photo, torch.tensor([0.2, float("nan"), 0.1]), ["a", "b", "c"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -227,24 +228,24 @@ def check_targets(target: Any, batch_size: int, num_classes: int | None = None,
                   name: str = "target") -> Tensor | None:
     """A target spec → (B,) long on the CPU, or ``None`` (each image's predicted class).
 
-    ``target`` is ``None``, an int (the same class for every image), or a list / tensor of
-    B ints. Bools and floats are refused (``True`` is not class 1).
+    ``target`` is ``None``, an int (the same class for every image; NumPy integers count),
+    or a list / tensor of B ints. Bools and floats are refused (``True`` is not class 1).
     """
     if target is None:
         return None
-    if isinstance(target, bool):
+    if isinstance(target, (bool, np.bool_)):
         raise TypeError(f"{name} must be None, an int class index or one index per image, "
                         "got a bool")
-    if isinstance(target, int):
-        t = torch.full((batch_size,), target, dtype=torch.long)
+    if isinstance(target, (int, np.integer)):
+        t = torch.full((batch_size,), int(target), dtype=torch.long)
     elif isinstance(target, Tensor):
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
             raise TypeError(f"{name} tensor must hold integer class indices, got {target.dtype}")
         t = target.detach().to("cpu", torch.long)
     elif isinstance(target, Sequence) and not isinstance(target, (str, bytes)):
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in target):
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in target):
             raise TypeError(f"{name} list must hold int class indices, got {list(target)!r}")
-        t = torch.tensor(list(target), dtype=torch.long)
+        t = torch.tensor([int(v) for v in target], dtype=torch.long)
     else:
         raise TypeError(f"{name} must be None (predicted class), an int, or a tensor/list "
                         f"of one int per image; got {type(target).__name__}")

@@ -130,6 +130,10 @@ def plot_prediction(image: Any, probs: Any, class_names: Sequence[str]):
     if p.size != len(class_names):
         raise ValueError(f"probs has {p.size} classes but {len(class_names)} "
                          f"class_names were given: {list(class_names)}")
+    if not np.isfinite(p).all():
+        raise ValueError(f"probs must be finite, got {p.tolist()}; the model's output is NaN "
+                         "or inf: check its weights and the image (vit_course.engine.predict "
+                         "refuses non-finite images).")
     k = int(p.argmax())
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 5))
