@@ -428,6 +428,10 @@ def test_load_or_rebuild_classifier_rebuilds_without_a_head_then_loads_it(
     assert loaded_names == names
     assert torch.equal(pretrained.head_of(loaded).weight, head.weight)
 
+    pretrained.save_head(model, head_path)                 # a head saved without class names
+    with pytest.raises(ValueError, match="holds no class_names; delete it and rerun notebook 03"):
+        pretrained.load_or_rebuild_classifier(head_path, train, test)
+
 
 def test_save_bare_head_needs_weights_name(tmp_path):
     with pytest.raises(ValueError, match="weights"):

@@ -390,6 +390,9 @@ def load_or_rebuild_classifier(head_path: str | os.PathLike, train_dir: str | os
     head_path = Path(head_path)
     if head_path.is_file():
         model, transform, meta = load_pretrained_classifier(head_path, progress=progress)
+        if "class_names" not in meta:
+            raise ValueError(f"{head_path} holds no class_names; delete it and rerun notebook 03 "
+                             "(it saves the head with save_head(..., class_names=...)).")
         return model, transform, list(meta["class_names"])
     from .data import create_dataloaders
 
