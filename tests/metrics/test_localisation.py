@@ -125,25 +125,3 @@ def test_mass_on_mask_weighs_partial_patches_and_relevance_mass_accuracy_thresho
     # the same ratio as mass_on_mask of the bool token mask
     inside = mask_to_grid(masks, (4, 4))
     assert torch.equal(M.relevance_mass_accuracy(maps, masks), M.mass_on_mask(maps, inside))
-
-
-def test_mass_on_mask_fractional_and_per_map_masks() -> None:
-    """mass_on_mask (the "on mask" share of notebooks 04-06 and the GIF panels), by hand."""
-    mask = torch.zeros(4, 4, dtype=torch.bool)
-    mask[:2, :2] = True                                  # covers patch (0, 0) of a 2x2 grid
-    maps = torch.tensor([[[1.0, 0.0], [0.0, 3.0]],       # 1 of 4 on the mask
-                         [[-1.0, 0.0], [0.0, 0.0]],      # negative only: no mass
-                         [[2.0, -5.0], [0.0, 0.0]]])     # negatives ignored: all on the mask
-    expected = torch.tensor([0.25, 0.0, 1.0], dtype=torch.float64)
-    torch.testing.assert_close(M.mass_on_mask(maps, mask), expected)
-    half = torch.zeros(4, 4)
-    half[:1, :2] = 1.0                                   # half of patch (0, 0)
-    torch.testing.assert_close(M.mass_on_mask(maps[:1], half),
-                               torch.tensor([0.125], dtype=torch.float64))
-    per_map = torch.stack([mask, ~mask, mask])           # one mask per map
-    torch.testing.assert_close(M.mass_on_mask(maps, per_map), expected)
-    torch.testing.assert_close(M.mass_on_mask(maps, mask[::2, ::2]), expected)  # already on the grid
-    with pytest.raises(ValueError, match="do not split into the 2x2 patch grid"):
-        M.mass_on_mask(maps, torch.ones(5, 5))
-    with pytest.raises(ValueError, match=r"masks must be \(H, W\) for every map or \(3, H, W\)"):
-        M.mass_on_mask(maps, per_map[:2])
