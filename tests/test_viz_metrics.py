@@ -7,16 +7,9 @@ import torch
 
 import vit_course.metrics as M
 
+from metrics._models import channel_images  # tests/metrics/_models.py
+
 matplotlib.use("Agg")
-
-
-def channel_images(n=12):
-    """Images whose brightest channel is their label (as in tests/metrics/_models.py)."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(n, 3, 32, 32, generator=g) * 0.2
-    labels = torch.arange(n) % 3
-    x[torch.arange(n), labels] += 0.6
-    return x, labels
 
 
 def test_plots_return_figures():

@@ -345,7 +345,7 @@ def test_cli_failed_write_leaves_nothing(cli_files, tmp_path, capsys, monkeypatc
     from vit_course.explain.__main__ import main
 
     def full_disk(self, fname, **kw):
-        Path(fname).write_bytes(b"\x89PNG partial")
+        (fname.write if hasattr(fname, "write") else Path(fname).write_bytes)(b"\x89PNG partial")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(Figure, "savefig", full_disk)

@@ -32,11 +32,9 @@ in the current folder). Bad input ends with exit code 2 and one ``error:`` line.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +45,7 @@ from torch import nn
 from vit_course.checks import HEAD_FUSIONS
 from vit_course.explain import METHODS, capture, explain, get_method
 from vit_course.imaging import to_display, upsample
+from vit_course.tools.files import atomic_write
 
 MODELS = ("vit_b_16_imagenet", "vit_b_16")
 _OPTION_FLAGS = {"head_fusion": "--head-fusion", "discard_ratio": "--discard-ratio",
@@ -157,25 +156,11 @@ def write_overlay(image_chw: torch.Tensor, heat: torch.Tensor, out: Path, title:
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
-    new = [d for d in (out.parent, *out.parent.parents) if not d.exists()]   # made here
-    tmp = None
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-        os.close(fd)
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
-    except BaseException as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        for d in new:                              # folders made for it, innermost first
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        if tmp is None and isinstance(exc, OSError):
-            raise CliError(f"--out {out}: cannot create a file in {out.parent} "
-                           f"({exc.strerror}); choose an --out in a folder you can write to."
-                           ) from exc
-        raise
+    try:                                # the one atomic writer: nothing half-written is left
+        with atomic_write(out) as fh:
+            fig.savefig(fh, format="png", dpi=110)
+    except OSError as exc:
+        raise CliError(f"--out {out}: {exc}") from exc
     return out
 
 
