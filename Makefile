@@ -2,7 +2,7 @@
 #   make lab    create .venv if missing, install the course, open JupyterLab on notebooks/
 #   make test   the same set-up, then unit tests and every notebook (quick profile, offline)
 # Other targets: make install, make download (fetch data + weights ahead of class),
-#                make notebooks-exercise (regenerate notebook 06's student/solution versions),
+#                make notebooks-exercise (regenerate notebook 08's student/solution versions),
 #                make bench, make clean-test.
 
 PYTHON    ?= python3
@@ -23,7 +23,7 @@ TEST_ENV       := VIT_COURSE_PROFILE=quick TORCH_HOME=$(TEST_TORCH_HOME) \
                   VIT_COURSE_ARTIFACTS=$(TEST_ARTIFACTS) MPLBACKEND=Agg \
                   PYTHONHASHSEED=0
 
-# the course notebooks (06 is the student version) and the exercise's solution version
+# the course notebooks (08 is the student version) and the exercise's solution version
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb)) $(sort $(wildcard notebooks/solutions/*.ipynb))
 
 .PHONY: install install-test lab test unit nbtest download bench notebooks-exercise clean-test
@@ -71,7 +71,7 @@ bench: install-test
 	for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done
 
 notebooks-exercise: install
-	$(PY) -m vit_course.grading generate notebooks/source/06_evaluation_source.ipynb
+	$(PY) -m vit_course.grading generate notebooks/source/08_evaluation_source.ipynb
 
 clean-test:
 	rm -rf $(TEST_CACHE)

@@ -1,4 +1,4 @@
-"""Benchmark: the metrics suite of notebook 06 (issue 6's performance target).
+"""Benchmark: the metrics suite of notebook 08 (issue 6's performance target).
 
 The suite = deletion + insertion (20 steps, blur baseline), the Chefer et al. perturbation
 test (positive and negative, 0 %..90 %) and the grid pointing game, for the test images ×

@@ -7,7 +7,7 @@ bfloat16 instructions (AVX512-BF16, AMX) run the same forwards several times fas
 ``torch.autocast``; this script measures how much faster, and how far the numbers move:
 
 - ``course``: the course's synthetic ViT, TRAINED (``load_or_train_synthetic_vit``, full
-  setting), on the notebook-06 synthetic test images: the deviation that matters for a
+  setting), on the notebook-08 synthetic test images: the deviation that matters for a
   results table;
 - ``vit_b_16``: torchvision ViT-B/16 with RANDOM weights (a 3-class head drawn with std 0.02)
   on the pizza/steak/sushi test photos: the time that matters for the issue's goal.
@@ -120,7 +120,7 @@ def report(results: list[dict], args) -> str:
         "`precision=\"bfloat16\"` (the metrics' forwards under `torch.autocast(dtype=torch.bfloat16)`; "
         "explainers in float32 both times).",
         "Models: `course` = the course's synthetic ViT, **trained** (full setting), on synthetic test "
-        "images (notebook 06's setting); `vit_b_16` = torchvision ViT-B/16, **random weights**, on "
+        "images (notebook 08's setting); `vit_b_16` = torchvision ViT-B/16, **random weights**, on "
         "pizza/steak/sushi test photos (timing only).",
         "",
         "### Speed",

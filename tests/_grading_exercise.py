@@ -1,5 +1,5 @@
 """The small exercise notebook the grading tests share (two coded questions, deletion AUC
-and grid pointing score, plus one manual question), so they do not depend on notebook 06.
+and grid pointing score, plus one manual question), so they do not depend on notebook 08.
 
 ``build_source()`` is the source notebook; the constants are its solutions and a wrong q2
 answer; the helpers read cells by their ``metadata.vit_course.id``.

@@ -1,6 +1,6 @@
 """Transfer learning with torchvision's pretrained ViT-B/16: frozen backbone, new head.
 
-The course's central model (notebook 03, explained in 04-06)::
+The course's central model (notebook 03, explained in 04-08)::
 
     model, transform = build_pretrained_vit()          # ViT_B_16_Weights.DEFAULT, 3 classes
     train_x, train_y = extract_features(model, train_dl)   # (n, 768) CLS features, cached

@@ -1,4 +1,4 @@
-"""Exercise checks for the graded notebook (06).
+"""Exercise checks for the graded notebook (08).
 
 In a notebook::
 
@@ -14,8 +14,8 @@ cases; grader only), ``executor`` (run a notebook in a fresh kernel in its own p
 ``grader`` (batch grading), ``feedback`` (CSV, feedback files), ``cli``. The commands
 still start from here::
 
-    python -m vit_course.grading generate notebooks/source/06_evaluation_source.ipynb
-    python -m vit_course.grading grade submissions/ --source notebooks/source/06_evaluation_source.ipynb --out grades.csv
+    python -m vit_course.grading generate notebooks/source/08_evaluation_source.ipynb
+    python -m vit_course.grading grade submissions/ --source notebooks/source/08_evaluation_source.ipynb --out grades.csv
 """
 
 from vit_course.tools.grading.checks import CheckResult, autograde, check

@@ -13,7 +13,7 @@ Faithfulness (perturb the input by the map, watch the model):
     :func:`road_curve`, :func:`noisy_linear_impute` (ROAD, Rong et al. 2022).
 Localisation:
     :func:`make_grid_images`, :func:`grid_pointing_score` (Böhle et al. 2022);
-    :func:`mass_on_mask` (the share of a map on an object, used in notebooks 04-06),
+    :func:`mass_on_mask` (the share of a map on an object, used in notebooks 04-08),
     :func:`pointing_game`, :func:`relevance_mass_accuracy`, :func:`relevance_rank_accuracy`
     against ground-truth masks (token masks from :func:`vit_course.imaging.mask_to_grid`).
 Sanity checks (Adebayo et al. 2018):

@@ -3,7 +3,7 @@ scores (:func:`mass_on_mask`, pointing game, relevance mass accuracy, relevance 
 accuracy).
 
 :func:`mass_on_mask` is the course's one "share of the map on the object" number
-(notebooks 04-06, the explorer): each patch counts with the fraction of its pixels inside
+(notebooks 04-08, the explorer): each patch counts with the fraction of its pixels inside
 the mask. The other mask scores work on token masks: a pixel mask (B, H, W) becomes a token
 mask with :func:`vit_course.imaging.mask_to_grid`: a token is inside when at least half of
 its pixels are (coverage ≥ 0.5).

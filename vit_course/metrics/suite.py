@@ -1,4 +1,4 @@
-"""The evaluation suite of notebook 06: deletion + insertion, the Chefer perturbation test
+"""The evaluation suite of notebook 08: deletion + insertion, the Chefer perturbation test
 and the grid pointing game for several explainers and the controls, in one call.
 
 Work shared between explainers is done once: the unperturbed images, the full baseline and

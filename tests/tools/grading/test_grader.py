@@ -1,5 +1,5 @@
 """Tests for vit_course.tools.grading.grader (and assignment, feedback): a folder of
-submissions → grades.csv and feedback files; notebook 06's assignment.
+submissions → grades.csv and feedback files; notebook 08's assignment.
 """
 
 from __future__ import annotations
@@ -196,11 +196,11 @@ def test_grader_batch_csv_feedback_and_no_orphans(exercise, tmp_path):
 # ----------------------------------------------------------------------------- the notebook
 
 
-SOURCE = Path(__file__).resolve().parents[3] / "notebooks" / "source" / "06_evaluation_source.ipynb"
+SOURCE = Path(__file__).resolve().parents[3] / "notebooks" / "source" / "08_evaluation_source.ipynb"
 
 
-@pytest.mark.skipif(not SOURCE.is_file(), reason="notebook 06's source is not in this checkout")
-def test_notebook06_questions_points_and_hidden_tests():
+@pytest.mark.skipif(not SOURCE.is_file(), reason="notebook 08's source is not in this checkout")
+def test_notebook08_questions_points_and_hidden_tests():
     assignment = load_assignment(SOURCE)
     assert [(q.qid, q.kind, q.points) for q in assignment.questions] == [
         ("q1", "auto", 2), ("q2", "auto", 2), ("q3", "auto", 2), ("q4", "auto", 2), ("q5", "manual", 3)]

@@ -52,11 +52,11 @@ def test_solution_version_keeps_code_and_hidden_tests_without_markers(exercise):
 
 
 def test_default_output_paths_follow_the_convention(tmp_path):
-    student, solution = default_output_paths(tmp_path / "notebooks" / "source" / "06_evaluation_source.ipynb")
-    assert student == tmp_path / "notebooks" / "06_evaluation.ipynb"
-    assert solution == tmp_path / "notebooks" / "solutions" / "06_evaluation_solution.ipynb"
+    student, solution = default_output_paths(tmp_path / "notebooks" / "source" / "08_evaluation_source.ipynb")
+    assert student == tmp_path / "notebooks" / "08_evaluation.ipynb"
+    assert solution == tmp_path / "notebooks" / "solutions" / "08_evaluation_solution.ipynb"
     with pytest.raises(ValueError, match="_source.ipynb"):
-        default_output_paths(tmp_path / "06_evaluation.ipynb")
+        default_output_paths(tmp_path / "08_evaluation.ipynb")
 
 
 COURSE_SOURCES = sorted((ROOT / "notebooks" / "source").glob("*_source.ipynb"))

@@ -1,6 +1,6 @@
 """Tests for vit_course.tools.grading.reference: reference answers and hidden cases.
 
-Notebook 06's questions, q1 and q2 (on hand-computed values), q3 (the evaluation suite) and
+Notebook 08's questions, q1 and q2 (on hand-computed values), q3 (the evaluation suite) and
 q4 (the results table). The reference answers must earn every case (public and hidden), and
 the mistakes the questions are written to catch must lose cases. A tiny course ViT on 32-px synthetic images
 (4×4 patch grid) keeps the suite runs to a second or two.

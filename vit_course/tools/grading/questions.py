@@ -11,7 +11,7 @@ out of a student distribution without breaking ``check``.
 Cases may be given lazily (a zero-argument callable returning cases) so that importing the
 registry does not import torch.
 
-The notebook-06 questions registered here:
+The notebook-08 questions registered here:
 
 - ``q1``: ``deletion_auc(curve) -> float`` with ``curve`` a 1-D tensor of ``steps + 1``
   probabilities measured after removing 0, 1/steps, …, 1 of the tokens; the area under the
@@ -199,7 +199,7 @@ def set_hidden_cases(qid: str, hidden: Callable[[], Iterable[Case]] | None) -> Q
     return question
 
 
-# --------------------------------------------------------------------------- notebook 06
+# --------------------------------------------------------------------------- notebook 08
 
 
 def _q1_public() -> list[Case]:

@@ -1,4 +1,4 @@
-"""Reference answers and hidden test cases for the notebook-06 questions (grader only).
+"""Reference answers and hidden test cases for the notebook-08 questions (grader only).
 
 Importing this module attaches the hidden cases to the questions registered in
 ``vit_course.tools.grading.questions`` (``set_hidden_cases``, at the end of this file). The
