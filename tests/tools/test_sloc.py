@@ -1,5 +1,5 @@
 """vit_course.tools.sloc: the counter counts what it says, and the package keeps the measures
-of issue 10 (at most 5,000 lines of code a student reads, no module over 350, no import
+of issue 10 (a budget of lines of code a student reads, MAX_COURSE_LOC, no module over 350, no import
 cycle, no name defined in two modules for the same job)."""
 
 from __future__ import annotations

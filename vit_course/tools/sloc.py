@@ -23,8 +23,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1]
 #: Largest module a student should have to read, in lines of code.
 MAX_MODULE_LOC = 350
-#: Budget for the course part of the package (outside ``tools/``).
-MAX_COURSE_LOC = 5000
+#: Budget for the course part of the package (outside ``tools/``): 5,000 at the reshape
+#: (issue 10), raised to 7,500 for the methods and notebooks of issues 11-17.
+MAX_COURSE_LOC = 7500
 
 
 def _docstring_lines(tree: ast.AST) -> set[int]:
