@@ -455,3 +455,41 @@ def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     """Device and dtype of the model's first parameter (CPU, float32 without any)."""
     p = next(model.parameters(), None)
     return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
+
+
+# ----------------------------------------------------------------------------- token drop
+class TokenDrop:
+    """While active (``with TokenDrop(model) as drop:``), the model runs on a shorter sequence.
+
+    Setting ``drop.keep`` to (B, k) patch-token indices (row-major on the patch grid) makes the
+    first block receive the P prefix tokens (class token, distillation/register tokens) and only
+    those k patch tokens, each with its own position embedding already added; every later block,
+    the final norm and the head see that sequence of P + k tokens. ``keep = None`` runs the full
+    sequence. The patch embedding still runs over the whole image (its cost is < 1 % of a block
+    stack for ViT-B/16); the blocks cost about (P + k) / (P + N) of a full forward, less for
+    the attention. The same for every family: a forward pre-hook on block 0.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = unwrap(model)
+        self.prefix = describe_model(self.model).num_prefix_tokens
+        self.keep: Tensor | None = None
+        self._handle: Any = None
+
+    def _hook(self, _module: nn.Module, args: tuple) -> tuple | None:
+        if self.keep is None:
+            return None
+        x, keep = args[0], self.keep                                    # (B, P+N, D), (B, k)
+        if keep.ndim != 2 or keep.shape[0] != x.shape[0]:
+            raise RuntimeError(f"TokenDrop.keep must be (B, k) = ({x.shape[0]}, k), got {tuple(keep.shape)}")
+        P = self.prefix
+        kept = x[:, P:].gather(1, keep.to(x.device).unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        return (torch.cat([x[:, :P], kept], dim=1),) + tuple(args[1:])
+
+    def __enter__(self) -> TokenDrop:
+        self._handle = blocks_of(self.model)[0].register_forward_pre_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.remove()
+        self.keep = None
