@@ -129,6 +129,8 @@ class Family:
         record: installs attention recording (appending A per block to the list) and
             returns the callables that undo it.
         extras: the model → names of model-level parts outside the common scheme (for LRP).
+        readout: (model, residual stream (B, T, D) after the last block) → logits (B, K):
+            the final norm and the head, exactly as the model's forward applies them.
     """
 
     name: str
@@ -139,6 +141,7 @@ class Family:
     sizes: Callable[[nn.Module], tuple]
     record: Callable[[nn.Module, list[Tensor]], list[Undo]]
     extras: Callable[[nn.Module], list[str]] = lambda model: []
+    readout: Callable[[nn.Module, Tensor], Tensor] | None = None
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -315,7 +318,7 @@ FAMILIES: tuple[Family, ...] = (
            _course_block,
            lambda m: (m.num_heads, int(m.num_prefix_tokens), m.in_channels,
                       (m.img_size, m.img_size), _pair(m.patch_size)),
-           _record_blocks),
+           _record_blocks, readout=lambda m, x: m.forward_head(m.norm(x))),
     Family("torchvision", "torchvision.models.VisionTransformer",
            _loaded("torchvision.models.vision_transformer", "VisionTransformer"),
            dict(blocks="encoder.layers", norm="encoder.ln", head="heads", patch="conv_proj",
@@ -324,12 +327,13 @@ FAMILIES: tuple[Family, ...] = (
            lambda m: (m.encoder.layers[0].self_attention.num_heads, 1,   # conv stem or not:
                       next(c for c in m.conv_proj.modules() if isinstance(c, nn.Conv2d))
                       .in_channels, (m.image_size, m.image_size), _pair(m.patch_size)),
-           _record_torchvision),
+           _record_torchvision, readout=lambda m, x: m.heads(m.encoder.ln(x)[:, 0])),
     Family("timm", "timm VisionTransformer (ViT, DeiT, distilled DeiT; if timm is installed)",
            _loaded("timm.models.vision_transformer", "VisionTransformer"),
            dict(blocks="blocks", norm="norm", head="head", patch="patch_embed.proj",
                 class_token="cls_token", pos_embedding="pos_embed"),
-           _timm_block, _timm_sizes, _record_blocks, _timm_extras),
+           _timm_block, _timm_sizes, _record_blocks, _timm_extras,
+           readout=lambda m, x: m.forward_head(m.norm(x))),    # distilled: both tokens
     Family("hf", "transformers ViTForImageClassification (if transformers is installed)",
            _loaded("transformers.models.vit.modeling_vit", "ViTForImageClassification"),
            dict(blocks="vit.layers", norm="vit.layernorm", head="classifier",
@@ -339,7 +343,7 @@ FAMILIES: tuple[Family, ...] = (
            _hf_block,
            lambda m: (m.config.num_attention_heads, 1, m.config.num_channels,
                       _pair(m.config.image_size), _pair(m.config.patch_size)),
-           _record_hf),
+           _record_hf, readout=lambda m, x: m.classifier(m.vit.layernorm(x)[:, 0])),
 )
 
 #: What the explainers accept, for error messages.
@@ -449,6 +453,14 @@ def logits_of(model: nn.Module, images: Tensor) -> Tensor:
     if isinstance(out, (tuple, list)):
         out = out[0]
     return getattr(out, "logits", out)
+
+
+def readout(model: nn.Module, tokens: Tensor) -> Tensor:
+    """Logits (B, K) from a residual stream ``tokens`` (B, T, D): the model's final norm and
+    head, as its forward applies them to the last block's output (the logit lens uses it on
+    earlier blocks' outputs)."""
+    model = unwrap(model)
+    return family_of(model).readout(model, tokens)
 
 
 def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
