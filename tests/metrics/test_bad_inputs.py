@@ -137,7 +137,7 @@ ROWS = [
     ("steps a float", lambda e: M.insertion_curve(e.m, e.x, e.maps, steps=2.5, **Q), TypeError,
      "steps must be a positive int", False),
     ("baseline unknown", lambda e: M.deletion_curve(e.m, e.x, e.maps, baseline="noise", **Q), ValueError,
-     r"\['blur', 'mean', 'zero'\]", False),
+     r"\['blur', 'mean', 'zero', 'token_drop'\]", False),
     ("precision unknown", lambda e: M.deletion_curve(e.m, e.x, e.maps, precision="fp16", steps=2, **Q),
      ValueError, r"\['float32', 'bfloat16'\]", False),
     ("suite precision unknown", lambda e: M.run_suite(e.m, e.x, e.y, {}, precision="half", **Q), ValueError,

@@ -177,7 +177,7 @@ def test_input_validation():
         M.insertion_curve(model, x, maps, steps=0, progress=False)
     with pytest.raises(TypeError, match="steps"):
         M.insertion_curve(model, x, maps, steps=2.5, progress=False)
-    with pytest.raises(ValueError, match=r"\['blur', 'mean', 'zero'\]"):
+    with pytest.raises(ValueError, match=r"\['blur', 'mean', 'zero', 'token_drop'\]"):
         M.deletion_curve(model, x, maps, baseline="grey", progress=False)
     with pytest.raises(ValueError, match="out of range"):
         M.deletion_curve(model, x, maps, target=3, progress=False)

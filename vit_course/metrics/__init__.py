@@ -37,7 +37,7 @@ from .localisation import (
     mass_on_mask, pointing_game, relevance_mass_accuracy, relevance_rank_accuracy
 )
 from .perturbation import (
-    BASELINES, BLUR_SIGMA, CHEFER_FRACTIONS, auc, chefer_auc, deletion_curve, insertion_curve,
+    BASELINES, BLUR_SIGMA, CHEFER_BASELINES, CHEFER_FRACTIONS, CURVE_BASELINES, auc, chefer_auc, deletion_curve, insertion_curve,
     make_baseline, perturbation_test
 )
 from .road import ROAD_FRACTIONS, linear_impute, noisy_linear_impute, road_curve

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..checks import check_choice, check_maps, check_positive_int
 from ..explain import ExplainFn
-from ..explain.families import logits_of
+from ..explain.families import TokenDrop, logits_of
 from ..runtime import eval_mode
 
 
@@ -199,6 +199,46 @@ def perturbed_logits(model: nn.Module, src_off: Tensor, src_on: Tensor, masks: T
         rows = whole[side][0].flatten().nonzero().flatten()
         out[rows.to(out.device)] = logits.to(out.device)[torch.div(rows, S, rounding_mode="floor")]
     return out.view(B, S, K)
+
+
+def dropped_logits(model: nn.Module, images: Tensor, keep: Tensor, *, batch_size: int, progress: bool,
+                   desc: str, cache: LogitCache) -> Tensor:
+    """Logits of every (image, step) with only the patch tokens in ``keep`` in the sequence.
+
+    Token drop (:class:`vit_course.explain.families.TokenDrop`): the class token (and any other
+    prefix token) and the kept patch tokens, with their position embeddings, are all the
+    model sees; the others are absent, no pixel is invented for them. Rows that keep every
+    token are the clean logits from ``cache``; the other rows are grouped by how many tokens
+    they keep and run ``batch_size`` at a time.
+
+    Args:
+        images: (B, C, H, W). keep: (B, S, N) bool, True = the token stays.
+
+    Returns:
+        (B, S, K) logits.
+    """
+    B, S, N = keep.shape
+    flat, n = keep.reshape(B * S, N), keep.sum(dim=2).flatten()
+    parts = []                                                # (flat rows, logits)
+    if (n == N).any():
+        rows = (n == N).nonzero().flatten()
+        parts.append((rows, cache.get("clean", model, lambda: images, batch_size)[rows // S]))
+    with TokenDrop(model) as drop:
+        for k in tqdm(sorted(set(n.tolist()) - {N}), desc=desc, disable=not progress, leave=False):
+            rows = (n == k).nonzero().flatten()
+            idx = flat[rows].nonzero()[:, 1].reshape(rows.numel(), k).to(images.device)
+
+            def build(r: Tensor, rows: Tensor = rows, idx: Tensor = idx) -> Tensor:
+                drop.keep = idx[r.to(idx.device)]
+                return images[(rows[r] // S).to(images.device)]
+
+            parts.append((rows, forward_logits(model, build, rows.numel(), batch_size,
+                                               precision=cache.precision)))
+            cache.forwards += rows.numel()
+    out = torch.empty(B * S, parts[0][1].shape[1], device=parts[0][1].device)
+    for rows, logits in parts:
+        out[rows.to(out.device)] = logits.to(out.device)
+    return out.view(B, S, -1)
 
 
 def target_probability(logits: Tensor, target: Tensor) -> Tensor:

@@ -20,12 +20,18 @@ from ..checks import (
     check_positive_int, resolve_targets
 )
 from ..imaging import IMAGENET_MEAN, IMAGENET_STD, gaussian_blur
+from ..explain.families import family_of
 from ._common import (
-    LogitCache, fraction_counts, perturbed_logits, prefix_masks, rank_tokens,
+    LogitCache, dropped_logits, fraction_counts, perturbed_logits, prefix_masks, rank_tokens,
     target_probability, token_counts
 )
 
 BASELINES = ("blur", "mean", "zero")
+#: Deletion/insertion baselines: an image (:data:`BASELINES`) or ``"token_drop"``: removed
+#: patches' tokens leave the sequence (class token and position embeddings kept).
+CURVE_BASELINES = BASELINES + ("token_drop",)
+#: What Chefer's test puts in place of a removed token: black pixels or nothing (token drop).
+CHEFER_BASELINES = ("black", "token_drop")
 #: Gaussian blur baseline: σ = 5 px, kernel 2·ceil(3σ)+1 = 31 px, reflect padding.
 BLUR_SIGMA = 5.0
 #: Removal fractions of the Chefer et al. perturbation test: 0 %, 10 %, …, 90 %.
@@ -64,13 +70,20 @@ def _curve(model: nn.Module, images: Tensor, maps: Tensor, target: Any, steps: i
     steps = check_positive_int(steps, "steps", "the number of perturbation steps, e.g. 20.")
     if steps > max(maps[0].numel(), 100):
         raise ValueError(f"steps={steps} is more than the {maps[0].numel()} tokens (or 100); use e.g. steps=20.")
-    check_choice(baseline, "baseline", BASELINES)
+    check_choice(baseline, "baseline", CURVE_BASELINES)
+    if baseline == "token_drop":
+        family_of(model)                    # refuse other models before any work
     cache = cache or LogitCache(precision)
-    base = baseline_images if baseline_images is not None else make_baseline(images, baseline)
     clean = cache.get("clean", model, lambda: images, batch_size)
     t = resolve_targets(target, clean)
     h, w = maps.shape[1:]
     masks = prefix_masks(rank_tokens(maps).to(images.device), token_counts(steps, h * w))
+    if baseline == "token_drop":           # insertion keeps the revealed tokens, deletion the others
+        logits = dropped_logits(model, images, masks if insertion else ~masks, batch_size=batch_size,
+                                progress=progress, desc="insertion" if insertion else "deletion",
+                                cache=cache)
+        return target_probability(logits, t)
+    base = baseline_images if baseline_images is not None else make_baseline(images, baseline)
     # insertion: masked tokens show the image, the rest the baseline; deletion: the reverse
     off, on = (base, images) if insertion else (images, base)
     keys = ("clean", f"baseline:{baseline}")
@@ -96,7 +109,10 @@ def deletion_curve(model: nn.Module, images: Tensor, maps: Tensor, target: Any =
         maps: (B, h, w) explanations on the patch grid (H % h == W % w == 0).
         target: ``None`` (class predicted on the unperturbed image), an int, or B ints.
         steps: number of steps S; the curve has S+1 points, x = k/S. Default: 20.
-        baseline: ``"blur"`` | ``"mean"`` | ``"zero"``, see :func:`make_baseline`. Default: blur.
+        baseline: ``"blur"`` | ``"mean"`` | ``"zero"``, see :func:`make_baseline`, or
+            ``"token_drop"``: removed tokens leave the sequence (class token and position
+            embeddings kept; supported model families only), so no pixel is invented and a
+            forward over k tokens costs about k/N of a full one. Default: blur.
         batch_size: perturbed images per forward pass. Default: 64.
         progress: tqdm bar over forward passes. Default: True.
         precision: ``"float32"`` or ``"bfloat16"`` (faster forwards on CPUs with bfloat16
@@ -185,9 +201,11 @@ def chefer_auc(accuracy: Any) -> Tensor:
 
 def _chefer_curves(model: nn.Module, images: Tensor, maps: Tensor, labels: Any, mean: Any, std: Any,
                    batch_size: int, progress: bool, cache: LogitCache | None = None,
-                   precision: str = "float32") -> dict[str, Tensor]:
+                   precision: str = "float32", baseline: str = "black") -> dict[str, Tensor]:
     images = check_images(images, finite=True)
     maps = check_maps(maps, images)
+    if check_choice(baseline, "baseline", CHEFER_BASELINES) == "token_drop":
+        family_of(model)
     cache = cache or LogitCache(precision)
     B, C = images.shape[:2]
     m = channel_stats(mean, C, "mean", images)
@@ -201,9 +219,13 @@ def _chefer_curves(model: nn.Module, images: Tensor, maps: Tensor, labels: Any, 
     out: dict[str, Tensor] = {"fractions": torch.tensor(CHEFER_FRACTIONS, dtype=torch.float64)}
     for name, descending in (("positive", True), ("negative", False)):
         masks = prefix_masks(rank_tokens(maps, descending=descending).to(images.device), counts)
-        logits = perturbed_logits(model, images, black, masks, (h, w), batch_size=batch_size,
-                                  progress=progress, desc=f"chefer {name}", cache=cache,
-                                  key_off="clean", key_on="chefer:black")
+        if baseline == "token_drop":
+            logits = dropped_logits(model, images, ~masks, batch_size=batch_size, progress=progress,
+                                    desc=f"chefer {name}", cache=cache)
+        else:
+            logits = perturbed_logits(model, images, black, masks, (h, w), batch_size=batch_size,
+                                      progress=progress, desc=f"chefer {name}", cache=cache,
+                                      key_off="clean", key_on="chefer:black")
         out[name] = (logits.argmax(dim=2) == y.view(-1, 1)).double()   # (B, 10) hits
         out[f"{name}_auc"] = chefer_auc(out[name])
     return out
@@ -211,8 +233,8 @@ def _chefer_curves(model: nn.Module, images: Tensor, maps: Tensor, labels: Any, 
 
 def perturbation_test(model: nn.Module, images: Tensor, maps: Tensor, labels: Any = None, *,
                       mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                      batch_size: int = 64, progress: bool = True, precision: str = "float32"
-                      ) -> dict[str, Tensor]:
+                      batch_size: int = 64, progress: bool = True, precision: str = "float32",
+                      baseline: str = "black") -> dict[str, Tensor]:
     """Positive and negative perturbation test of Chefer et al. (2021), at token level.
 
     For fractions f = 0 %, 10 %, …, 90 %, the ``floor(f·N)`` most relevant tokens
@@ -241,10 +263,13 @@ def perturbation_test(model: nn.Module, images: Tensor, maps: Tensor, labels: An
         batch_size: perturbed images per forward pass. Default: 64.
         progress: tqdm bars. Default: True.
         precision: ``"float32"`` or ``"bfloat16"``, as in :func:`deletion_curve`.
+        baseline: ``"black"`` (the paper's) or ``"token_drop"`` (removed tokens leave the
+            sequence, see :func:`deletion_curve`). Default: ``"black"``.
 
     Returns:
         dict with ``"fractions"`` (10,), ``"positive"`` and ``"negative"`` (B, 10) hits (1.0
         if the perturbed image is classified as the label), ``"positive_auc"`` and
         ``"negative_auc"`` (B,) from :func:`chefer_auc`.
     """
-    return _chefer_curves(model, images, maps, labels, mean, std, batch_size, progress, precision=precision)
+    return _chefer_curves(model, images, maps, labels, mean, std, batch_size, progress, precision=precision,
+                          baseline=baseline)

@@ -25,7 +25,7 @@ from ..imaging import IMAGENET_MEAN, IMAGENET_STD
 from ..runtime import SEED
 from ._common import PRECISIONS, LogitCache, as_generator, explain_maps
 from .localisation import GridImages, grid_pointing_score, make_grid_images
-from .perturbation import BASELINES, _chefer_curves, _curve, auc, make_baseline
+from .perturbation import CURVE_BASELINES, _chefer_curves, _curve, auc, make_baseline
 from .summary import format_table, summarise
 
 #: The controls, registered explain methods (:mod:`vit_course.explain.controls`).
@@ -117,7 +117,9 @@ def run_suite(model: nn.Module, images: Tensor, labels: Any, explainers: Mapping
             ``functools.partial(vit_course.explain.explain, method="rollout")`` (target is
             passed by keyword, so ``partial`` may bind ``method`` and any options).
         steps: deletion/insertion steps. Default: 20.
-        baseline: deletion/insertion baseline, one of :data:`BASELINES`. Default: ``"blur"``.
+        baseline: deletion/insertion baseline, one of :data:`CURVE_BASELINES`;
+            ``"token_drop"`` also drops (instead of blackening) the tokens Chefer's test
+            removes. Default: ``"blur"``.
         mean, std: the images' normalisation (Chefer's "0 before normalisation").
         controls: which controls to add: any of ``"random"``, ``"center_gaussian"`` (the
             registered explain methods of those names, see :func:`control_explainers`, on the
@@ -141,7 +143,7 @@ def run_suite(model: nn.Module, images: Tensor, labels: Any, explainers: Mapping
     B = images.shape[0]
     n_grids = B if n_grids is None else check_positive_int(n_grids, "n_grids", "the number of 2x2 grids.")
     steps = check_positive_int(steps, "steps", "the number of deletion/insertion steps, e.g. 20.")
-    check_choice(baseline, "baseline", BASELINES)
+    check_choice(baseline, "baseline", CURVE_BASELINES)
     check_positive_int(batch_size, "batch_size")
     check_positive_int(explain_batch_size, "explain_batch_size")
     check_choice(precision, "precision", PRECISIONS)
@@ -161,7 +163,7 @@ def run_suite(model: nn.Module, images: Tensor, labels: Any, explainers: Mapping
     clean = cache.get("clean", model, lambda: images, batch_size)
     y = check_labels(labels, B, clean.shape[1]).to(clean.device)
     targets = clean.argmax(dim=1)
-    base = make_baseline(images, baseline)
+    base = None if baseline == "token_drop" else make_baseline(images, baseline)
     res = SuiteResult(methods=list(all_fns), targets=targets, labels=y, precision=precision)
     res.timings["clean+baseline"] = time.perf_counter() - t0
 
@@ -194,7 +196,7 @@ def run_suite(model: nn.Module, images: Tensor, labels: Any, explainers: Mapping
         ins = timed("insertion", lambda: _curve(model, images, maps, targets, steps, baseline, batch_size,
                                                 progress, insertion=True, cache=cache, baseline_images=base))
         ch = timed("chefer", lambda: _chefer_curves(model, images, maps, y, mean, std, batch_size, progress,
-                                                    cache=cache))
+                                                    cache=cache, baseline="token_drop" if base is None else "black"))
         res.curves[name] = {"deletion": dele, "insertion": ins,
                             "chefer_positive": ch["positive"], "chefer_negative": ch["negative"]}
         scores = {"deletion_auc": auc(dele), "insertion_auc": auc(ins),
