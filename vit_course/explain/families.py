@@ -463,6 +463,18 @@ def readout(model: nn.Module, tokens: Tensor) -> Tensor:
     return family_of(model).readout(model, tokens)
 
 
+def linear_as(module: nn.Linear, x: Tensor) -> Tensor:
+    """``module(x)`` with the weights cast to ``x``'s dtype (a float64 pass of a float32 model)."""
+    bias = None if module.bias is None else module.bias.to(x.dtype)
+    return F.linear(x, module.weight.to(x.dtype), bias)
+
+
+def layer_norm_as(module: nn.LayerNorm, x: Tensor) -> Tensor:
+    """``module(x)`` (an ``nn.LayerNorm``) with its affine parameters cast to ``x``'s dtype."""
+    w, b = (None if p is None else p.to(x.dtype) for p in (module.weight, module.bias))
+    return F.layer_norm(x, module.normalized_shape, w, b, module.eps)
+
+
 def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     """Device and dtype of the model's first parameter (CPU, float32 without any)."""
     p = next(model.parameters(), None)
