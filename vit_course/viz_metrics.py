@@ -3,6 +3,7 @@
 - :func:`plot_deletion_insertion`: mean deletion / insertion curves per method.
 - :func:`plot_grid_examples`: grid pointing-game images with each method's map.
 - :func:`plot_summary`: the summary table (mean and interval per method, one panel per metric).
+- :func:`plot_meta_evaluation`: which metrics agree, which ones tell the methods from the control.
 """
 
 from __future__ import annotations
@@ -142,5 +143,44 @@ def plot_summary(rows: Sequence[Mapping[str, Any]], chance: Mapping[str, float] 
             ax.axvline(chance[metric], color="grey", linestyle="--", linewidth=1)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_meta_evaluation(meta: Any):
+    """One look at a :class:`~vit_course.metrics.MetaEvaluation`.
+
+    Left: Kendall τ between the metrics' orders of the methods (1 = same order, -1 = reversed),
+    with each metric's bootstrap stability under its name. Right: each method's distance from
+    the control in units of the bootstrap half-width (|value| > 1: the interval excludes 0;
+    > 0 better than the control, < 0 worse).
+
+    Returns:
+        Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    k = len(meta.metrics)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(3 + 2 * k, 1.8 + 0.55 * max(k, len(meta.separation))),
+                               gridspec_kw={"width_ratios": [1, 1]})
+    labels = [f"{m}\nstab. {meta.bootstrap_stability[m]:.2f}" for m in meta.metrics]
+    im = a.imshow(meta.agreement, vmin=-1, vmax=1, cmap="RdBu")
+    a.set_xticks(range(k), [m.replace("_", " ") for m in meta.metrics], rotation=45, ha="right", fontsize=8)
+    a.set_yticks(range(k), labels, fontsize=8)
+    for i in range(k):
+        for j in range(k):
+            a.text(j, i, f"{meta.agreement[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    a.set_title("do the metrics agree? (Kendall τ)")
+    fig.colorbar(im, ax=a, shrink=0.8)
+    methods = list(meta.separation)
+    z = np.array([[meta.separation[m][k_] for k_ in meta.metrics] for m in methods]).reshape(len(methods), k)
+    im = b.imshow(np.clip(z, -3, 3), vmin=-3, vmax=3, cmap="PiYG", aspect="auto")
+    b.set_xticks(range(k), [m.replace("_", " ") for m in meta.metrics], rotation=45, ha="right", fontsize=8)
+    b.set_yticks(range(len(methods)), methods, fontsize=8)
+    for i in range(len(methods)):
+        for j in range(k):
+            b.text(j, i, f"{z[i, j]:.1f}", ha="center", va="center", fontsize=8)
+    b.set_title(f"distance from {meta.control!r} (interval half-widths)")
+    fig.colorbar(im, ax=b, shrink=0.8)
     fig.tight_layout()
     return fig

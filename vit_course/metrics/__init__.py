@@ -21,6 +21,8 @@ Sanity checks (Adebayo et al. 2018):
 Controls: :func:`control_explainers` (the two controls as :data:`ExplainFn` s).
 Summaries: :func:`bootstrap_ci`, :func:`summarise`, :func:`format_table`; everything at once:
     :func:`run_suite`. Plots live in :mod:`vit_course.viz_metrics`.
+Metrics that check each other: :func:`meta_evaluate` (agreement between metrics, stability
+    under the image sample and the baseline, distance from the random control), :func:`kendall_tau`.
 
 Every perturbation metric stacks all (image, step) perturbations and runs them
 ``batch_size`` per forward pass, in eval mode under ``torch.inference_mode`` (the model's
@@ -40,6 +42,7 @@ from .perturbation import (
     BASELINES, BLUR_SIGMA, CHEFER_BASELINES, CHEFER_FRACTIONS, CURVE_BASELINES, auc, chefer_auc, deletion_curve, insertion_curve,
     make_baseline, perturbation_test
 )
+from .meta import MetaEvaluation, kendall_tau, meta_evaluate
 from .road import ROAD_FRACTIONS, linear_impute, noisy_linear_impute, road_curve
 from .sanity import (
     cascading_randomization, class_sensitivity, rank_average, randomization_steps,
