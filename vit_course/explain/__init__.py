@@ -58,3 +58,4 @@ from .gradients import (
 from .lrp import TransformerAttribution
 from .norm import NormAttention, norm_contributions
 from .value_zeroing import ValueZeroing
+from .vit_cx import ViTCX
