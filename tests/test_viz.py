@@ -140,3 +140,25 @@ def test_plot_prediction_shows_the_image_and_the_top_class():
         viz.plot_prediction(photo, probs, ["a", "b"])
     with pytest.raises(ValueError, match="probs must be finite.*check its weights"):
         viz.plot_prediction(photo, torch.tensor([0.2, float("nan"), 0.1]), ["a", "b", "c"])
+
+
+def test_tick_labels_keep_small_values_distinct() -> None:
+    from vit_course.viz import tick_labels
+
+    assert tick_labels([0.00035, 0.0003]) == ["0.00035", "0.0003"]
+    assert tick_labels([1234.5, 1234.6]) == ["1234.5", "1234.6"]
+    assert tick_labels([0.5, 0.25, 0.0]) == ["0.5", "0.25", "0"]
+    labels = tick_labels(np.linspace(0.00035, 0.0003, 5))
+    assert len(set(labels)) == 5, labels
+
+
+def test_long_panel_titles_are_wrapped_to_fit() -> None:
+    from vit_course.viz import wrap_title
+
+    title = "pizza + sushi (a long file name, 1234567.jpg) [STAND-IN]"
+    lines = wrap_title(title).split("\n")
+    assert len(lines) > 1 and all(len(line) <= 28 for line in lines)
+    assert " ".join(lines) == title
+    fig = viz.plot_maps(torch.rand(1, 3, 16, 16), torch.rand(1, 4, 4), [title])
+    assert fig.axes[0].get_title() == wrap_title(title)
+    plt.close(fig)

@@ -7,6 +7,7 @@ seen, moving any control runs the model zero times, and the figure still changes
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -17,7 +18,9 @@ from torch import nn
 from vit_course.explain import METHODS, Explainer, explain, get_method, register_method
 from vit_course.imaging import to_display
 from vit_course.models import ViT
-from vit_course.widgets import AttentionExplorer, ExplanationCache, method_options
+from vit_course.widgets import (COST_IN_CAPTURES, EXPLORER_OPTIONS, AttentionExplorer,
+                               ExplanationCache, method_options)
+from vit_course.viz import colorbar_html
 
 CLASSES = ["pizza", "steak", "sushi"]
 
@@ -68,8 +71,8 @@ def counted(any_model: nn.Module):
 
 
 def figure_data(ex: AttentionExplorer) -> tuple[np.ndarray, np.ndarray, bytes]:
-    return (np.array(ex.overlay_artist.get_array(), copy=True),
-            np.array(ex.map_artist.get_array(), copy=True), ex.image_widget.value)
+    return (np.array(ex.overlay_rgb, copy=True), np.array(ex.map_rgb, copy=True),
+            ex.map_image.value)
 
 
 # ----------------------------------------------------------------------------- zero passes
@@ -274,10 +277,16 @@ def test_newly_registered_methods_appear_and_work(counted, extra_methods) -> Non
 def test_errors_show_in_the_status_line_from_controls_and_raise_from_set(
         model: nn.Module, extra_methods) -> None:
     ex = AttentionExplorer(model, batch(), CLASSES, method="_test_fails_at_one")
+    before = ex.overlay_image.value
     ex.controls["start_layer"].value = 1          # a user moving the slider: no exception
-    assert "error" in ex.status.value and "not supported" in ex.status.value
-    ex.controls["start_layer"].value = 0
-    assert "error" not in ex.status.value
+    ex.wait()
+    assert "_test_fails_at_one</b> failed" in ex.status.value and "not supported" in ex.status.value
+    assert ex.current_map is None and ex.error.startswith("_test_fails_at_one failed")
+    assert np.ptp(ex.map_rgb) == 0, "the old map is cleared, not left under the new name"
+    assert ex.overlay_image.value != before and ex.progress.layout.visibility == "hidden"
+    ex.controls["start_layer"].value = 0          # still usable
+    ex.wait()
+    assert "failed" not in ex.status.value and ex.current_map is not None and ex.error is None
     with pytest.raises(ValueError, match="not supported"):
         ex.set(start_layer=1)
 
@@ -330,7 +339,7 @@ def test_display_images_from_the_transform_or_raw_images(model: nn.Module) -> No
     torch.testing.assert_close(ex.raw_images, x, rtol=0, atol=1e-6)   # the photo is back
     raw = torch.rand(3, 3, 64, 64)
     ex = AttentionExplorer(model, x, CLASSES, raw_images=raw, titles=["a", "b", "c"])
-    assert ex.overlay_artist.get_array().shape[:2] == (64, 64)
+    assert ex.overlay_rgb.shape[:2] == (64, 64)
     assert ex.current_map.shape == (4, 4)
     assert ex.controls["image"].options[1] == ("b", 1)
     assert "predicted" in ex.status.value and "model passes so far: 1" in ex.status.value
@@ -375,3 +384,134 @@ def test_bad_input_raises_clear_errors(model: nn.Module) -> None:
         ex.set(method="nope")
     with pytest.raises(ValueError, match=r"index must be in \[-3, 2\]"):
         ex.cache.map(7, "rollout")
+
+
+# ----------------------------------------------------------------------------- no silent waits
+@pytest.fixture
+def slow_method():
+    """A method with ``steps`` that runs one forward pass per step (and records them)."""
+    calls: list[int] = []
+
+    class Slow(Explainer):
+        supports_capture = False
+        class_specific = True
+        defaults = {"steps": 6, "internal_batch_size": 1}
+
+        def compute(self, images, target, steps, internal_batch_size):
+            h, w = self.info.grid(*images.shape[-2:])
+            for k in range(-(-steps // internal_batch_size)):      # one pass per chunk
+                self.model(images)
+                calls.append(k)
+                time.sleep(0.05)
+            return torch.arange(h * w, dtype=torch.float32).view(1, h, w) + steps
+
+    register_method("_test_slow")(Slow)
+    yield calls
+    METHODS.pop("_test_slow", None)
+
+
+def test_a_slow_method_runs_in_the_background_and_the_latest_choice_wins(
+        model: nn.Module, slow_method) -> None:
+    ex = AttentionExplorer(model, batch(), CLASSES, busy_after=0.5,
+                           options={"_test_slow": {"steps": 40}})
+    ex._seconds["_test_slow"] = 2.0                        # as measured before
+    rollout_map = ex.current_map.clone()
+    ex.controls["method"].value = "_test_slow"             # returns at once: the kernel is free
+    assert ex._jobs.busy
+    assert "computing <b>_test_slow</b> (steps 40)" in ex.status.value and "about 2.0 s" in ex.status.value
+    assert ex.progress.layout.visibility == "visible"
+    deadline = time.monotonic() + 30
+    while len(slow_method) < 2 and time.monotonic() < deadline:   # it has started
+        time.sleep(0.01)
+    ex.controls["method"].value = "rollout"                # cheap and cached: drawn at once
+    assert torch.equal(ex.current_map, rollout_map) and "<b>rollout</b>" in ex.status.value
+    ex.wait()
+    assert len(slow_method) < 40, "the superseded job stopped at its next forward pass"
+    assert ex.state()["method"] == "rollout" and torch.equal(ex.current_map, rollout_map)
+    assert "<b>rollout</b>" in ex.status.value and ex.progress.layout.visibility == "hidden"
+
+
+def test_superseded_by_another_slow_request_only_the_last_is_drawn(
+        model: nn.Module, slow_method) -> None:
+    ex = AttentionExplorer(model, batch(), CLASSES, busy_after=0.0)
+    drawn = []
+    ex.map_image.observe(lambda change: drawn.append(ex.state()["target"]), names="value")
+    ex.controls["method"].value = "_test_slow"
+    for target in (0, 1, 2):                               # three moves while it computes
+        ex.controls["target"].value = target
+    ex.wait()
+    assert drawn == [2], f"drawn for targets {drawn}; only the latest choice should be"
+    assert "explaining <b>sushi</b>" in ex.status.value
+    assert len(slow_method) < 4 * 6, "superseded jobs were cut short"
+
+
+def test_progress_bar_counts_the_forward_passes_of_a_method_with_steps(
+        model: nn.Module, slow_method) -> None:
+    ex = AttentionExplorer(model, batch(), CLASSES)
+    seen = []
+    assert ex._steps("_test_slow") == 6                    # ceil(steps / internal batch)
+    assert not ex._steps("rollout")                        # no steps: no bar
+    ex2 = AttentionExplorer(model, batch(), CLASSES, options={"_test_slow": {"steps": 12,
+                                                             "internal_batch_size": 2}},
+                            cache=ex.cache)
+    assert ex2._steps("_test_slow") == 6
+    ex2.progress.observe(lambda change: seen.append(change["new"]), names="value")
+    ex2.controls["method"].value = "_test_slow"
+    ex2.wait()
+    assert seen[1:] == sorted(seen[1:]) and 0 < max(seen) < 1 and len(seen) >= 5
+    assert ex2._forwards["_test_slow"] == 6 and ex2._seconds["_test_slow"] >= 0.25
+    assert ex2.expected_seconds() == 0.0                   # cached now
+    assert ex2.expected_seconds({**ex2.state(), "target": 0}) == ex2._seconds["_test_slow"]
+
+
+def test_expected_time_comes_from_the_measured_capture_cost(model: nn.Module) -> None:
+    ex = AttentionExplorer(model, batch(), CLASSES)
+    cap_s = ex.cache.capture_seconds
+    assert cap_s > 0
+    s = {**ex.state(), "method": "integrated_gradients"}
+    assert ex.expected_seconds(s) == pytest.approx(COST_IN_CAPTURES["integrated_gradients"] * cap_s)
+    assert ex.expected_seconds({**s, "image": 2}) == pytest.approx(
+        (COST_IN_CAPTURES["integrated_gradients"] + 1) * cap_s), "an unseen image adds a capture"
+
+
+def test_explorer_options_make_slow_methods_lighter(model: nn.Module) -> None:
+    from torchvision.transforms import Normalize
+
+    norm = Normalize([0.5] * 3, [0.25] * 3)
+    x = (batch() - 0.5) / 0.25
+    ex = AttentionExplorer(model, x, CLASSES, transform=norm)
+    assert ex.options["integrated_gradients"] == {**EXPLORER_OPTIONS["integrated_gradients"],
+                                                  "mean": (0.5,) * 3, "std": (0.25,) * 3}
+    ex.set(method="integrated_gradients", target=1)
+    expected = explain(model, x[:1], "integrated_gradients", target=1,
+                       **ex.options["integrated_gradients"])[0]
+    torch.testing.assert_close(ex.current_map, expected)
+    ex.set(method="smoothgrad")
+    torch.testing.assert_close(ex.current_map, explain(model, x[:1], "smoothgrad", target=1,
+                                                       **EXPLORER_OPTIONS["smoothgrad"])[0])
+    with pytest.raises(ValueError, match="unknown explanation method"):
+        AttentionExplorer(model, x, CLASSES, options={"nope": {}})
+
+
+def test_copy_shares_the_cache_and_leaves_the_original_alone(counted) -> None:
+    model, counter = counted
+    ex = AttentionExplorer(model, batch(), CLASSES, method="grad_rollout", discard_ratio=0.5)
+    shown, state = ex.map_image.value, ex.state()
+    counter.n = 0
+    probe = ex.copy()
+    assert probe.state() == state and probe.cache is ex.cache
+    probe.set(target=2, method="attention", layer=0)
+    assert counter.n == 0, "the copy works from the shared cache"
+    assert ex.state() == state and ex.map_image.value == shown, "the original did not move"
+    with pytest.raises(ValueError, match="cache belongs to another model"):
+        AttentionExplorer(course_vit(), batch(), CLASSES, cache=ex.cache)
+
+
+def test_colour_bar_labels_stay_distinct_for_small_values(model: nn.Module, extra_methods) -> None:
+    ex = AttentionExplorer(model, batch(), CLASSES)
+    ex.current_map = None
+    html_bar = colorbar_html(0.0003, 0.00035)
+    assert "0.00035" in html_bar and "0.0003<" in html_bar
+    labels = [part.split("<")[0] for part in html_bar.split("<span>")[1:]]
+    assert len(set(labels)) == 5, labels
+    assert ex.colorbar.value.count("<span>") == 5

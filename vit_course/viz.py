@@ -1,4 +1,5 @@
-"""Plotting: takes finished arrays or tensors and returns a matplotlib ``Figure``.
+"""Plotting: takes finished arrays or tensors and returns a matplotlib ``Figure`` (or, for
+the explorer's widgets, PNG bytes and HTML: :func:`png_bytes`, :func:`colorbar_html`).
 
 Nothing here trains, runs a model or explains; the only arithmetic is for display
 (upsampling a patch map to pixels and min-max scaling it with :mod:`vit_course.imaging`,
@@ -9,11 +10,15 @@ inline in notebooks; close them with ``plt.close(fig)`` in loops and tests.
 
 from __future__ import annotations
 
+import html
+import io
 import math
+import textwrap
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .checks import check_positive_int
 from .imaging import normalize_maps, upsample
@@ -42,6 +47,28 @@ def _image_hwc(image: Any, name: str = "image") -> np.ndarray:
                          "plot images from vit_course.data.simple_transform (no Normalize), or "
                          "undo ImageNet normalisation first (x * std + mean)")
     return np.clip(arr.transpose(1, 2, 0), 0.0, 1.0)
+
+
+def tick_labels(values: Sequence[float], max_digits: int = 6) -> list[str]:
+    """Labels for colour-bar ticks: the fewest significant digits (2 to ``max_digits``)
+    that round each value by under a tenth of the smallest gap between values, e.g.
+    ``[0.00035, 0.0003]`` → ``['0.00035', '0.0003']`` (not ``0.0003`` twice),
+    ``[1234.5, 1234.6]`` → ``['1234.5', '1234.6']``."""
+    vals = [float(v) for v in values]
+    gaps = [abs(a - b) for a, b in zip(sorted(vals), sorted(vals)[1:]) if a != b]
+    tolerance = 0.1 * min(gaps) if gaps else 0.0
+    for digits in range(2, max_digits + 1):
+        labels = [f"{v:.{digits}g}" for v in vals]
+        if all(abs(float(t) - v) <= tolerance for t, v in zip(labels, vals)):
+            return labels
+    return labels
+
+
+def wrap_title(title: str, width: int = 28) -> str:
+    """``title`` broken into lines of at most ``width`` characters (a 3.2-inch panel at
+    the default font size holds about 28), so long titles fit above their panel."""
+    return "\n".join(textwrap.wrap(str(title), width, break_long_words=False,
+                                   break_on_hyphens=False)) or str(title)
 
 
 # ----------------------------------------------------------------------------- training
@@ -265,8 +292,39 @@ def plot_maps(images: Any, maps: Any, titles: Sequence[str] | None = None, ncols
         flat[b].imshow(overlay(imgs[b], maps_t[b].numpy(), alpha=alpha, cmap=cmap))
         flat[b].axis("off")
         if titles is not None:
-            flat[b].set_title(str(titles[b]))
+            flat[b].set_title(wrap_title(titles[b]))     # each panel is 3.2 inches wide
     for ax in flat[B:]:
         fig.delaxes(ax)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- widgets
+def png_bytes(rgb: np.ndarray, size: tuple[int, int] | None = None) -> bytes:
+    """(H, W, 3) floats in [0, 1] → PNG bytes, resized (nearest) to ``size`` (H', W')."""
+    img = Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8))
+    if size is not None and img.size != (size[1], size[0]):
+        img = img.resize((size[1], size[0]), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="png", compress_level=1)
+    return buf.getvalue()
+
+
+def colorbar_html(lo: float, hi: float, height: int = 256, cmap: str = "viridis") -> str:
+    """A vertical colour bar for values lo..hi as HTML, ``height`` pixels tall, with 5
+    tick labels from :func:`tick_labels` (for widgets that show images without a figure)."""
+    import matplotlib
+
+    colours = matplotlib.colormaps[cmap](np.linspace(0, 1, 11))[:, :3]
+    stops = ", ".join("#%02x%02x%02x" % tuple(int(255 * c) for c in rgb) for rgb in colours)
+    labels = "".join(f"<span>{t}</span>" for t in tick_labels(np.linspace(hi, lo, 5)))
+    return (f"<div style='display:flex;gap:4px;height:{height}px;margin-top:22px'>"
+            f"<div style='width:14px;background:linear-gradient(to top, {stops})'></div>"
+            "<div style='display:flex;flex-direction:column;justify-content:space-between;"
+            f"font-size:11px;line-height:1'>{labels}</div></div>")
+
+
+def title_html(text: str, width: int = 256) -> str:
+    """``text`` as an HTML title that wraps within ``width`` pixels."""
+    return (f"<div style='width:{width}px;font-size:12px;line-height:1.3;white-space:normal;"
+            f"overflow-wrap:anywhere;min-height:32px'>{html.escape(text)}</div>")

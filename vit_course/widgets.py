@@ -3,7 +3,7 @@
 ::
 
     explorer = AttentionExplorer(model, images, class_names, transform=transform)
-    explorer                     # in a notebook cell: sliders, dropdowns and the figure
+    explorer                     # in a notebook cell: sliders, dropdowns and the two images
 
 Moving a control must not run the model again. So the work is split in two:
 
@@ -23,205 +23,86 @@ The method list is read from :data:`vit_course.explain.METHODS`, so methods regi
 later appear in the dropdown. Each control feeds the method option of the same name
 (``discard_ratio``, ``head_fusion``, ``start_layer``, ``layer``, ``head``) when the method
 has that option; the other controls are greyed out, and so is the target dropdown for
-methods whose ``class_specific`` flag is false.
+methods whose ``class_specific`` flag is false. Methods whose paper defaults are too slow
+for a slider get the lighter settings of :data:`EXPLORER_OPTIONS`.
 
-Callbacks hold no maths: they read the controls, call :meth:`ExplanationCache.map` and
-:func:`vit_course.viz.overlay`, and put the new arrays into the figure. Sliders update
-on release (``continuous_update=False``), since a redraw takes tens of milliseconds.
+**No silent waits.** A move whose map is cached and cheap is drawn at once, in the event
+callback. Anything else (a model pass, a method expected to take longer than
+``busy_after`` seconds) runs in a background thread (:mod:`vit_course.background`): the
+status line says at once what is computed and how long it should take (from the measured
+cost, :data:`COST_IN_CAPTURES` × this model's capture time, then the method's own last
+time), a progress bar counts the method's forward passes, and a newer move supersedes the
+running job before its next forward pass (the latest choice wins; nothing queues). If a
+method fails, the map is cleared and the status line names the method and the reason.
+
+**Redraw only what changed.** The overlay and the map go to the browser as two small PNGs
+(``ipywidgets.Image``), titles and the colour bar as HTML; no figure is drawn.
 
 For scripts and tests the explorer works without a browser: ``explorer.set(discard_ratio=0.5)``
-(or setting ``explorer.controls["discard_ratio"].value``) updates ``explorer.current_map``
-(h, w), the figure's image data (``explorer.overlay_artist.get_array()``) and the PNG
-shown (``explorer.image_widget.value``).
+computes in the calling thread and updates ``explorer.current_map`` (h, w), the arrays
+``overlay_rgb`` / ``map_rgb`` and the PNGs ``overlay_image.value`` / ``map_image.value``;
+after setting ``explorer.controls[...].value`` call ``explorer.wait()``. ``explorer.copy()``
+gives a second explorer over the same cache (no model pass), for code that should not move
+the one on screen.
 """
 
 from __future__ import annotations
 
-import io
+import html
+import math
+import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import ipywidgets as widgets
+import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from PIL import Image
 from torch import Tensor, nn
 
-from .checks import (HEAD_FUSIONS, check_fusion, check_head_index, check_images, check_index,
-                     check_layer_index, check_nonnegative_int, check_ratio, check_targets)
-from .explain import (METHODS, Capture, capture, describe_model, explain, get_method,
-                      gradients_for_targets)
-from .imaging import to_display, upsample
-from .viz import overlay
+from .background import LatestOnly, Superseded, on_forward
+from .checks import (HEAD_FUSIONS, check_fusion, check_head_index, check_layer_index,
+                     check_ratio, check_targets)
+from .explain import METHODS, get_method
+from .explanation_cache import (CONTROL_OPTIONS, ExplanationCache, as_batch, method_names,
+                                method_options)
+from .imaging import normalization_of, to_display, upsample
+from .viz import colorbar_html, overlay, png_bytes, title_html
 
 
-#: Explorer controls that feed a method option of the same name.
-CONTROL_OPTIONS: tuple[str, ...] = ("discard_ratio", "head_fusion", "start_layer", "layer", "head")
+#: Options the explorer gives methods whose paper defaults are too slow for a slider: every
+#: method answers within 10 s for one ViT-B/16 image on a 2-core CPU (docs/BENCHMARKS.md,
+#: "Explorer": times, and integrated gradients' completeness error at 8 steps). Small
+#: internal batches make the progress bar move; they cost little on a CPU.
+EXPLORER_OPTIONS: dict[str, dict[str, Any]] = {
+    "integrated_gradients": {"steps": 8, "internal_batch_size": 2},
+    "smoothgrad": {"n_samples": 8, "internal_batch_size": 2},
+}
+
+#: Each method's time in the explorer (with :data:`EXPLORER_OPTIONS`) in units of one
+#: image's first capture (forward + backward for every class), measured on ViT-B/16
+#: (benchmarks/bench_explorer.py). Unlisted: 0.01 for capture methods, 1 otherwise.
+COST_IN_CAPTURES: dict[str, float] = {
+    "attention": 0.001, "rollout": 0.01, "grad_rollout": 0.01, "gae": 0.01,
+    "attention_gradcam": 0.005, "attention_flow": 2.0, "attention_norm": 0.5,
+    "saliency": 0.6, "gradcam": 0.6, "transformer_attribution": 1.0,
+    "smoothgrad": 4.5, "integrated_gradients": 4.5, "random": 0.001, "center_gaussian": 0.001,
+}
 
 #: What the target and head dropdowns hold for "predicted class" / "all heads fused"
 #: (a Dropdown cannot hold None: None means "nothing selected"); state() gives None.
 _NONE = -1
 _NULLABLE = ("target", "head")
 
-#: Methods listed first in the dropdown, in this order; the rest follow alphabetically.
-_PREFERRED_ORDER = ("rollout", "grad_rollout", "attention")
+#: Shown size of the two images, pixels.
+_SIZE = 256
 
 
-# ----------------------------------------------------------------------------- helpers
-def method_options(method: str, values: Mapping[str, Any]) -> dict[str, Any]:
-    """The explorer values that ``method`` takes as options.
-
-    A control in :data:`CONTROL_OPTIONS` is passed when the method has an option of that
-    name; ``layer`` only when the method's ``layer`` is a layer index (Grad-CAM's
-    ``layer`` is a module, which the slider cannot give).
-
-    Args:
-        method: a registered method name.
-        values: control name → value (missing names are skipped).
-
-    Returns:
-        option name → value, ready for ``explain(..., **options)``.
-    """
-    defaults = get_method(method).defaults
-    return {name: values[name] for name in CONTROL_OPTIONS
-            if name in defaults and name in values
-            and not (name == "layer" and (isinstance(defaults[name], bool)
-                                          or not isinstance(defaults[name], int)))}
-
-
-def _method_names(methods: Sequence[str] | None) -> list[str]:
-    if methods is None:
-        names = sorted(METHODS)
-        return ([n for n in _PREFERRED_ORDER if n in names]
-                + [n for n in names if n not in _PREFERRED_ORDER])
-    if isinstance(methods, str) or not isinstance(methods, Sequence) or not methods:
-        raise TypeError(f"methods must be a non-empty list of method names, e.g. "
-                        f"['rollout', 'grad_rollout'], got {methods!r}")
-    for name in methods:
-        get_method(name)                        # ValueError listing the valid names
-    return list(methods)
-
-
-def _batch(images: Any, name: str = "images") -> Tensor:
-    """(B, C, H, W) float images; one (C, H, W) image becomes a batch of one."""
-    if isinstance(images, Tensor) and images.ndim == 3:
-        images = images.unsqueeze(0)
-    return check_images(images, name, finite=True)
-
-
-# ----------------------------------------------------------------------------- cache
-class ExplanationCache:
-    """Model passes once per image (and class); maps from cached captures after that.
-
-    Args:
-        model: a supported ViT (see :data:`vit_course.explain.SUPPORTED_MODELS`).
-        images: (B, C, H, W) transformed for the model (or one (C, H, W) image).
-        max_classes_upfront: on an image's first visit, compute the gradients of every
-            class in one batched backward pass if the model has at most this many classes;
-            with more classes, gradients are computed per (image, class) when first asked
-            for. Default: 16.
-        max_maps: how many maps of methods without capture support to keep (least recently
-            used dropped first). Default: 64.
-
-    Attributes:
-        passes: model passes run so far (forward passes, each with its backward pass).
-    """
-
-    def __init__(self, model: nn.Module, images: Tensor, max_classes_upfront: int = 16,
-                 max_maps: int = 64):
-        self.model = model
-        self.info = describe_model(model)           # TypeError for unsupported models
-        self.images = _batch(images)
-        self.max_classes_upfront = check_nonnegative_int(max_classes_upfront, "max_classes_upfront")
-        self.max_maps = check_nonnegative_int(max_maps, "max_maps")
-        self.passes = 0
-        self._base: dict[int, Capture] = {}
-        self._caps: dict[tuple[int, int], Capture] = {}     # (image, class) → with gradients
-        self._maps: OrderedDict[tuple, Tensor] = OrderedDict()
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def _index(self, index: Any) -> int:
-        return check_index(index, len(self), "index", "images")
-
-    def base(self, index: int) -> Capture:
-        """Image ``index``'s capture (logits, attentions, prediction); runs the model once.
-
-        On the first visit: one forward pass keeping its graph, gradients for every class
-        (or the predicted one, beyond ``max_classes_upfront`` classes) in one batched
-        backward pass, then the graph is released.
-        """
-        i = self._index(index)
-        if i not in self._base:
-            cap = capture(self.model, self.images[i:i + 1], keep_graph=True)
-            self.passes += 1
-            try:
-                K = cap.num_classes
-                classes = list(range(K)) if K <= self.max_classes_upfront else [int(cap.targets[0])]
-                for c, g in zip(classes, gradients_for_targets(cap, classes)):
-                    self._caps[(i, c)] = cap.with_gradients(g, c)
-            finally:
-                cap.release()
-            self._base[i] = cap
-        return self._base[i]
-
-    def resolve_target(self, index: int, target: int | None) -> int:
-        """``target``, or image ``index``'s predicted class when it is ``None``."""
-        cap = self.base(index)
-        if target is None:
-            return int(cap.targets[0])
-        return int(check_targets(target, 1, cap.num_classes)[0])
-
-    def capture(self, index: int, target: int | None = None) -> Capture:
-        """Image ``index``'s capture with the gradients of ``target`` (None: predicted).
-
-        Zero model passes once the image (and, beyond ``max_classes_upfront`` classes,
-        the class) has been seen.
-        """
-        i = self._index(index)
-        t = self.resolve_target(i, target)
-        if (i, t) not in self._caps:
-            cap = capture(self.model, self.images[i:i + 1], target=t, with_grad=True)
-            self.passes += 1
-            self._caps[(i, t)] = self._base[i].with_gradients(cap.gradients, t)
-        return self._caps[(i, t)]
-
-    def map(self, index: int, method: str, target: int | None = None, **options: Any) -> Tensor:
-        """Image ``index``'s map for ``method`` with ``options``, (h, w).
-
-        Methods with capture support: ``explain(..., capture=...)`` from the cached
-        capture, zero model passes. Others: ``explain`` on the one image, cached per
-        (image, class, method, options); option values must then be hashable.
-        """
-        i = self._index(index)
-        t = self.resolve_target(i, target)
-        x = self.images[i:i + 1]
-        if get_method(method).supports_capture:
-            return explain(self.model, x, method, target=t, capture=self.capture(i, t),
-                           **options)[0]
-        key = (i, t, method, tuple(sorted(options.items())))
-        m = self._maps.pop(key, None)
-        if m is None:
-            m = explain(self.model, x, method, target=t, **options)[0].detach()
-            self.passes += 1
-        self._maps[key] = m                                  # most recently used last
-        while len(self._maps) > self.max_maps:
-            self._maps.popitem(last=False)
-        return m
-
-    def probabilities(self, index: int) -> Tensor:
-        """Softmax of image ``index``'s logits, (K,)."""
-        return self.base(index).logits[0].float().softmax(-1)
-
-    def clear(self) -> None:
-        """Forget every capture, gradient and map (the next request runs the model)."""
-        for store in (self._base, self._caps, self._maps):
-            store.clear()
+def _describe(options: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k.replace('_', ' ')} {v:.2f}" if isinstance(v, float)
+                     else f"{k.replace('_', ' ')} {'all' if v is None else v}"
+                     for k, v in options.items())
 
 
 # ----------------------------------------------------------------------------- explorer
@@ -238,7 +119,8 @@ class AttentionExplorer:
             Default: ``images`` with ``transform``'s normalisation undone
             (:func:`vit_course.imaging.to_display`).
         transform: the transform that made ``images``, to undo its ``Normalize`` for
-            display. Default: ``None`` (images shown as they are, clamped to [0, 1]).
+            display (and for integrated gradients' black baseline). Default: ``None``
+            (images shown as they are, clamped to [0, 1]).
         titles: one caption per image for the image dropdown. Default: ``image i``.
         methods: method names for the dropdown. Default: every registered method,
             ``rollout``, ``grad_rollout``, ``attention`` first.
@@ -249,18 +131,26 @@ class AttentionExplorer:
         alpha, cmap: overlay blending (see :func:`vit_course.viz.overlay`). Defaults: 0.5,
             ``"jet"``.
         max_classes_upfront: see :class:`ExplanationCache`. Default: 16.
+        options: method name → extra options, over :data:`EXPLORER_OPTIONS` (e.g.
+            ``{"integrated_gradients": {"steps": 32}}``). Default: none.
+        busy_after: a move whose map is not cached, or is expected to take longer than
+            this many seconds, runs in the background with a busy state. Default: 0.5.
+        cache: an :class:`ExplanationCache` of this model and images to share
+            (:meth:`copy` passes its own). Default: a new one.
 
     Attributes:
         controls: control name → widget (``"image"``, ``"method"``, ``"target"``,
             ``"head_fusion"``, ``"discard_ratio"``, ``"start_layer"``, ``"layer"``, ``"head"``).
         cache: the :class:`ExplanationCache`.
-        current_map: the map shown, (h, w), as the method returns it (not normalised).
-        figure: the matplotlib ``Figure``; ``overlay_artist`` / ``map_artist`` are its two
-            images (overlay at display resolution, map on the patch grid).
-        image_widget: the ``ipywidgets.Image`` showing the figure as PNG.
-        status: an ``ipywidgets.HTML`` line (prediction, class explained, timing, errors).
+        current_map: the map shown, (h, w), as the method returns it (not normalised);
+            ``None`` after a failure.
+        overlay_rgb, map_rgb: the two pictures shown, (H', W', 3) and (h, w, 3) in [0, 1].
+        overlay_image, map_image: the ``ipywidgets.Image`` widgets showing them as PNG.
+        status: an ``ipywidgets.HTML`` line (prediction, class explained, timing, busy
+            state, errors); ``progress`` the bar under it.
         widget: the whole box; a notebook cell ending with the explorer displays it.
-        last_update_ms: time of the last update (map + overlay + PNG), milliseconds.
+        last_update_ms: time of the last update (map + drawing), milliseconds.
+        error: the last failure's message, ``None`` after a successful update.
 
     Example::
 
@@ -276,25 +166,31 @@ class AttentionExplorer:
                  head_fusion: str = "mean", discard_ratio: float = 0.9, start_layer: int = 0,
                  layer: int = -1, head: int | None = None, target: int | None = None,
                  index: int = 0, alpha: float = 0.5, cmap: str = "jet",
-                 max_classes_upfront: int = 16):
-        self.cache = ExplanationCache(model, images, max_classes_upfront=max_classes_upfront)
+                 max_classes_upfront: int = 16,
+                 options: Mapping[str, Mapping[str, Any]] | None = None,
+                 busy_after: float = 0.5, cache: ExplanationCache | None = None):
+        if cache is not None and cache.model is not model:
+            raise ValueError("cache belongs to another model; pass that model, or no cache")
+        self.cache = cache or ExplanationCache(model, images, max_classes_upfront=max_classes_upfront)
         self.info, self.images = self.cache.info, self.cache.images
         B = self.images.shape[0]
         if raw_images is None:
             self.raw_images = to_display(self.images, transform)
         else:
-            self.raw_images = _batch(raw_images, "raw_images").detach().cpu().float()
+            self.raw_images = as_batch(raw_images, "raw_images").detach().cpu().float()
             if self.raw_images.shape[0] != B:
                 raise ValueError(f"raw_images must hold one image per model input ({B}), "
                                  f"got {self.raw_images.shape[0]}")
         self.titles = [f"image {i}" for i in range(B)] if titles is None else list(titles)
         if len(self.titles) != B:
             raise ValueError(f"titles must have one entry per image ({B}), got {len(self.titles)}")
-        self.methods = _method_names(methods)
+        self.methods = method_names(methods)
         if method not in self.methods:
             raise ValueError(f"method {method!r} is not among the explorer's methods "
                              f"{self.methods}")
         self.alpha, self.cmap = alpha, cmap               # checked by overlay on the first draw
+        self.busy_after = float(busy_after)
+        self.options = self._method_extras(transform, options)
         index = self.cache._index(index)
         K = self.cache.base(index).num_classes             # the first model pass
         self.class_names = [f"class {k}" for k in range(K)] if class_names is None \
@@ -309,20 +205,40 @@ class AttentionExplorer:
         target = None if target is None else self._checked("target", target)
 
         self.current_map: Tensor | None = None
+        self.overlay_rgb = self.map_rgb = None
+        self.error: str | None = None
         self.last_update_ms = float("nan")
         self._holding = self._dirty = False
+        self._jobs = LatestOnly()
+        self._draw_lock = threading.Lock()
+        self._seconds: dict[str, float] = {}           # method → its last measured time
+        self._forwards: dict[str, int] = {}            # method → forward passes it made
         self.controls = self._build_controls(index, method, head_fusion, discard_ratio,
                                              start_layer, layer, head, target)
-        self.status = widgets.HTML()
-        self.image_widget = widgets.Image(format="png")
-        self._build_figure()
+        self._build_view()
         for control in self.controls.values():
             control.observe(self._on_change, names="value")
-        c = self.controls
-        left = widgets.VBox([c["image"], c["method"], c["target"], c["head_fusion"]])
-        right = widgets.VBox([c["discard_ratio"], c["start_layer"], c["layer"], c["head"]])
-        self.widget = widgets.VBox([widgets.HBox([left, right]), self.image_widget, self.status])
         self.update()
+
+    def _method_extras(self, transform: Callable | None,
+                       options: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict]:
+        extras = {m: dict(o) for m, o in EXPLORER_OPTIONS.items()}
+        norm = normalization_of(transform)
+        if norm is not None and norm[0] is not None:      # black = pixel 0 in model space
+            extras["integrated_gradients"].update(mean=tuple(norm[0]), std=tuple(norm[1]))
+        for name, opts in (options or {}).items():
+            get_method(name)                              # ValueError naming the methods
+            extras.setdefault(name, {}).update(opts)
+        return {m: o for m, o in extras.items() if m in METHODS}
+
+    def copy(self) -> AttentionExplorer:
+        """A new explorer in this one's state over the same cache (no model pass)."""
+        s = self.state()
+        return AttentionExplorer(
+            self.cache.model, self.images, self.class_names, self.raw_images,
+            titles=self.titles, methods=self.methods, alpha=self.alpha, cmap=self.cmap,
+            options=self.options, busy_after=self.busy_after, cache=self.cache,
+            index=s.pop("image"), **s)
 
     # ------------------------------------------------------------------ widgets
     def _build_controls(self, index: int, method: str, head_fusion: str, discard_ratio: float,
@@ -332,9 +248,11 @@ class AttentionExplorer:
         style = {"description_width": "90px"}
         slider = dict(continuous_update=False, style=style,
                       layout=widgets.Layout(width="330px"))
-        return {
+        longest = max(len(t) for t in self.titles)
+        controls = {
             "image": widgets.Dropdown(options=[(t, i) for i, t in enumerate(self.titles)],
-                                      value=index, description="image", style=style),
+                                      value=index, description="image", style=style,
+                                      layout=widgets.Layout(width=f"{min(640, 110 + 8 * longest)}px")),
             "method": widgets.Dropdown(options=self.methods, value=method,
                                        description="method", style=style),
             "target": widgets.Dropdown(
@@ -357,23 +275,30 @@ class AttentionExplorer:
                                      value=_NONE if head is None else head,
                                      description="head", style=style),
         }
+        for name, control in controls.items():           # stable hooks for browser tests
+            control.add_class(f"vitc-{name}")
+        return controls
 
-    def _build_figure(self) -> None:
-        raw = self.raw_images[self.controls["image"].value]
-        h, w = self.cache.base(self.controls["image"].value).grid
-        self.figure = Figure(figsize=(8.4, 4.0), dpi=80)
-        FigureCanvasAgg(self.figure)
-        ax_overlay, ax_map = self.figure.subplots(1, 2)
-        self.overlay_artist = ax_overlay.imshow(raw.permute(1, 2, 0).numpy())
-        self.map_artist = ax_map.imshow(np.zeros((h, w), dtype=np.float32), cmap="viridis",
-                                        interpolation="nearest")
-        self.figure.colorbar(self.map_artist, ax=ax_map, fraction=0.046, pad=0.04)
-        for ax in (ax_overlay, ax_map):
-            ax.set(xticks=[], yticks=[])
-        self._ax_overlay, self._ax_map = ax_overlay, ax_map
-        # fixed margins (room for a two-line title); tight_layout would move the axes
-        # whenever a title changes
-        self.figure.subplots_adjust(left=0.02, right=0.93, bottom=0.03, top=0.86, wspace=0.08)
+    def _build_view(self) -> None:
+        layout = widgets.Layout(width=f"{_SIZE}px", height=f"{_SIZE}px")
+        self.overlay_image = widgets.Image(format="png", layout=layout)
+        self.map_image = widgets.Image(format="png", layout=widgets.Layout(width=f"{_SIZE}px",
+                                                                           height=f"{_SIZE}px"))
+        self._overlay_title, self._map_title, self.colorbar = (widgets.HTML() for _ in range(3))
+        self.status = widgets.HTML()
+        self.progress = widgets.FloatProgress(min=0.0, max=1.0, layout=widgets.Layout(
+            width="160px", visibility="hidden"))
+        for w, name in ((self.overlay_image, "overlay"), (self.map_image, "map"),
+                        (self.status, "status"), (self.progress, "progress")):
+            w.add_class(f"vitc-{name}")
+        c = self.controls
+        left = widgets.VBox([c["image"], c["method"], c["target"], c["head_fusion"]])
+        right = widgets.VBox([c["discard_ratio"], c["start_layer"], c["layer"], c["head"]])
+        pictures = widgets.HBox([widgets.VBox([self._overlay_title, self.overlay_image]),
+                                 widgets.VBox([self._map_title, self.map_image]), self.colorbar])
+        self.widget = widgets.VBox([widgets.HBox([left, right]), pictures,
+                                    widgets.HBox([self.progress, self.status])])
+        self.widget.add_class("vitc-explorer")
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
@@ -402,12 +327,13 @@ class AttentionExplorer:
             self.update()
 
     def set(self, **values: Any) -> AttentionExplorer:
-        """Set control values (names as in :attr:`controls`) and update once.
+        """Set control values (names as in :attr:`controls`) and update once, in this thread.
 
         Raises:
             TypeError: an unknown control name (the message lists them).
             ValueError: a value the control does not offer (checked as the constructor
                 checks it; nothing changes then).
+            Exception: whatever the method raised (also shown in the status line).
         """
         unknown = sorted(set(values) - set(self.controls))
         if unknown:
@@ -437,15 +363,6 @@ class AttentionExplorer:
                  "target": lambda v: int(check_targets(v, 1, len(self.class_names))[0])}.get(name)
         return value if check is None else check(value)
 
-    def _on_change(self, change: dict) -> None:
-        if self._holding:
-            self._dirty = True
-            return
-        try:
-            self.update()
-        except (ValueError, TypeError, RuntimeError) as exc:   # shown, not lost in the console
-            self.status.value = f"<span style='color:#b00'>error: {exc}</span>"
-
     # ------------------------------------------------------------------ updating
     def _sync_enabled(self, method: str) -> None:
         takes = set(method_options(method, {name: None for name in CONTROL_OPTIONS}))
@@ -455,39 +372,148 @@ class AttentionExplorer:
             self.controls["head_fusion"].disabled = True     # one head: nothing to fuse
         self.controls["target"].disabled = not get_method(method).class_specific
 
-    def compute_map(self) -> Tensor:
-        """The map for the current controls, (h, w): a package call, no drawing."""
-        s = self.state()
-        return self.cache.map(s["image"], s["method"], s["target"],
-                              **method_options(s["method"], s))
+    def _options(self, s: Mapping[str, Any]) -> dict[str, Any]:
+        return {**self.options.get(s["method"], {}), **method_options(s["method"], s)}
+
+    def compute_map(self, s: Mapping[str, Any] | None = None) -> Tensor:
+        """The map for the controls ``s`` (default: the current ones), (h, w): a package
+        call, no drawing."""
+        s = self.state() if s is None else s
+        return self.cache.map(s["image"], s["method"], s["target"], **self._options(s))
+
+    def expected_seconds(self, s: Mapping[str, Any] | None = None) -> float:
+        """How long the map for controls ``s`` should take: 0 when cached for a capture
+        method, else the method's last measured time, else :data:`COST_IN_CAPTURES` ×
+        this model's measured capture time (plus a capture for an unseen image)."""
+        s = self.state() if s is None else s
+        method, cap_s = get_method(s["method"]), self.cache.capture_seconds
+        if not method.supports_capture and self.cache.ready(s["image"], s["method"], s["target"],
+                                                            **self._options(s)):
+            return 0.0
+        default = COST_IN_CAPTURES.get(method.name, 0.01 if method.supports_capture else 1.0)
+        seconds = self._seconds.get(method.name, default * cap_s)
+        return seconds + (0.0 if s["image"] in self.cache._base else cap_s)
 
     def update(self) -> None:
-        """Recompute the map for the current controls and redraw (also called by controls)."""
-        start = time.perf_counter()
+        """Recompute the map for the current controls and redraw, in this thread (a
+        running background job is superseded and waited for)."""
+        generation = self._jobs.new_request()
         s = self.state()
         self._sync_enabled(s["method"])
-        m = self.compute_map().detach().cpu().float()
-        self.current_map = m
-        raw = self.raw_images[s["image"]]
-        heat = upsample(m[None], tuple(raw.shape[-2:]), normalize=True)[0]
-        self.overlay_artist.set_data(overlay(raw, heat.numpy(), alpha=self.alpha, cmap=self.cmap))
-        self.map_artist.set_data(m.numpy())
-        lo, hi = float(m.min()), float(m.max())
-        self.map_artist.set_clim(lo, hi if hi > lo else lo + 1e-12)
-        desc = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
-                         for k, v in method_options(s["method"], s).items())
-        self._ax_overlay.set_title(self.titles[s["image"]], fontsize=10)
-        self._ax_map.set_title(s["method"] + (f"\n{desc}" if desc else ""), fontsize=9)
-        self.image_widget.value = _png(self.figure)
-        self.last_update_ms = (time.perf_counter() - start) * 1e3
-        self._status(s)
+        self._jobs.wait()
+        self._compute_and_show(generation, s, raise_errors=True)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the background job (if any) has finished and drawn."""
+        self._jobs.wait(timeout)
+
+    def _on_change(self, change: dict) -> None:
+        if self._holding:
+            self._dirty = True
+            return
+        generation = self._jobs.new_request()
+        s = self.state()
+        self._sync_enabled(s["method"])
+        expected = self.expected_seconds(s)
+        if expected <= self.busy_after and self.cache.ready(s["image"], s["method"],
+                                                            s["target"], **self._options(s)):
+            self._compute_and_show(generation, s)   # cheap, no model pass: answer at once
+            return
+        self._busy(s, expected)
+        self._jobs.submit(generation, lambda: self._compute_and_show(generation, s))
+
+    def _busy(self, s: Mapping[str, Any], expected: float) -> None:
+        opts = {**get_method(s["method"]).defaults, **self.options.get(s["method"], {})}
+        work = ", ".join(f"{k.replace('n_', '')} {v}" for k, v in opts.items()
+                         if k in ("steps", "n_samples"))
+        what = "capturing the image, then " if s["image"] not in self.cache._base else ""
+        self.status.value = (f"<span style='color:#a60'>⏳ computing <b>{s['method']}</b>"
+                             f"{f' ({work})' if work else ''} for "
+                             f"<b>{html.escape(self.titles[s['image']])}</b>: {what}about "
+                             f"{max(expected, 0.1):.1f} s</span>")
+        self.progress.value, self.progress.layout.visibility = 0.0, "visible"
+
+    def _steps(self, method: str) -> int | None:
+        """Forward passes ``method`` is expected to make (for the progress bar)."""
+        if method in self._forwards:
+            return self._forwards[method]
+        opts = {**get_method(method).defaults, **self.options.get(method, {})}
+        n = opts.get("steps", opts.get("n_samples"))
+        return None if n is None else math.ceil(n / opts.get("internal_batch_size", 16))
+
+    def _compute_and_show(self, generation: int, s: Mapping[str, Any],
+                          raise_errors: bool = False) -> None:
+        start, done, total = time.perf_counter(), [0], self._steps(s["method"])
+        method = get_method(s["method"])
+        measure = s["image"] in self.cache._base and (method.supports_capture or not self.cache.ready(
+            s["image"], s["method"], s["target"], **self._options(s)))    # its own cost alone
+
+        def tick() -> None:                                  # before every forward pass
+            self._jobs.check(generation)
+            done[0] += 1
+            if total and threading.current_thread() is not threading.main_thread():
+                self.progress.value = min(1.0, (done[0] - 1) / total)
+
+        try:
+            with on_forward(self.cache.model, tick):
+                m = self.compute_map(s).detach().cpu().float()
+        except Superseded:
+            return
+        except Exception as exc:                 # shown, and the explorer stays usable
+            self._show_error(generation, s, exc)
+            if raise_errors:
+                raise
+            return
+        if measure:
+            self._seconds[method.name] = time.perf_counter() - start
+            self._forwards[method.name] = done[0]
+        self._show(generation, s, m, start)
+
+    def _show(self, generation: int, s: Mapping[str, Any], m: Tensor, start: float) -> None:
+        with self._draw_lock:
+            if not self._jobs.is_current(generation):
+                return
+            self.current_map, self.error = m, None
+            raw = self.raw_images[s["image"]]
+            heat = upsample(m[None], tuple(raw.shape[-2:]), normalize=True)[0]
+            self.overlay_rgb = overlay(raw, heat.numpy(), alpha=self.alpha, cmap=self.cmap)
+            lo, hi = float(m.min()), float(m.max())
+            scaled = ((m - lo) / (hi - lo) if hi > lo else m * 0).numpy()
+            self.map_rgb = matplotlib.colormaps["viridis"](scaled)[..., :3]
+            self._draw(s, _describe(method_options(s["method"], s)), lo, hi)
+            self.last_update_ms = (time.perf_counter() - start) * 1e3
+            self._status(s)
+
+    def _draw(self, s: Mapping[str, Any], desc: str, lo: float, hi: float) -> None:
+        size = (_SIZE, _SIZE)
+        self.overlay_image.value = png_bytes(self.overlay_rgb, size)
+        self.map_image.value = png_bytes(self.map_rgb, size)
+        self._overlay_title.value = title_html(self.titles[s["image"]])
+        self._map_title.value = title_html(s["method"] + (f" ({desc})" if desc else ""))
+        self.colorbar.value = colorbar_html(lo, hi, _SIZE) if hi >= lo else ""
+        self.progress.layout.visibility = "hidden"
+
+    def _show_error(self, generation: int, s: Mapping[str, Any], exc: Exception) -> None:
+        with self._draw_lock:
+            if not self._jobs.is_current(generation):
+                return
+            reason = f"{type(exc).__name__}: {exc}"
+            self.current_map, self.error = None, f"{s['method']} failed: {reason}"
+            self.overlay_rgb = self.raw_images[s["image"]].permute(1, 2, 0).numpy()
+            self.map_rgb = np.full((*self.cache.info.grid(*self.images.shape[-2:]), 3), 0.9)
+            self._draw(s, "no map", 1.0, 0.0)
+            self.status.value = (f"<span style='color:#b00'>✗ <b>{s['method']}</b> failed: "
+                                 f"{html.escape(reason)} — the map is cleared; choose another "
+                                 "method or setting.</span>")
 
     def _status(self, s: Mapping[str, Any]) -> None:
         i = s["image"]
         probs = self.cache.probabilities(i)
         pred = int(probs.argmax())
-        parts = [f"<b>{self.titles[i]}</b>: predicted <b>{self.class_names[pred]}</b> "
-                 f"({probs[pred]:.0%})"]
+        desc = _describe(method_options(s["method"], s))
+        parts = [f"<b>{s['method']}</b>{f' ({desc})' if desc else ''}",
+                 f"<b>{html.escape(self.titles[i])}</b>: predicted "
+                 f"<b>{self.class_names[pred]}</b> ({probs[pred]:.0%})"]
         if get_method(s["method"]).class_specific:
             t = self.cache.resolve_target(i, s["target"])
             parts.append(f"explaining <b>{self.class_names[t]}</b>")
@@ -501,14 +527,3 @@ class AttentionExplorer:
         from IPython.display import display
 
         display(self.widget)
-
-
-def _png(figure: Figure) -> bytes:
-    """Draw ``figure`` once with Agg and encode it as PNG (savefig would draw it twice)."""
-    canvas = figure.canvas
-    canvas.draw()
-    rgba = np.asarray(canvas.buffer_rgba())
-    buf = io.BytesIO()
-    Image.fromarray(rgba[..., :3]).save(buf, format="png", compress_level=1)
-    return buf.getvalue()
-
