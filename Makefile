@@ -3,6 +3,7 @@
 #   make test   the same set-up, then unit tests and every notebook (quick profile, offline)
 # Other targets: make install, make download (fetch data + weights ahead of class),
 #                make notebooks-exercise (regenerate notebook 08's student/solution versions),
+#                make test-browser (notebooks 04, 05, 08 in JupyterLab + Chromium),
 #                make bench, make clean-test.
 
 PYTHON    ?= python3
@@ -26,7 +27,7 @@ TEST_ENV       := VIT_COURSE_PROFILE=quick TORCH_HOME=$(TEST_TORCH_HOME) \
 # the course notebooks (08 is the student version) and the exercise's solution version
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb)) $(sort $(wildcard notebooks/solutions/*.ipynb))
 
-.PHONY: install install-test lab test unit nbtest download bench notebooks-exercise clean-test
+.PHONY: install install-test lab test unit nbtest test-browser download bench notebooks-exercise clean-test
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +67,13 @@ nbtest: install-test
 	cd notebooks && $(TEST_ENV) ../$(PY) -m pytest -q -p no:cacheprovider \
 	  --nbval-lax --nbval-current-env --nbval-cell-timeout=900 \
 	  --nbval-sanitize-with ../tests/nbval_sanitize.cfg $(patsubst notebooks/%,%,$(NOTEBOOKS))
+
+# Notebooks 04, 05 and 08 in JupyterLab driven through Debian's chromium by Playwright
+# (tests/browser/: its own server on 127.0.0.1, copies of the notebooks, stand-in weights).
+test-browser: install-test
+	$(PY) -m vit_course.download --data
+	$(PY) -m vit_course.standin $(TEST_TORCH_HOME)
+	VIT_COURSE_BROWSER_TEST=1 $(TEST_ENV) $(PY) -m pytest -q -p no:cacheprovider tests/browser
 
 bench: install-test
 	for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done
