@@ -23,6 +23,9 @@ Summaries: :func:`bootstrap_ci`, :func:`summarise`, :func:`format_table`; everyt
     :func:`run_suite`. Plots live in :mod:`vit_course.viz_metrics`.
 Metrics that check each other: :func:`meta_evaluate` (agreement between metrics, stability
     under the image sample and the baseline, distance from the random control), :func:`kendall_tau`.
+Ground truth on real photos: :func:`plant_shortcut`, :func:`shortcut_scores` (a planted square).
+Aggregation as a hyperparameter: :func:`search_aggregation` (rollout's head fusion × start
+    layer × discard ratio × row reading, chosen by deletion/insertion on held-out images).
 
 Every perturbation metric stacks all (image, step) perturbations and runs them
 ``batch_size`` per forward pass, in eval mode under ``torch.inference_mode`` (the model's
@@ -34,13 +37,14 @@ bfloat16 instructions, numbers slightly different from float32 (:data:`PRECISION
 
 from ..explain import ExplainFn
 from ._common import PRECISIONS, rank_tokens, token_counts
+from .aggregation import DEFAULT_SETTING, ROW_READINGS, AggregationSearch, search_aggregation, settings_grid
 from .localisation import (
     GRID_CHANCE, GridImages, correctly_classified, grid_pointing_score, make_grid_images,
     mass_on_mask, pointing_game, relevance_mass_accuracy, relevance_rank_accuracy
 )
 from .perturbation import (
-    BASELINES, BLUR_SIGMA, CHEFER_BASELINES, CHEFER_FRACTIONS, CURVE_BASELINES, auc, chefer_auc, deletion_curve, insertion_curve,
-    make_baseline, perturbation_test
+    BASELINES, BLUR_SIGMA, CHEFER_BASELINES, CHEFER_FRACTIONS, CURVE_BASELINES, auc, chefer_auc,
+    deletion_curve, insertion_curve, make_baseline, perturbation_test
 )
 from .meta import MetaEvaluation, kendall_tau, meta_evaluate
 from .road import ROAD_FRACTIONS, linear_impute, noisy_linear_impute, road_curve
@@ -48,5 +52,6 @@ from .sanity import (
     cascading_randomization, class_sensitivity, rank_average, randomization_steps,
     reinitialize_, spearman, ssim
 )
+from .shortcut import SQUARE_COLOUR, Shortcut, paint_square, plant_shortcut, shortcut_scores
 from .suite import CONTROLS, SuiteResult, control_explainers, run_suite
 from .summary import METRIC_DIRECTIONS, bootstrap_ci, format_table, summarise
