@@ -96,3 +96,27 @@ def solution_fn(code: str, name: str):
     namespace = {"torch": torch}
     exec(code.replace("    # BEGIN SOLUTION\n", "").replace("\n    # END SOLUTION", ""), namespace)
     return namespace[name]
+
+
+def body(code: str) -> str:
+    """A solution cell's code without its markers (what a student who solved it hands in)."""
+    return code.replace("    # BEGIN SOLUTION\n", "").replace("\n    # END SOLUTION", "")
+
+
+def set_cell(nb, cid: str, source: str) -> None:
+    by_id(nb)[cid].source = source
+
+
+def insert_after(nb, cid: str, source: str) -> None:
+    index = nb.cells.index(by_id(nb)[cid])
+    nb.cells.insert(index + 1, nbformat.v4.new_code_cell(source))
+
+
+def solve(nb, q1: bool = True, q2: bool = True) -> None:
+    """Fill in the solutions (and the manual answer) of a student version, in place."""
+    if q1:
+        set_cell(nb, "q1-code", body(Q1_CODE))
+    if q2:
+        set_cell(nb, "q2-code", body(Q2_CODE))
+    answer = by_id(nb)["q3-answer"]
+    answer.source = answer.source.replace("*Write your answer here.*", "The score drops fast.")

@@ -38,9 +38,10 @@ def test_reference_answers_match_hand_computed_values():
 def test_hidden_cases_pass_for_the_reference_and_fail_for_mistakes():
     q2 = get_question("q2")
     cases = q2.public_cases() + q2.hidden_cases()
-    assert len(cases) == 14
+    assert len(cases) == 15
     assert run_cases("q2", cases, (ref_grid_pointing_score,)).fraction == 1.0
     assert run_cases("q2", cases, (_wrong_q2,)).n_passed == 6  # the partial submission's mistake
+    assert run_cases("q2", q2.hidden_cases(), (_wrong_q2,)).n_passed == 3  # what the grader counts
 
 
 def _wrong_q2(attribution, target_tile):  # counts negative attribution too
@@ -160,7 +161,7 @@ def _strip(rows):
 
 def test_q4_reference_matches_summarise_and_earns_every_case():
     cases = _all_cases("q4")
-    assert len(cases) == 10
+    assert len(cases) == 11
     assert run_cases("q4", cases, (summary_table,)).fraction == 1.0
     assert run_cases("q4", cases, (lambda scores: summarise(scores),)).fraction == 1.0  # extra keys are fine
     scores = {"a": {"x": [0.1, float("nan"), 0.5]}, "b": {"y": [1.0, 2.0], "x": [0.3, 0.4]}}
@@ -189,5 +190,6 @@ def test_q4_mistakes_are_caught():
 
     assert run_cases("q4", cases, (method_major,)).fraction < 1.0
     nan_result = run_cases("q4", cases, (counts_nan,))
-    assert [c.name for c in nan_result.cases if not c.passed] == ["hidden: NaN values are dropped and not counted"]
+    assert [c.name for c in nan_result.cases if not c.passed] == ["NaN values are dropped before counting n",
+                                                                  "hidden: NaN values are dropped and not counted"]
     assert run_cases("q4", cases, (plain_mean_only,)).n_passed == 1  # only the constant-values case

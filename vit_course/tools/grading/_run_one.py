@@ -6,7 +6,7 @@ it had to kill us, so every finished step is on disk the moment it finishes.
 
 What happens here:
 
-1. A kernelspec in a temporary folder runs the chosen kernel (default: this interpreter's
+1. A kernelspec in the job folder (``kernelspec_dir``, removed with it) runs the chosen kernel (default: this interpreter's
    ``ipykernel``) under ``vit_course.tools.grading._limit`` (memory cap).
 2. The submission's code cells run in order with ``allow_errors``; a cell that raises is
    recorded and the next one runs. The submission's cells share one time budget; on
@@ -18,9 +18,14 @@ What happens here:
    not yet run, at most ``max_restarts`` times.
 5. Captured output is capped; output past the cap is dropped and reported.
 
+The parent may run this process inside a bubblewrap sandbox (``sandbox.py``); then this
+process is as untrusted as the kernel, and the parent reads what it wrote as plain data.
+The hidden tests' outputs are written by the kernel (``collect``), not here.
+
 Events (one JSON object per line): ``attempt``, ``kernel`` (pid, pgid), ``cell`` (index,
-status ok|error|timeout|died|not_run, ename, evalue, seconds), ``hidden`` (id, status,
-ename, evalue, payload), ``output_truncated``, ``fatal`` (message), ``done``.
+status ok|error|timeout|died|killed|not_run, ename, evalue, seconds), ``hidden`` (id, status,
+ename, evalue), ``output_truncated``, ``fatal`` (message), ``done``. ``died``: the kernel
+exited; ``killed``: a signal killed it.
 """
 
 from __future__ import annotations
@@ -36,7 +41,6 @@ import copy  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
-import tempfile  # noqa: E402
 import traceback  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -48,8 +52,6 @@ from jupyter_client.kernelspec import KernelSpecManager  # noqa: E402
 from jupyter_client.manager import AsyncKernelManager  # noqa: E402
 from nbclient import NotebookClient  # noqa: E402
 from nbclient.exceptions import DeadKernelError  # noqa: E402
-
-from vit_course.tools.grading.checks import GRADE_MIME  # noqa: E402
 
 SPEC_NAME = "vit-course-grading"
 INTERRUPT_GRACE_S = 5.0
@@ -77,7 +79,7 @@ def _output_size(msg: dict) -> int:
 class GradingClient(NotebookClient):
     """``NotebookClient`` that keeps at most ``max_output_bytes`` of output per phase.
 
-    Error outputs and the grader's own result bundles are always kept (tracebacks trimmed).
+    Error outputs are always kept (tracebacks trimmed).
     """
 
     def __init__(self, nb: nbformat.NotebookNode, km: AsyncKernelManager, max_output_bytes: int, **kw: Any):
@@ -91,8 +93,6 @@ class GradingClient(NotebookClient):
         content = msg.get("content", {})
         if msg_type == "error":
             content["traceback"] = content.get("traceback", [])[-MAX_TRACEBACK_LINES:]
-            return super().output(outs, msg, display_id, cell_index)
-        if GRADE_MIME in (content.get("data") or {}):
             return super().output(outs, msg, display_id, cell_index)
         size = _output_size(msg)
         left = self.max_output_bytes - self.output_used
@@ -165,6 +165,10 @@ async def run_cell(client: GradingClient, index: int, limit: float) -> Outcome:
             pass
         return done("timeout", restart=True)
     except DeadKernelError:
+        process = getattr(getattr(client.km, "provisioner", None), "process", None)
+        code = process.poll() if process is not None else None
+        if code is not None and code < 0:
+            return done("killed", restart=True, error=("DeadKernelError", f"the kernel was killed by signal {-code}"))
         return done("died", restart=True, error=("DeadKernelError", "the kernel died while running this cell"))
     except Exception as exc:  # nbclient internals: treat the kernel as unusable
         return done("died", restart=True, error=(type(exc).__name__, str(exc)[:500]))
@@ -248,15 +252,8 @@ class Runner:
                 if h["id"] in self.hidden_done:
                     continue
                 out = await run_cell(client, offset + j, float(self.job["test_timeout"]))
-                payload = None
-                for o in nb.cells[offset + j].get("outputs", []):
-                    data = o.get("data") or {}
-                    if GRADE_MIME in data:
-                        payload = data[GRADE_MIME]
                 self.hidden_done.add(h["id"])
-                self.events.emit(
-                    "hidden", id=h["id"], status=out.status, ename=out.ename, evalue=out.evalue, payload=payload
-                )
+                self.events.emit("hidden", id=h["id"], status=out.status, ename=out.ename, evalue=out.evalue)
                 if out.restart:
                     return ("hidden", j)
         return None
@@ -268,18 +265,17 @@ class Runner:
         client.truncated_cells = []
 
     async def run(self) -> None:
-        with tempfile.TemporaryDirectory(prefix="vit-kernelspec-") as tmp:
-            spec_root = _make_kernelspec(self.job, Path(tmp))
-            for attempt in range(int(self.job["max_restarts"]) + 1):
-                self.events.emit("attempt", n=attempt + 1)
-                lost = await self.attempt(spec_root)
-                for task in asyncio.all_tasks():  # nbclient pollers left by a dead kernel
-                    if task is not asyncio.current_task():
-                        task.cancel()
-                if lost is None:
-                    break
-            else:
-                self.events.emit("gave_up", restarts=int(self.job["max_restarts"]))
+        spec_root = _make_kernelspec(self.job, Path(self.job["kernelspec_dir"]))
+        for attempt in range(int(self.job["max_restarts"]) + 1):
+            self.events.emit("attempt", n=attempt + 1)
+            lost = await self.attempt(spec_root)
+            for task in asyncio.all_tasks():  # nbclient pollers left by a dead kernel
+                if task is not asyncio.current_task():
+                    task.cancel()
+            if lost is None:
+                break
+        else:
+            self.events.emit("gave_up", restarts=int(self.job["max_restarts"]))
         if self.job.get("executed") and self.last_nb is not None:
             nb = self.last_nb
             nb.cells = nb.cells[: len(self.base.cells)]  # never write the hidden tests out

@@ -1,9 +1,16 @@
 """``check``: immediate feedback in the notebook; ``autograde``: the hidden tests' entry point.
 
-Both run a question's cases against the student's objects and report, per failed case, its
-name, the input, the expected value and what the student's code gave (or raised). Messages
+``check`` runs a question's public cases against the student's objects and reports, per
+failed case, its name, the input, the expected value, what the student's code gave (or
+raised) and, where the question has a ``hint``, the misconception it looks like. Messages
 are built from values only, never from reference code. A ``NotImplementedError`` (the stub
 the student version starts with) is reported as "not implemented yet", without a traceback.
+Each call of the student's code has a time limit (``CALL_TIME_LIMIT_S``); a hang,
+``SystemExit`` and ``KeyboardInterrupt`` become a message, not a stuck or dead cell.
+
+Inside the grader's kernel ``autograde`` compares nothing: it runs the student's function on
+the hidden inputs and writes the outputs as plain data (``collect``); the grader compares them
+outside the kernel. Anywhere else (the solution version under nbval) it compares here.
 """
 
 from __future__ import annotations
@@ -12,6 +19,10 @@ import copy
 import importlib
 import math
 import numbers
+import os
+import signal
+import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,8 +30,11 @@ import numpy as np
 
 from vit_course.tools.grading.questions import Case, get_question
 
-GRADE_MIME = "application/vnd.vit-course.grade+json"
 MAX_SHOWN_FAILURES = 5
+#: Seconds one call of the student's code may take in ``check`` (``$VIT_COURSE_CHECK_TIME_LIMIT``
+#: overrides it); the grader's kernel gets its own limit from the grader (``--call-timeout``).
+CALL_TIME_LIMIT_S = 30.0
+CHECK_TIME_LIMIT_ENV = "VIT_COURSE_CHECK_TIME_LIMIT"
 #: Reference answers and hidden cases of the course questions (instructor side). Importing it
 #: attaches the hidden cases to the registry; ``autograde`` does, ``check`` never does.
 HIDDEN_CASES_MODULE = "vit_course.tools.grading.reference"
@@ -197,41 +211,129 @@ class _NotImplemented(Exception):
     pass
 
 
-def _run_case(case: Case, objects: tuple) -> CaseResult:
+class CallTimeout(BaseException):
+    """Raised inside the student's code when a call runs past its limit (a BaseException, so
+    that ``except Exception`` in student code does not swallow it)."""
+
+
+class Interrupted(Exception):
+    """The student interrupted a check (KeyboardInterrupt): stop, do not grade the rest."""
+
+
+class TimedOut(Exception):
+    """A call ran past its limit; the message says so. The remaining cases are not run."""
+
+
+def check_time_limit() -> float:
+    """Seconds per call in ``check``: ``$VIT_COURSE_CHECK_TIME_LIMIT`` or ``CALL_TIME_LIMIT_S``."""
+    try:
+        return float(os.environ.get(CHECK_TIME_LIMIT_ENV, CALL_TIME_LIMIT_S))
+    except ValueError:
+        return CALL_TIME_LIMIT_S
+
+
+def call_with_limit(fn: Callable[[], Any], seconds: float | None) -> Any:
+    """``fn()``, stopped with ``CallTimeout`` after ``seconds`` (SIGALRM: main thread of a POSIX
+    process only; elsewhere, or with ``seconds`` None/0, without a limit)."""
+    if not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        return fn()
+
+    def on_alarm(signum, frame):
+        raise CallTimeout
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return fn()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def call_student(fn: Callable[[], Any], seconds: float | None = CALL_TIME_LIMIT_S) -> tuple[bool, Any]:
+    """``(True, value)`` or ``(False, message)`` for what the student's code raised.
+
+    Raises:
+        _NotImplemented: the code still raises ``NotImplementedError`` (the stub).
+        Interrupted: a ``KeyboardInterrupt`` (the stop button): the caller stops.
+        TimedOut: the call ran past ``seconds``: the caller stops (a hang tends to repeat).
+    """
+    try:
+        return True, call_with_limit(fn, seconds)
+    except NotImplementedError:
+        raise _NotImplemented from None
+    except CallTimeout:
+        raise TimedOut(f"your code took longer than {seconds:g} s (an endless loop, or a very slow one?)") from None
+    except SystemExit as exc:
+        return False, (f"your code called sys.exit({exc.code!r}) (or exit/quit), which would stop the "
+                       "notebook: return a value instead")
+    except KeyboardInterrupt:
+        raise Interrupted from None
+    except Exception as exc:  # the student's code raised: report type and message only
+        message = f"{type(exc).__name__}: {exc}"
+        return False, "your code raised " + (message if len(message) <= 300 else message[:297] + "...")
+
+
+def with_hint(problem: str, hint: Callable | None, args: tuple, kwargs: dict, got: Any) -> str:
+    """``problem`` followed by the question's hint for ``got``, when it has one."""
+    try:
+        text = hint(args, kwargs, got) if hint is not None else None
+    except Exception:  # a hint never breaks a check
+        text = None
+    return f"{problem} — {text}" if text else problem
+
+
+def _run_case(case: Case, objects: tuple, hint: Callable | None = None,
+              seconds: float | None = CALL_TIME_LIMIT_S) -> CaseResult:
+    try:
+        return _run_one_case(case, objects, hint, seconds)
+    except TimedOut as exc:
+        inputs = _describe_inputs(case)
+        raise TimedOut(f"{exc}" + (f" (input: {inputs})" if inputs else "")) from None
+
+
+def _run_one_case(case: Case, objects: tuple, hint: Callable | None, seconds: float | None) -> CaseResult:
     args = copy.deepcopy(case.args)
     kwargs = copy.deepcopy(case.kwargs)
     inputs = _describe_inputs(case)
     where = f" (input: {inputs})" if inputs else ""
-    try:
-        if case.call is not None:
-            got = case.call(*objects)
-        else:
-            if not objects or not callable(objects[0]):
-                given = describe(objects[0]) if objects else "nothing"
-                return CaseResult(case.name, False, f"expected your function as the argument, got {given}", case.weight)
-            got = objects[0](*args, **kwargs)
-    except NotImplementedError:
-        raise _NotImplemented from None
-    except Exception as exc:  # the student's code raised: report type and message only
-        message = f"{type(exc).__name__}: {exc}"
-        message = message if len(message) <= 300 else message[:297] + "..."
-        return CaseResult(case.name, False, f"your code raised {message}{where}", case.weight)
+    if case.call is not None:
+        ok, got = call_student(lambda: case.call(*objects), seconds)
+    elif not objects or not callable(objects[0]):
+        given = describe(objects[0]) if objects else "nothing"
+        return CaseResult(case.name, False, f"expected your function as the argument, got {given}", case.weight)
+    else:
+        ok, got = call_student(lambda: objects[0](*args, **kwargs), seconds)
+    if not ok:
+        return CaseResult(case.name, False, f"{got}{where}", case.weight)
     compare = case.compare or (lambda g, e: compare_values(g, e, rtol=case.rtol, atol=case.atol))
     problem = compare(got, case.expected)
     if problem is None:
         return CaseResult(case.name, True, "", case.weight)
-    return CaseResult(case.name, False, f"{problem}{where}", case.weight)
+    return CaseResult(case.name, False, with_hint(f"{problem}{where}", hint, case.args, case.kwargs, got), case.weight)
 
 
-def run_cases(qid: str, cases: list[Case], objects: tuple, title: str = "") -> CheckResult:
-    """Run ``cases`` against ``objects``; stops at the first ``NotImplementedError``."""
+def run_cases(qid: str, cases: list[Case], objects: tuple, title: str = "", hint: Callable | None = None,
+              seconds: float | None = None) -> CheckResult:
+    """Run ``cases`` against ``objects`` (``seconds`` per call, default ``check_time_limit()``);
+    stops at the first ``NotImplementedError``, time-out or interrupt."""
+    seconds = check_time_limit() if seconds is None else seconds
     result = CheckResult(qid=qid, title=title)
-    for case in cases:
+    for i, case in enumerate(cases):
         try:
-            result.cases.append(_run_case(case, objects))
+            result.cases.append(_run_case(case, objects, hint, seconds))
         except _NotImplemented:
             result.not_implemented = True
             result.cases = [CaseResult(c.name, False, "not implemented yet", c.weight) for c in cases]
+            break
+        except Interrupted:
+            result.cases += [CaseResult(c.name, False, "not run: interrupted (KeyboardInterrupt)", c.weight)
+                             for c in cases[i:]]
+            break
+        except TimedOut as exc:
+            result.cases.append(CaseResult(case.name, False, str(exc), case.weight))
+            result.cases += [CaseResult(c.name, False, "not run: the case before ran out of time", c.weight)
+                             for c in cases[i + 1:]]
             break
     return result
 
@@ -252,38 +354,31 @@ def check(qid: str, *objects: Any) -> CheckResult:
         check("q1", deletion_auc)   # prints e.g. "q1 — deletion_auc(curve) -> float: all 4 cases passed."
     """
     question = get_question(qid)
-    result = run_cases(qid, question.public_cases(), objects, question.title)
+    result = run_cases(qid, question.public_cases(), objects, question.title, question.hint)
     print(result.report())
     return result
 
 
-def autograde(qid: str, *objects: Any) -> CheckResult:
-    """Hidden-test entry point: run public + hidden cases and publish the result to the grader.
+def autograde(qid: str, *objects: Any) -> CheckResult | None:
+    """Hidden-test entry point.
 
-    Displays the result as ``application/vnd.vit-course.grade+json`` (the grader reads it
-    from the hidden-test cell's outputs) with a text summary, then raises ``AssertionError``
-    when a case failed, so running the solution notebook under nbval fails loudly if the
-    reference answer stops passing.
-
-    The hidden cases come from ``HIDDEN_CASES_MODULE``, imported here (it attaches them to
-    the registered questions), so ``autograde`` needs the instructor's copy of the package.
+    In the grader's kernel (``collect.active()``): run the student's function on the hidden
+    inputs the grader handed in and write its outputs as plain data; the grader compares them
+    outside this process, so nothing here decides a grade. Anywhere else (the solution version
+    under nbval): run public + hidden cases here and raise ``AssertionError`` when one fails,
+    so the reference answer failing its own tests shows loudly. The hidden cases come from
+    ``HIDDEN_CASES_MODULE`` (the instructor's copy of the package).
     """
+    from vit_course.tools.grading import collect
+
+    if collect.active():
+        collect.collect(qid, *objects)
+        return None
     question = get_question(qid)
     importlib.import_module(HIDDEN_CASES_MODULE)
     cases = question.public_cases() + question.hidden_cases()
-    result = run_cases(qid, cases, objects, question.title)
-    bundle = {"text/plain": result.report(), GRADE_MIME: result.to_dict()}
-    try:
-        from IPython.core.interactiveshell import InteractiveShell
-        from IPython.display import display
-
-        in_kernel = InteractiveShell.initialized()
-    except ImportError:
-        in_kernel = False
-    if in_kernel:
-        display(bundle, raw=True)
-    else:  # plain Python: the summary is enough
-        print(result.report())
+    result = run_cases(qid, cases, objects, question.title, question.hint)
+    print(result.report())
     if not result.passed:
         raise AssertionError(f"{qid}: {result.n_passed} of {len(result.cases)} cases passed")
     return result

@@ -39,6 +39,31 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+NO_SANDBOX_WARNING = """\
+###########################################################################
+# WARNING: grading WITHOUT a sandbox (--sandbox none). Submissions run with #
+# your rights: they can read the source notebook and other submissions,   #
+# reach the network and leave processes behind. Every CSV row says so.    #
+###########################################################################"""
+
+
+def _sandbox(choice: str) -> str:
+    """The sandbox to use ("" after printing why the requested one cannot be used)."""
+    from vit_course.tools.grading.sandbox import bwrap_problem
+
+    problem = bwrap_problem() if choice in ("auto", "bwrap") else None
+    if choice == "bwrap" and problem:
+        print(f"error: --sandbox bwrap: {problem}; install bubblewrap, or pass --sandbox none "
+              "(no isolation: see docs/GRADING.md)", file=sys.stderr)
+        return ""
+    if choice == "none" or problem:
+        if problem:
+            print(f"bwrap cannot be used: {problem}", file=sys.stderr)
+        print(NO_SANDBOX_WARNING, file=sys.stderr)
+        return "none"
+    return "bwrap"
+
+
 def _grade(args: argparse.Namespace) -> int:
     from vit_course.tools.grading.feedback import print_progress
     from vit_course.tools.grading.grader import GradeOptions, grade_folder
@@ -52,9 +77,18 @@ def _grade(args: argparse.Namespace) -> int:
         cwd=args.cwd,
         executed_dir=args.executed_dir,
         max_restarts=args.max_restarts,
+        sandbox=_sandbox(args.sandbox),
+        call_time_limit=args.call_timeout,
     )
-    if args.timeout <= 0 or args.test_timeout <= 0 or args.max_output_kb <= 0 or args.max_restarts < 0:
-        print("error: --timeout, --test-timeout and --max-output-kb must be > 0, --max-restarts >= 0", file=sys.stderr)
+    if options.sandbox == "":
+        return 2
+    if options.cwd is not None and options.sandbox == "bwrap":
+        print("error: --cwd needs --sandbox none (in the sandbox each kernel works in its own private folder)",
+              file=sys.stderr)
+        return 2
+    if min(args.timeout, args.test_timeout, args.max_output_kb, args.call_timeout) <= 0 or args.max_restarts < 0:
+        print("error: --timeout, --test-timeout, --call-timeout and --max-output-kb must be > 0, --max-restarts >= 0",
+              file=sys.stderr)
         return 2
     try:
         grades = grade_folder(
@@ -66,10 +100,12 @@ def _grade(args: argparse.Namespace) -> int:
             options=options,
             progress=print_progress,
         )
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"graded {len(grades)} submission(s) → {args.out}")
+    if options.sandbox == "none":
+        print(NO_SANDBOX_WARNING, file=sys.stderr)
+    print(f"graded {len(grades)} submission(s) → {args.out} (sandbox: {options.sandbox})")
     return 0
 
 
@@ -98,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--cwd", help="working folder of the kernels (default: a fresh empty one per submission)")
     grade.add_argument("--executed-dir", help="also write each executed submission here (capped outputs)")
     grade.add_argument("--max-restarts", type=int, default=2, help="fresh kernels after a kernel death (default 2)")
+    grade.add_argument("--call-timeout", type=float, default=30.0,
+                       help="seconds for each call of the student's code in a hidden test (default 30)")
+    grade.add_argument("--sandbox", choices=("auto", "bwrap", "none"), default="auto",
+                       help="isolate each submission with bubblewrap (default: bwrap where it works; "
+                            "none = no isolation, with a loud warning)")
     grade.set_defaults(func=_grade)
     return parser
 

@@ -1,14 +1,14 @@
 """Run one notebook in a fresh kernel, in its own process, with time, memory and output limits.
 
 ``execute_notebook`` starts ``python -m vit_course.tools.grading._run_one`` in a new session
-(process group), waits for it with a hard wall-clock limit, and reads the JSON-lines events
-it wrote. Afterwards every process that carries this run's token in its environment (the
-child, the kernel, anything the submission started) is killed, so nothing outlives the
-call. POSIX only; the memory cap is Linux only (see ``_limit.py``).
-
-This is a fence against accidents (infinite loops, ``os._exit``, megabytes of output,
-memory blow-ups), not a sandbox: code in a submission runs with the grader's rights.
-See docs/GRADING.md for running the grader in a container.
+(process group), inside a bubblewrap sandbox (``sandbox="bwrap"``, see ``sandbox.py``) or
+without one (``"none"``), waits for it with a hard wall-clock limit, and reads the JSON-lines
+events and the hidden tests' outputs it wrote. Everything it wrote is untrusted: read as
+plain data only, symlinks and oversized files refused. Afterwards every process that carries
+this run's token in its environment (the child, the kernel, anything the submission
+started) is killed, and the job folder (kernelspec, connection files, the copy of the
+notebook) is removed, also after a timeout, a kill or a grader error. POSIX only; the
+memory cap is Linux only (see ``_limit.py``); the sandbox needs Linux and ``bwrap``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,12 @@ from pathlib import Path
 
 import nbformat
 
+from vit_course.tools.grading.collect import INPUTS_ENV, OUTPUTS_ENV
+
 TOKEN_ENV = "VIT_COURSE_GRADING_TOKEN"
+MAX_EVENTS_BYTES = 8 << 20
+MAX_RESULT_BYTES = 64 << 20
+SANDBOXES = ("bwrap", "none")
 
 _LIVE: dict[str, subprocess.Popen] = {}  # token → running child, for stop_all()
 _LIVE_LOCK = threading.Lock()
@@ -44,7 +49,7 @@ def stop_all() -> None:
 
 @dataclass(kw_only=True)
 class _Run:
-    status: str  # ok | error | timeout | died | not_run
+    status: str  # ok | error | timeout | died | killed | not_run
     ename: str = ""
     evalue: str = ""
 
@@ -59,10 +64,9 @@ class CellRun(_Run):
 
 @dataclass(kw_only=True)
 class HiddenRun(_Run):
-    """Result of one hidden-test cell; ``payload`` is ``CheckResult.to_dict()`` when published."""
+    """Result of one hidden-test cell (its outputs are in ``ExecutionReport.outputs``)."""
 
     id: str
-    payload: dict | None = None
 
 
 @dataclass
@@ -72,12 +76,17 @@ class ExecutionReport:
     cells: dict[int, CellRun] = field(default_factory=dict)
     hidden: dict[str, HiddenRun] = field(default_factory=dict)
     kernel_deaths: list[int | str] = field(default_factory=list)
+    kernel_kills: list[int | str] = field(default_factory=list)
     output_truncated_cells: list[int] = field(default_factory=list)
+    outputs: dict[str, str] = field(default_factory=dict)  # qid → the text collect wrote (untrusted)
     attempts: int = 0
-    killed: bool = False
+    killed: bool = False  # the hard wall-clock limit ran out
+    child_killed: bool = False  # the grading child ended without finishing (a signal, a kill)
+    finished: bool = False
     fatal: str = ""
     log_tail: str = ""
     seconds: float = 0.0
+    sandbox: str = "bwrap"
 
     @property
     def timed_out(self) -> bool:
@@ -143,34 +152,48 @@ def _sweep(token: str, kernel_groups: list[int]) -> None:
         time.sleep(0.05)
 
 
+def read_untrusted(path: Path, limit: int) -> str | None:
+    """Text of a regular file the sandbox wrote, or ``None`` (missing, a link, not a file, too big)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not (info.st_mode & 0o170000 == 0o100000) or info.st_size > limit:
+            return None
+        return fh.read(limit).decode("utf-8", errors="replace")
+
+
 def _read_events(path: Path, report: ExecutionReport) -> list[int]:
     kernel_groups: list[int] = []
-    if not path.exists():
-        return kernel_groups
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    text = read_untrusted(path, MAX_EVENTS_BYTES) or ""
+    for line in text.splitlines():
         try:
             ev = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
-        kind = ev.pop("event", "")
-        if kind == "attempt":
-            report.attempts = ev.get("n", report.attempts)
-        elif kind == "kernel":
-            kernel_groups.append(ev.get("pgid") or ev.get("pid"))
-        elif kind == "cell":
-            ev.pop("restart", None)
-            run = CellRun(**ev)
-            report.cells[run.index] = run
-        elif kind == "hidden":
-            report.hidden[ev["id"]] = HiddenRun(**ev)
-        elif kind == "output_truncated":
-            report.output_truncated_cells.extend(ev.get("cells", []))
-        elif kind == "fatal":
-            report.fatal = ev.get("message", "unknown error")
-    report.kernel_deaths = [i for i, c in sorted(report.cells.items()) if c.status == "died"] + [
-        h.id for h in report.hidden.values() if h.status == "died"
-    ]
-    return [g for g in kernel_groups if g]
+            kind = ev.pop("event", "")
+            if kind == "attempt":
+                report.attempts = int(ev.get("n", report.attempts))
+            elif kind == "kernel":
+                kernel_groups.append(int(ev.get("pgid") or ev.get("pid") or 0))
+            elif kind == "cell":
+                ev.pop("restart", None)
+                run = CellRun(**ev)
+                report.cells[int(run.index)] = run
+            elif kind == "hidden":
+                report.hidden[str(ev["id"])] = HiddenRun(**ev)
+            elif kind == "output_truncated":
+                report.output_truncated_cells.extend(int(i) for i in ev.get("cells", []))
+            elif kind == "fatal":
+                report.fatal = str(ev.get("message", "unknown error"))[:500]
+            elif kind == "done":
+                report.finished = True
+        except (ValueError, TypeError, KeyError, AttributeError):
+            continue  # a line cut short by a kill, or not ours
+    for status, found in (("died", report.kernel_deaths), ("killed", report.kernel_kills)):
+        found[:] = [i for i, c in sorted(report.cells.items()) if c.status == status] + [
+            h.id for h in report.hidden.values() if h.status == status]
+    return [g for g in kernel_groups if g > 1]
 
 
 def execute_notebook(
@@ -186,6 +209,9 @@ def execute_notebook(
     executed_path: str | Path | None = None,
     max_restarts: int = 2,
     startup_timeout: float = 60.0,
+    sandbox: str = "bwrap",
+    inputs: str | None = None,
+    hide: list[Path] | None = None,
 ) -> ExecutionReport:
     """Run the code cells of ``nb`` then the ``hidden`` cells, in a fresh kernel in a child process.
 
@@ -201,23 +227,34 @@ def execute_notebook(
         executed_path: where to write the executed notebook (capped outputs, no hidden cells).
         max_restarts: fresh kernels allowed after the kernel dies.
         startup_timeout: seconds allowed for a kernel to start.
+        sandbox: ``"bwrap"`` (see ``sandbox.py``) or ``"none"`` (no isolation).
+        inputs: the hidden inputs file's text (``expected.kernel_inputs``); ``None``: none.
+        hide: paths the sandbox must not show even if they lie in a folder it shows.
     Returns:
         An ``ExecutionReport``; it never raises for anything the notebook does.
     """
     if timeout <= 0 or test_timeout <= 0:
         raise ValueError(f"timeout and test_timeout must be > 0 seconds, got {timeout} and {test_timeout}")
+    if sandbox not in SANDBOXES:
+        raise ValueError(f"sandbox must be one of {SANDBOXES}, got {sandbox!r}")
+    if sandbox == "bwrap" and cwd is not None:
+        raise ValueError("cwd cannot be used with the bwrap sandbox (the kernel works in its private folder)")
     hidden = list(hidden or [])
     started = time.monotonic()
     token = uuid.uuid4().hex
-    report = ExecutionReport()
+    report = ExecutionReport(sandbox=sandbox)
     with tempfile.TemporaryDirectory(prefix="vit-grade-") as tmp:
         tmpdir = Path(tmp)
-        work = Path(cwd) if cwd is not None else tmpdir / "work"
-        work.mkdir(parents=True, exist_ok=True)
-        nb_path, events, log = tmpdir / "submission.ipynb", tmpdir / "events.jsonl", tmpdir / "child.log"
-        nbformat.write(nbformat.from_dict(dict(nb)), str(nb_path))
+        host_job = tmpdir / "job"  # all the child may write; /grading inside the sandbox
+        inside = Path("/grading") if sandbox == "bwrap" else host_job
+        (host_job / "work").mkdir(parents=True)
+        (host_job / "outputs").mkdir()
+        work = Path(cwd) if cwd is not None else inside / "work"
+        events, log = host_job / "events.jsonl", tmpdir / "child.log"
+        nbformat.write(nbformat.from_dict(dict(nb)), str(host_job / "work" / "submission.ipynb"))
+        (host_job / "inputs.json").write_text(inputs or '{"questions": {}}', encoding="utf-8")
         job = {
-            "notebook": str(nb_path),
+            "notebook": str(inside / "work" / "submission.ipynb"),
             "hidden": hidden,
             "timeout": timeout,
             "test_timeout": test_timeout,
@@ -225,23 +262,35 @@ def execute_notebook(
             "max_output_bytes": max_output_bytes,
             "kernel_name": kernel_name,
             "cwd": str(work),
-            "events": str(events),
-            "executed": str(executed_path) if executed_path else None,
+            "events": str(inside / "events.jsonl"),
+            "executed": str(inside / "executed.ipynb") if executed_path else None,
             "max_restarts": max_restarts,
             "startup_timeout": startup_timeout,
+            "kernelspec_dir": str(inside / "kernelspec"),
         }
-        (tmpdir / "job.json").write_text(json.dumps(job), encoding="utf-8")
-        env = dict(os.environ)
-        env[TOKEN_ENV] = token
-        env["IPYTHONDIR"] = str(tmpdir / "ipython")  # no user startup files, no shared history
-        env.setdefault("MPLBACKEND", "Agg")
+        (host_job / "job.json").write_text(json.dumps(job), encoding="utf-8")
+        command = [sys.executable, "-m", "vit_course.tools.grading._run_one", str(inside / "job.json")]
+        if sandbox == "bwrap":
+            from vit_course.tools.grading import sandbox as bw
+
+            (tmpdir / "empty").write_bytes(b"")
+            env = bw.sandbox_env(TOKEN_ENV, token)
+            env[INPUTS_ENV], env[OUTPUTS_ENV] = str(inside / "inputs.json"), str(inside / "outputs")
+            command = bw.bwrap_argv(host_job, tmpdir / "empty", env, list(hide or [])) + command
+        else:
+            env = dict(os.environ)
+            env[TOKEN_ENV] = token
+            env["IPYTHONDIR"] = str(host_job / "ipython")  # no user startup files, no shared history
+            env["JUPYTER_RUNTIME_DIR"] = str(host_job / "runtime")  # connection files go with the job
+            env.setdefault("MPLBACKEND", "Agg")
+            env[INPUTS_ENV], env[OUTPUTS_ENV] = str(inside / "inputs.json"), str(inside / "outputs")
         per_attempt = startup_timeout + timeout + 10 + len(hidden) * (test_timeout + 10)
         hard_limit = (max_restarts + 1) * per_attempt + 30
         kernel_groups: list[int] = []
         with open(log, "wb") as log_fh:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "vit_course.tools.grading._run_one", str(tmpdir / "job.json")],
-                cwd=tmpdir,
+                command,
+                cwd=host_job,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log_fh,
@@ -261,9 +310,20 @@ def execute_notebook(
                 proc.wait()
                 kernel_groups = _read_events(events, report)
                 _sweep(token, kernel_groups)
-        if proc.returncode not in (0, -signal.SIGKILL) and not report.fatal:
-            report.fatal = f"grader child exited with code {proc.returncode}"
-        if report.fatal or report.killed:
-            report.log_tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
+        for qid_file in sorted((host_job / "outputs").glob("*.json"))[:64]:
+            text = read_untrusted(qid_file, MAX_RESULT_BYTES)
+            if text is not None:
+                report.outputs[qid_file.stem] = text
+        if executed_path is not None:
+            text = read_untrusted(host_job / "executed.ipynb", MAX_RESULT_BYTES)
+            if text is not None:
+                Path(executed_path).write_text(text, encoding="utf-8")
+        log_text = read_untrusted(log, MAX_EVENTS_BYTES) or ""
+        if report.attempts == 0 and not report.killed:
+            report.fatal = report.fatal or f"the {sandbox} sandbox did not start (exit code {proc.returncode})"
+        elif not report.finished and not report.killed and not report.fatal:
+            report.child_killed = True  # killed by a signal, or stopped without finishing
+        if report.fatal or report.killed or report.child_killed:
+            report.log_tail = log_text[-3000:]
     report.seconds = round(time.monotonic() - started, 2)
     return report

@@ -21,6 +21,7 @@ STATUS_ORDER = (
     "cell_errors",
     "timeout",
     "kernel_died",
+    "kernel_killed",
     "memory_limit",
     "output_truncated",
     "grader_error",
@@ -33,11 +34,14 @@ STATUS_HELP = {
     "cell_errors": "some cells raised an error",
     "timeout": "the notebook ran out of time; cells after that point were not run",
     "kernel_died": "the Python kernel died (os._exit, a crash, or too much memory); it was restarted without that cell",
+    "kernel_killed": "the kernel, or the grader's process running your notebook, was killed by a signal",
     "memory_limit": "a cell ran out of memory",
     "output_truncated": "your notebook printed too much; the extra output was dropped",
     "grader_error": "the grader could not run your notebook; your instructor will look at it",
 }
-CSV_FIXED = ("total", "max_total", "status", "manual_pending")
+CSV_FIXED = ("total", "max_total", "status", "manual_pending", "sandbox")
+#: The ``sandbox`` column of a submission graded without one: loud on purpose.
+UNSANDBOXED = "NONE-not-isolated"
 
 
 @dataclass
@@ -51,6 +55,7 @@ class SubmissionGrade:
     question_notes: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    sandbox: str = "bwrap"
 
     @property
     def total(self) -> float:
@@ -98,7 +103,7 @@ def render_feedback(grade: SubmissionGrade, assignment: Assignment) -> str:
 
 
 def csv_text(grades: list[SubmissionGrade], assignment: Assignment) -> str:
-    """The CSV: ``student, q1, q2, …, total, max_total, status, manual_pending``."""
+    """The CSV: ``student, q1, q2, …, total, max_total, status, manual_pending, sandbox``."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     qids = [q.qid for q in assignment.questions]
@@ -106,7 +111,8 @@ def csv_text(grades: list[SubmissionGrade], assignment: Assignment) -> str:
     for g in sorted(grades, key=lambda g: g.student):
         writer.writerow(
             [g.student, *(fmt_points(g.points.get(q)) for q in qids), fmt_points(g.total),
-             fmt_points(assignment.max_total), g.status, fmt_points(g.manual_pending)]
+             fmt_points(assignment.max_total), g.status, fmt_points(g.manual_pending),
+             g.sandbox if g.sandbox != "none" else UNSANDBOXED]
         )
     return buffer.getvalue()
 

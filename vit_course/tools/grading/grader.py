@@ -6,9 +6,13 @@ For each ``*.ipynb`` (student name = file name without ``.ipynb``):
 2. Compare the graded cells (by ``metadata.vit_course.id``) with the source:
    missing → ``cells_deleted``, out of order → ``cells_reordered``. Grading goes on.
 3. Run the submission, then the hidden tests taken from the SOURCE notebook, in a fresh
-   kernel in a child process (``executor.execute_notebook``).
-4. Score: each hidden-test cell earns ``points × fraction of its cases passed``; manual
-   questions are left blank and counted in ``manual_pending``.
+   kernel in a child process inside a bubblewrap sandbox (``executor.execute_notebook``).
+   The hidden tests only run the student's functions on hidden inputs and hand back their
+   outputs as plain data.
+4. Score outside the sandbox: the outputs are compared (``compare``) with the expected
+   values the reference solution gave in a process of its own, once per batch
+   (``expected.load_plan``); each hidden-test cell earns ``points × fraction of its cases
+   passed``; manual questions are left blank and counted in ``manual_pending``.
 
 The CSV is written atomically once every submission is graded; the batch always finishes.
 The source notebook is read in ``assignment``; the CSV rows and feedback files are built
@@ -26,7 +30,9 @@ import nbformat
 
 from vit_course.tools.grading._io import check_outputs, write_atomic
 from vit_course.tools.grading.assignment import Assignment, cell_text, load_assignment
+from vit_course.tools.grading.compare import grade_question
 from vit_course.tools.grading.executor import ExecutionReport, execute_notebook, stop_all
+from vit_course.tools.grading.expected import kernel_inputs, load_plan
 from vit_course.tools.grading.feedback import SubmissionGrade, csv_text, render_feedback
 from vit_course.tools.grading.markers import cell_info, read_notebook
 
@@ -84,8 +90,10 @@ def _strip(nb: dict) -> tuple[dict, int]:
     return nb, dropped
 
 
-def score(report: ExecutionReport, assignment: Assignment, missing: list[str], student: str) -> SubmissionGrade:
-    """Points per question and notes from an execution report."""
+def score(report: ExecutionReport, assignment: Assignment, missing: list[str], student: str,
+          plan: dict | None = None) -> SubmissionGrade:
+    """Points per question and notes from an execution report and the batch's ``plan``."""
+    plan = plan or {"questions": {}}
     grade = SubmissionGrade(student=student, points={}, statuses=[])
     for q in assignment.questions:
         notes = grade.question_notes.setdefault(q.qid, [])
@@ -108,8 +116,9 @@ def score(report: ExecutionReport, assignment: Assignment, missing: list[str], s
             if run is None:
                 notes.append("The tests could not run (the notebook did not get that far).")
                 continue
-            payload = run.payload
-            if payload is not None and payload.get("question") == q.qid:
+            entry = plan["questions"].get(q.qid)
+            payload = grade_question(q.qid, entry, report.outputs.get(q.qid)) if entry is not None else None
+            if payload is not None and (q.qid in report.outputs or run.status == "ok"):
                 fraction = float(payload.get("fraction", 0.0))
                 earned += h.points * min(max(fraction, 0.0), 1.0)
                 if payload.get("not_implemented"):
@@ -126,8 +135,8 @@ def score(report: ExecutionReport, assignment: Assignment, missing: list[str], s
                 notes.append("Tests passed.")
             elif run.status == "timeout":
                 notes.append("Your code ran out of time during the tests.")
-            elif run.status == "died":
-                notes.append("The kernel died while your code was being tested.")
+            elif run.status in ("died", "killed"):
+                notes.append(f"The kernel {run.status} while your code was being tested.")
             else:
                 notes.append(f"The tests could not use your code: {run.ename}: {run.evalue}".rstrip(": "))
         grade.points[q.qid] = round(earned, 2)
@@ -146,6 +155,8 @@ class GradeOptions:
     cwd: str | Path | None = None
     executed_dir: str | Path | None = None
     max_restarts: int = 2
+    sandbox: str = "bwrap"  # "bwrap" or "none" (no isolation: see docs/GRADING.md)
+    call_time_limit: float = 30.0  # seconds for each call of the student's code in a hidden test
 
 
 def _zero(assignment: Assignment, student: str, status: str, note: str) -> SubmissionGrade:
@@ -154,9 +165,17 @@ def _zero(assignment: Assignment, student: str, status: str, note: str) -> Submi
     return grade
 
 
-def grade_submission(path: str | Path, assignment: Assignment, options: GradeOptions | None = None) -> SubmissionGrade:
-    """Grade one submission file; never raises for anything the submission contains."""
+def grade_submission(path: str | Path, assignment: Assignment, options: GradeOptions | None = None,
+                     plan: dict | None = None, hide: list[Path] | None = None) -> SubmissionGrade:
+    """Grade one submission file; never raises for anything the submission contains.
+
+    ``plan``: the batch's hidden inputs and expected values (``expected.load_plan``; built
+    here when ``None``); ``hide``: paths the sandbox must not show (the submissions folder,
+    the source, the outputs).
+    """
     options = options or GradeOptions()
+    if plan is None:
+        plan = load_plan([q.qid for q in assignment.questions if q.kind == "auto"])
     path = Path(path)
     student = path.stem
     try:
@@ -184,11 +203,15 @@ def grade_submission(path: str | Path, assignment: Assignment, options: GradeOpt
             cwd=options.cwd,
             executed_path=executed,
             max_restarts=options.max_restarts,
+            sandbox=options.sandbox,
+            inputs=kernel_inputs(plan, options.call_time_limit),
+            hide=[path.parent, assignment.source, *(hide or [])],
         )
     except Exception as exc:  # the grader itself failed: record it, keep the batch going
         return _zero(assignment, student, "grader_error", f"Grader error: {type(exc).__name__}: {exc}")
-    grade = score(report, assignment, missing, student)
+    grade = score(report, assignment, missing, student, plan)
     grade.seconds = report.seconds
+    grade.sandbox = options.sandbox
     grade.statuses = statuses
     grade.notes = notes
     for index in report.error_cells:
@@ -206,6 +229,14 @@ def grade_submission(path: str | Path, assignment: Assignment, options: GradeOpt
         for where in report.kernel_deaths:
             label = _cell_label(clean, where) if isinstance(where, int) else "a hidden test"
             grade.notes.append(f"The kernel died in {label}; it was restarted and your notebook re-run without that cell.")
+    if report.kernel_kills or report.child_killed:
+        grade.statuses.append("kernel_killed")
+        for where in report.kernel_kills:
+            label = _cell_label(clean, where) if isinstance(where, int) else "a hidden test"
+            grade.notes.append(f"The kernel was killed by a signal in {label}; it was restarted without that cell.")
+        if report.child_killed:
+            grade.notes.append("The grader's process running your notebook was killed before it finished; "
+                               "only the tests that had finished by then count.")
     if report.memory_exceeded:
         grade.statuses.append("memory_limit")
         grade.notes.append(f"A cell ran out of memory (limit {options.memory_mb} MB).")
@@ -268,10 +299,13 @@ def grade_folder(
     feedback_dir = Path(feedback_dir) if feedback_dir is not None else out.with_name(out.stem + "_feedback")
     check_outputs(out, feedback_dir)  # before grading: an unwritable --out fails now, not after the batch
     files = sorted(p for p in submissions.glob("*.ipynb") if p.is_file() and not p.name.startswith("."))
+    auto = [q.qid for q in assignment.questions if q.kind == "auto"]
+    plan = load_plan(auto) if files else {"questions": {}}  # once per batch, in a process of its own
+    hide = [submissions, Path(source), out.parent, feedback_dir]
 
     def one(path: Path) -> SubmissionGrade:
         try:
-            grade = grade_submission(path, assignment, options)
+            grade = grade_submission(path, assignment, options, plan, hide)
         except Exception as exc:  # pragma: no cover - last line of defence
             grade = _zero(assignment, path.stem, "grader_error", f"Grader error: {type(exc).__name__}: {exc}")
         write_atomic(feedback_dir / f"{grade.student}.md", render_feedback(grade, assignment))

@@ -108,6 +108,9 @@ class Question:
     title: str
     _public: tuple[CaseSource, ...]
     _hidden: Callable[[], Iterable[Case]] | None = None
+    #: ``hint(args, kwargs, got) -> str | None``: the likely misconception behind a wrong
+    #: answer, named without giving the solution (used by ``check`` and by the grader).
+    hint: Callable[[tuple, dict, Any], str | None] | None = None
 
     def public_cases(self) -> list[Case]:
         """The cases ``check`` runs (students see their names, inputs and expected values)."""
@@ -127,6 +130,7 @@ def register_question(
     title: str = "",
     hidden: Callable[[], Iterable[Case]] | None = None,
     replace: bool = False,
+    hint: Callable[[tuple, dict, Any], str | None] | None = None,
 ) -> Question:
     """Register question ``qid`` with its public ``cases`` and optional ``hidden`` cases.
 
@@ -136,6 +140,8 @@ def register_question(
         title: what the student implements, e.g. ``"deletion_auc(curve) -> float"``.
         hidden: zero-argument callable returning the grader's extra cases.
         replace: allow replacing an existing registration.
+        hint: ``hint(args, kwargs, got) -> str | None`` naming the misconception behind a
+            wrong answer (never the solution); called for failed cases only.
     Returns:
         The registered ``Question``.
     Raises:
@@ -150,7 +156,7 @@ def register_question(
     for case in cases:
         if not isinstance(case, Case) and not callable(case):
             raise TypeError(f"question {qid!r}: cases must be Case objects or callables, got {case!r}")
-    question = Question(qid=qid, title=title, _public=tuple(cases), _hidden=hidden)
+    question = Question(qid=qid, title=title, _public=tuple(cases), _hidden=hidden, hint=hint)
     _REGISTRY[qid] = question
     return question
 
@@ -208,12 +214,110 @@ def _q1_public() -> list[Case]:
     def t(values: list[float]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.float64)
 
+    # Chosen so that every common wrong answer fails at least two: a plain mean, a sum over
+    # the step index (dx = 1), dividing by the number of points, left or right rectangles.
     return [
         Case("two points (steps=1)", (t([1.0, 0.0]),), 0.5),
-        Case("linear decay, 4 steps", (t([1.0, 0.75, 0.5, 0.25, 0.0]),), 0.5),
-        Case("constant curve", (t([0.8] * 6),), 0.8),
         Case("sharp drop, 3 steps", (t([1.0, 0.2, 0.1, 0.0]),), 0.8 / 3),
+        Case("constant curve, 5 steps", (t([0.8] * 6),), 0.8),
+        Case("rising curve, 2 steps", (t([0.0, 1.0, 1.0]),), 0.75),
+        Case("halving, 4 steps", (t([1.0, 0.5, 0.25, 0.125, 0.0625]),), 1.40625 / 4),
     ]
+
+
+def _numbers(x: Any) -> Any:
+    import numpy as np
+
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _number(x: Any) -> float | None:
+    try:
+        arr = _numbers(x)
+    except (TypeError, ValueError):
+        return None
+    return float(arr.reshape(())) if arr.size == 1 else None
+
+
+def _matches(got: Any, variants: list[tuple[float, str]]) -> str | None:
+    import math
+
+    value = _number(got)
+    if value is None:
+        return None
+    for wrong, hint in variants:
+        if math.isfinite(wrong) and math.isclose(value, wrong, rel_tol=1e-5, abs_tol=1e-7):
+            return hint
+    if math.isnan(value) and any(math.isnan(w) for w, _ in variants):
+        return next(h for w, h in variants if math.isnan(w))
+    return None
+
+
+def q1_hint(args: tuple, kwargs: dict, got: Any) -> str | None:
+    """The misconception behind a wrong ``deletion_auc``, if ``got`` matches a known one."""
+    c = _numbers(args[0]).ravel()
+    s = c.size - 1
+    if s < 1:
+        return None
+    pairs = (c[1:] + c[:-1]).sum() / 2
+    return _matches(got, [
+        (c.mean(), "did you average the points instead of integrating? A plain mean divides by the S+1 points "
+                   "and weighs the end points fully; the trapezoid rule divides by the S intervals and halves them"),
+        (pairs, "did you integrate over the step index instead of over x in [0, 1]? Each step moves x by 1/steps"),
+        (pairs / (s + 1), "did you divide by the number of points? S+1 points make S intervals"),
+        (c[:-1].mean(), "did you use rectangles (left sum)? Each interval is a trapezoid between two points"),
+        (c[1:].mean(), "did you use rectangles (right sum)? Each interval is a trapezoid between two points"),
+    ])
+
+
+def q2_hint(args: tuple, kwargs: dict, got: Any) -> str | None:
+    """The misconception behind a wrong ``grid_pointing_score``, if ``got`` matches a known one."""
+    import numpy as np
+
+    m, tile = _numbers(args[0]), int(args[1])
+    if m.ndim != 2 or tile not in (0, 1, 2, 3):
+        return None
+    h, w = m.shape[0] // 2, m.shape[1] // 2
+
+    def share(values: Any, row: int, col: int) -> float:
+        total = values.sum()
+        with np.errstate(all="ignore"):
+            return float(values[row * h:(row + 1) * h, col * w:(col + 1) * w].sum() / total) if total else float("nan")
+
+    row, col = divmod(tile, 2)
+    return _matches(got, [
+        (share(m, row, col), "did you count negative attribution? Only positive values count: "
+                             "negative ones are evidence against the class, set them to 0 first"),
+        (share(np.abs(m), row, col), "did you take absolute values? Negative attribution counts as 0, not by its size"),
+        (share(m.clip(min=0), col, row), "tiles are numbered row by row: 0 top-left, 1 top-right, 2 bottom-left"),
+        (float("nan"), "with no positive attribution the answer is 0.0, not a division by zero"),
+    ])
+
+
+def q4_hint(args: tuple, kwargs: dict, got: Any) -> str | None:
+    """The misconception behind a wrong ``summary_table`` (NaN handling), if one is visible."""
+    import math
+
+    if not isinstance(got, (list, tuple)) or not args or not isinstance(args[0], dict):
+        return None
+    for row in got:
+        if not isinstance(row, dict):
+            return None
+        values = args[0].get(row.get("method"), {}).get(row.get("metric"))
+        if values is None:
+            continue
+        v = _numbers(values).ravel()
+        nans = int(sum(map(math.isnan, v)))
+        if not nans:
+            continue
+        n, mean = _number(row.get("n")), _number(row.get("mean"))
+        if n == v.size:
+            return "did you count the NaN values in n? Drop the NaNs first, then count what is left"
+        if mean is not None and math.isnan(mean):
+            return "did you drop the NaNs before the bootstrap? One NaN makes the mean NaN"
+    return None
 
 
 def _q2_public() -> list[Case]:
@@ -226,6 +330,9 @@ def _q2_public() -> list[Case]:
     mixed[2:, :2] = -5.0  # tile 2 negative: not counted
     ramp = torch.zeros(2, 6, dtype=torch.float64)
     ramp[0] = torch.arange(1.0, 7.0, dtype=torch.float64)
+    # negative values everywhere, positive ones in tiles 0 and 3: counting negatives fails
+    signed = torch.tensor([[2.0, 1.0, -1.0, -1.0], [1.0, 0.0, -1.0, -1.0],
+                           [-3.0, -3.0, 1.0, 0.0], [-3.0, -3.0, 0.0, 1.0]], dtype=torch.float64)
     return [
         Case("all attribution in tile 0", (tile0, 0), 1.0),
         Case("uniform map, target tile 3", (torch.ones(4, 4, dtype=torch.float64), 3), 0.25),
@@ -233,6 +340,7 @@ def _q2_public() -> list[Case]:
         Case("negative values ignored, target tile 2", (mixed, 2), 0.0),
         Case("no positive attribution", (-torch.ones(4, 4, dtype=torch.float64), 0), 0.0),
         Case("2x6 map, target tile 1", (ramp, 1), 15.0 / 21.0),
+        Case("signed map, target tile 0", (signed, 0), 4.0 / 6.0),
     ]
 
 
@@ -240,11 +348,13 @@ register_question(
     "q1",
     _q1_public,
     title="deletion_auc(curve) -> float",
+    hint=q1_hint,
 )
 register_question(
     "q2",
     _q2_public,
     title="grid_pointing_score(attribution, target_tile) -> float",
+    hint=q2_hint,
 )
 
 
@@ -421,11 +531,14 @@ def _q4_public() -> list[Case]:
         "random": {"deletion_auc": [0.6, 0.5]},
     }
     const = {"center_gaussian": {"grid_pointing": [0.25, 0.25, 0.25, 0.25]}}
+    nan = float("nan")
+    with_nan = {"rollout": {"deletion_auc": [0.2, nan, 0.4, 0.3, 0.5]}, "random": {"deletion_auc": [0.6, 0.4, nan, nan, 0.5]}}
     cases = [
         ("one method, one metric", one),
         ("two methods, two metrics: metric by metric", two),
         ("a method without one metric gets no row for it", gap),
         ("constant values: lo = mean = hi", const),
+        ("NaN values are dropped before counting n", with_nan),
     ]
     return [Case(name, (scores,), _q4_expected(scores), compare=compare_rows) for name, scores in cases]
 
@@ -434,4 +547,5 @@ register_question(
     "q4",
     _q4_public,
     title="summary_table(scores) -> list of rows {metric, method, mean, lo, hi, n}",
+    hint=q4_hint,
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from vit_course.tools.grading.compare import _close
 from vit_course.tools.grading.questions import (
     Q3_ALL_METHODS,
     Q3_CHEFER_IMAGES,
@@ -132,19 +133,6 @@ Q3_CURVE_IMAGES = 2  # images whose deletion/insertion curves are recomputed, ev
 Q3_EXTRA_MAPS = slice(2, 6)  # images whose explainer maps are recomputed (check did 0..1)
 Q3_GRID_MAPS = 3  # grids whose maps are recomputed
 _UNNORMALISED = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-
-
-def _close(got, expected, what: str, rtol: float = 1e-4, atol: float = 1e-5) -> str | None:
-    got = torch.as_tensor(got).detach().double().cpu()
-    expected = torch.as_tensor(expected).detach().double().cpu()
-    if got.shape != expected.shape:
-        return f"{what}: expected shape {tuple(expected.shape)}, got {tuple(got.shape)}"
-    if not torch.allclose(got, expected, rtol=rtol, atol=atol, equal_nan=True):
-        diff = (got - expected).abs().nan_to_num(0.0).flatten()
-        i = int(diff.argmax())
-        return (f"{what}: expected {expected.flatten()[i].item():.6g} at flat index {i}, "
-                f"got {got.flatten()[i].item():.6g}")
-    return None
 
 
 def _q3_curves(suite, model, images, labels, steps) -> str | None:
@@ -330,3 +318,62 @@ set_hidden_cases("q1", q1_hidden_cases)
 set_hidden_cases("q2", q2_hidden_cases)
 set_hidden_cases("q3", q3_hidden_cases)
 set_hidden_cases("q4", q4_hidden_cases)
+
+
+# --------------------------------------------------------------------------- the grader's plan
+
+#: q3 is graded on a batch of its own: the student's ``run_course_suite`` runs on these
+#: images in the grading kernel, the reference one here; the suites are compared part by part.
+Q3_GRADING_IMAGES = 8
+Q3_GRADING_STEPS = 4
+Q3_PARTS = (
+    ("methods", "the suite holds rollout, grad_rollout, gradcam and both controls"),
+    ("maps", "maps of rollout, grad_rollout and gradcam match explain(...)"),
+    ("controls", "the random and centre-Gaussian controls are run_suite's defaults"),
+    ("curves", "deletion and insertion curves (blur baseline, steps + 1 points)"),
+    ("chefer", "Chefer positive and negative tests on un-normalised images"),
+    ("scores", "every AUC is the area under its own curve"),
+    ("grid", "grid pointing game built and scored with the defaults"),
+)
+MODEL_INPUT = {"__model__": "synthetic_vit"}
+
+
+def _q3_plan() -> tuple[list[dict], list[dict], object]:
+    from vit_course.data.synthetic import SyntheticFood
+    from vit_course.tools.grading.collect import resolve_model
+
+    data = SyntheticFood(Q3_GRADING_IMAGES, split="test")
+    images, labels = data.images.float() / 255, data.labels
+    suite = run_course_suite(resolve_model(MODEL_INPUT), images, labels, Q3_GRADING_STEPS)
+    calls = [{"args": [MODEL_INPUT, images, labels, Q3_GRADING_STEPS], "kwargs": {}}]
+    cases = [{"name": f"hidden: {title}", "call": 0, "weight": 1.0, "check": f"suite:{part}"}
+             for part, title in Q3_PARTS]
+    return calls, cases, suite
+
+
+def grading_plan(qid: str) -> tuple[list[dict], list[dict], object] | None:
+    """What the grader needs for ``qid``: ``(calls, cases, shared)``, or ``None`` when unknown.
+
+    ``calls`` are the hidden inputs (``{"args", "kwargs"}``) the grading kernel runs the
+    student's function on; ``cases`` say how each output is compared (``check``: ``values``,
+    ``rows`` or ``suite:<part>``, with ``rtol``, ``atol`` and ``expected``); ``shared`` is
+    the reference suite for q3. Computed in the grader's reference process
+    (``vit_course.tools.grading.expected``), never in a student's kernel.
+    """
+    from vit_course.tools.grading.questions import get_question
+
+    if qid == "q3":
+        return _q3_plan()
+    try:
+        question = get_question(qid)
+    except ValueError:
+        return None
+    calls, cases = [], []
+    for case in question.hidden_cases():
+        check = "rows" if case.compare is compare_rows else "values" if case.compare is None else None
+        if case.call is not None or check is None:
+            return None
+        calls.append({"args": list(case.args), "kwargs": dict(case.kwargs)})
+        cases.append({"name": case.name, "call": len(calls) - 1, "weight": case.weight, "check": check,
+                      "rtol": case.rtol, "atol": case.atol, "expected": case.expected})
+    return (calls, cases, None) if cases else None
