@@ -18,7 +18,7 @@ from vit_course.explain.families import (
     blocks_of,
     describe_model,
     family_of,
-    head_linear,
+    head_layers,
     head_of,
     head_param_prefixes,
     logits_of,
@@ -93,18 +93,21 @@ def test_unsupported_model_error_lists_all_four_families():
 
 def test_head_of_for_the_three_torchvision_head_shapes():
     model = tiny_torchvision()                                     # Sequential(head=Linear)
-    assert head_of(model) is model.heads and head_linear(model) is model.heads.head
+    assert head_of(model) is model.heads and head_layers(model) == (model.heads.head,)
     bare = nn.Linear(32, 5)
     attach_head(model, bare)                                       # a bare Linear
-    assert head_of(model) is bare and head_linear(model) is bare
+    assert head_of(model) is bare and head_layers(model) == (bare,)
     assert describe_model(model).num_classes == 5
     other = nn.Linear(32, 4)
     assert set_head(model, other) is model and model.heads is other
     pre_logits = tiny_torchvision(representation_size=16)          # Sequential(pre, act, head)
     assert head_of(pre_logits) is pre_logits.heads
     assert describe_model(pre_logits).num_classes == 3
+    heads = pre_logits.heads
+    assert head_layers(pre_logits) == (heads.pre_logits, heads.act, heads.head)
+    attach_head(pre_logits, nn.Sequential(nn.Linear(32, 8), nn.Linear(8, 3)))
     with pytest.raises(TypeError, match="pre-logits"):
-        head_linear(pre_logits)
+        head_layers(pre_logits)
 
 
 def test_timm_layer_scale_and_qk_norm_are_named_as_extras():

@@ -59,3 +59,4 @@ from .lrp import TransformerAttribution
 from .norm import NormAttention, norm_contributions
 from .value_zeroing import ValueZeroing
 from .vit_cx import ViTCX
+from .attn_lrp import AttnLRP, CPLRP, lrp_relevance

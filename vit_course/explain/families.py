@@ -396,21 +396,27 @@ def head_of(model: nn.Module) -> nn.Module:
     return part(model, "head")
 
 
-def head_linear(model: nn.Module) -> nn.Linear:
-    """The head's one ``nn.Linear``: the head itself or a ``Sequential`` holding only it.
+def head_layers(model: nn.Module) -> tuple[nn.Module, ...]:
+    """The head as a chain of layers: ``(Linear,)`` or ``(Linear, activation, Linear)``.
+
+    Accepts a bare ``nn.Linear`` (after :func:`vit_course.pretrained.attach_head`),
+    ``Sequential(head=Linear)`` and torchvision's ``Sequential(pre_logits, act, head)``
+    (``representation_size``); dropouts and identities are skipped.
 
     Raises:
-        TypeError: a head with more layers (torchvision's pre-logits ``representation_size``).
+        TypeError: any other head, naming its layers.
     """
     head = head_of(model)
-    kids = list(head.children()) if isinstance(head, nn.Sequential) else [head]
-    if len(kids) != 1 or not isinstance(kids[0], nn.Linear):
+    kids = [m for m in head.children() if not isinstance(m, (nn.Dropout, nn.Identity))] \
+        if isinstance(head, nn.Sequential) else [head]
+    linear = [isinstance(m, nn.Linear) for m in kids]
+    if linear not in ([True], [True, False, True]) or any(
+            next(m.parameters(), None) is not None for m in kids if not isinstance(m, nn.Linear)):
         raise TypeError(
-            f"the classification head must be one nn.Linear (alone or in a Sequential), got "
-            f"{head!r}; a pre-logits layer (torchvision's representation_size) is not "
-            "supported here. Replace the head with vit_course.pretrained.attach_head(model, "
-            "nn.Linear(D, K)).")
-    return kids[0]
+            f"the classification head must be one nn.Linear, alone or in a Sequential, or "
+            f"Sequential(Linear, activation, Linear) (torchvision's pre-logits), got {head!r}; "
+            "replace it with vit_course.pretrained.attach_head(model, nn.Linear(D, K)).")
+    return tuple(kids)
 
 
 def set_head(model: nn.Module, head: nn.Module) -> nn.Module:

@@ -19,8 +19,9 @@ How it runs here: the model is not modified or hooked. :func:`vit_weights` reads
 supported model's own weights into a common per-block structure (:class:`ViTWeights`,
 one adapter per model family), :func:`forward_trace` re-implements the ViT forward pass
 with them and keeps the tensors the rules need (its logits equal the model's), and
-:func:`relevance_pass` applies the rules backwards, batched. Cost on ViT-B/16 for a batch
-of 16 on CPU: about 6–8 plain forward passes (two runs on a busy 2-core machine; gradient
+:func:`relevance_pass` applies the rules backwards, batched, in float64 by default (see
+"Precision" below). Cost on ViT-B/16 for a batch of 16 on CPU, in float32: about 6–8 plain
+forward passes, about twice that in float64 (two runs on a busy 2-core machine; gradient
 rollout took 1.8 in the same run). The traced forward is ≈ 1 and the backward for ∇A
 ≈ 1.1; the rest is the relevance pass, where each Linear costs four matrix products (its
 input's positive and negative parts against the weight's).
@@ -32,7 +33,12 @@ Differences from the authors' code (hila-chefer/Transformer-Explainability,
   ``.cuda()``) and reads ``cam[0]`` (image 0 of the batch; ``VisionTransformer.relprop``,
   ``method="transformer_attribution"``, called ``"grad"`` in earlier commits); their
   residual rule (``Add.relprop``) normalises with sums over the whole batch. Here every
-  step is per image, on any device, so an image's map is the same alone or in a batch.
+  step is per image, on any device.
+- Precision: theirs runs in the model's float32. The method is ill-conditioned (see
+  :class:`TransformerAttribution`), so float32 rounding alone changes the map, also
+  between an image alone and inside a batch; here the passes run in float64 by default,
+  which makes an image's map the same alone and in a batch (to 1e-4 after min-max
+  normalisation, tested on a random ViT-B/16).
 - Start of the relevance: a one-hot vector for the target class, as theirs
   (``relprop(one_hot_vector)`` in ``LRP.generate_LRP``), not the one-hot times the logit.
   The gradient ∇A is of the target logit itself, as theirs.
@@ -49,10 +55,11 @@ Differences from the authors' code (hila-chefer/Transformer-Explainability,
 - Supported models: every family of :mod:`vit_course.explain.families` whose blocks are
   plain pre-norm blocks: the course ViT, torchvision ``VisionTransformer`` (any image or
   patch size, no conv stem; ``heads`` one Linear, bare or in a Sequential, as after
-  :func:`vit_course.pretrained.attach_head`), timm ViT/DeiT and Hugging Face
-  ``ViTForImageClassification`` (GELU MLP). Parts without a rule here raise ``TypeError``
-  naming them: a pre-logits head, timm's layer-scale and qk-norm, distilled DeiT's second
-  head and register tokens.
+  :func:`vit_course.pretrained.attach_head`, or the pre-logits ``Sequential(Linear, Tanh,
+  Linear)``, whose activation passes relevance through like GELU), timm ViT/DeiT and
+  Hugging Face ``ViTForImageClassification`` (GELU MLP). Parts without a rule here raise
+  ``TypeError`` naming them: timm's layer-scale and qk-norm, distilled DeiT's second head
+  and register tokens.
 
 Shapes: B batch, C channels, H×W pixels, h×w patch grid, N = h·w, T = 1+N tokens, D width,
 M MLP width, K classes, L blocks.
@@ -68,13 +75,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import check_layer_index, check_targets, resolve_targets
+from ..checks import check_choice, check_layer_index, check_targets, resolve_targets
 from .capture import _backward, prepare_images, require_autograd
-from .families import BlockParts, blocks_of, describe_model, family_of, head_linear, part
+from .families import (BlockParts, blocks_of, describe_model, family_of, head_layers,
+                       layer_norm_as, linear_as, part)
 from .gae import gae_rollout
 from .lrp_layers import (EPS, relprop_add, relprop_clone, relprop_identity, relprop_linear,
                          relprop_matmul, relprop_patch_embedding)
 from .methods import Explainer, register_method
+from .value_zeroing import PRECISIONS
 
 
 # ----------------------------------------------------------------------------- weights
@@ -82,8 +91,8 @@ from .methods import Explainer, register_method
 class ViTWeights:
     """A ViT's parts in one layout for every supported family (no copies but HF's qkv).
 
-    The blocks are the families' own :class:`~vit_course.explain.families.BlockParts`
-    (modules, called as they are); the embeddings and the head are detached tensors.
+    The blocks and the head are the families' own modules, whose parameters the functional
+    forward pass casts to the dtype it runs in; the embeddings are detached tensors.
 
     Attributes:
         family: :attr:`~vit_course.explain.families.ModelInfo.family`.
@@ -91,7 +100,8 @@ class ViTWeights:
         class_token: (1, 1, D). pos_embedding: (1, 1+N, D).
         blocks: one :class:`~vit_course.explain.families.BlockParts` per encoder block,
             input side first (LayerNorms, qkv (3D, D), Linears, the MLP activation).
-        norm: the final LayerNorm. head_weight: (K, D). head_bias: (K,) or None.
+        norm: the final LayerNorm. head: ``(Linear,)`` or ``(Linear, activation, Linear)``
+            (:func:`~vit_course.explain.families.head_layers`).
         num_heads: attention heads per block.
     """
 
@@ -102,8 +112,7 @@ class ViTWeights:
     pos_embedding: Tensor
     blocks: tuple[BlockParts, ...]
     norm: nn.Module
-    head_weight: Tensor
-    head_bias: Tensor | None
+    head: tuple[nn.Module, ...]
     num_heads: int
 
     @property
@@ -116,7 +125,7 @@ _RULE_TYPES = (("norm1", nn.LayerNorm), ("proj", nn.Linear), ("norm2", nn.LayerN
                ("fc1", nn.Linear), ("fc2", nn.Linear))
 
 
-def vit_weights(model: nn.Module) -> ViTWeights:
+def vit_weights(model: nn.Module, method: str = "transformer_attribution") -> ViTWeights:
     """Read a supported ViT's parts into :class:`ViTWeights` (no copies except Hugging
     Face's q/k/v concatenated into one qkv weight).
 
@@ -125,13 +134,15 @@ def vit_weights(model: nn.Module) -> ViTWeights:
     torchvision, timm ViT/DeiT (not distilled) and Hugging Face ``ViTForImageClassification``.
 
     Args:
-        model: a supported ViT with a plain patch embedding and a one-Linear head.
+        model: a supported ViT with a plain patch embedding and a head of one Linear
+            or torchvision's pre-logits ``Sequential(Linear, activation, Linear)``.
+        method: the method's name, for the error messages.
 
     Returns:
         the weights, in the model's device and dtype.
 
     Raises:
-        TypeError: an unsupported model or variant: conv stem, pre-logits head, or parts
+        TypeError: an unsupported model or variant: conv stem, another head, or parts
             without an LRP rule here (timm layer-scale, qk-norm, distillation or register
             tokens, average pooling, another MLP or norm type), named in the message.
     """
@@ -145,7 +156,7 @@ def vit_weights(model: nn.Module) -> ViTWeights:
             for name, kind in _RULE_TYPES if not isinstance(getattr(p, name), kind)]
     if bad:
         raise TypeError(
-            f"transformer_attribution has no LRP rule for {', '.join(bad)} of this "
+            f"{method} has no LRP rule for {', '.join(bad)} of this "
             f"{fam.name} model ({type(model).__name__}); use 'gae' or 'grad_rollout', which "
             "need only attention and gradients.")
     conv = part(model, "patch")
@@ -153,13 +164,12 @@ def vit_weights(model: nn.Module) -> ViTWeights:
             or any(conv.padding) or conv.groups != 1 or tuple(conv.dilation) != (1, 1):
         raise TypeError(f"the patch embedding must be a Conv2d with kernel_size == stride, no "
                         f"padding (a plain patch embedding), got {conv!r}; models with a conv "
-                        "stem are not supported by transformer_attribution.")
-    head = head_linear(model)
-    conv_bias, head_bias = (None if b is None else b.detach() for b in (conv.bias, head.bias))
-    return ViTWeights(fam.name, conv.weight.detach(), conv_bias,
+                        f"stem are not supported by {method}.")
+    return ViTWeights(fam.name, conv.weight.detach(),
+                      None if conv.bias is None else conv.bias.detach(),
                       part(model, "class_token").detach(),
                       part(model, "pos_embedding").detach(), tuple(blocks), norm,
-                      head.weight.detach(), head_bias, describe_model(model).num_heads)
+                      head_layers(model), describe_model(model).num_heads)
 
 
 # ----------------------------------------------------------------------------- forward
@@ -200,6 +210,7 @@ class Trace:
         blocks: one :class:`BlockTrace` per block, input side first.
         last: output of the last block (B, T, D).
         pooled: the final LayerNorm's class-token row, the head input (B, D).
+        head_inputs: the input of each head layer, pooled first (B, D) or (B, D').
         logits: (B, K).
     """
 
@@ -209,23 +220,28 @@ class Trace:
     blocks: list[BlockTrace]
     last: Tensor
     pooled: Tensor
+    head_inputs: list[Tensor]
     logits: Tensor
     _graph: bool = field(default=False, repr=False)
+
+
+def _as(t: Tensor | None, like: Tensor) -> Tensor | None:
+    return None if t is None else t.to(like.dtype)
 
 
 def _block_forward(w: BlockParts, x: Tensor, num_heads: int) -> BlockTrace:
     B, T, D = x.shape
     d = D // num_heads
-    h = w.norm1(x)
-    qkv = F.linear(h, w.qkv_weight, w.qkv_bias)                      # (B, T, 3D)
+    h = layer_norm_as(w.norm1, x)                                    # in x's dtype
+    qkv = F.linear(h, _as(w.qkv_weight, x), _as(w.qkv_bias, x))      # (B, T, 3D)
     q, k, v = qkv.reshape(B, T, 3, num_heads, d).permute(2, 0, 3, 1, 4).unbind(0)
     attn = ((q * d ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)   # (B, heads, T, T)
     ctx = (attn @ v).transpose(1, 2).reshape(B, T, D)                # (B, T, D)
-    a = w.proj(ctx)
+    a = linear_as(w.proj, ctx)
     mid = x + a
-    m = w.norm2(mid)
-    g = w.act(w.fc1(m))                                              # (B, T, M)
-    y = w.fc2(g)
+    m = layer_norm_as(w.norm2, mid)
+    g = w.act(linear_as(w.fc1, m))                                   # (B, T, M)
+    y = linear_as(w.fc2, g)
     return BlockTrace(x, h, q, k, v, attn, ctx, a, mid, m, g, y)
 
 
@@ -239,8 +255,9 @@ def forward_trace(weights: ViTWeights, images: Tensor) -> Trace:
 
     Args:
         weights: from :func:`vit_weights`.
-        images: (B, C, H, W) on the weights' device and dtype, sides multiples of the
-            patch size, T = 1 + (H/p_h)(W/p_w) matching the position embedding.
+        images: (B, C, H, W) on the weights' device, sides multiples of the patch size,
+            T = 1 + (H/p_h)(W/p_w) matching the position embedding. The pass runs in the
+            images' dtype (weights cast to it: float64 for a float32 model is allowed).
 
     Returns:
         a :class:`Trace`; ``trace.logits`` equals the model's logits up to float rounding.
@@ -248,25 +265,28 @@ def forward_trace(weights: ViTWeights, images: Tensor) -> Trace:
     require_autograd("transformer_attribution")
     B = images.shape[0]
     with torch.enable_grad():
-        emb = F.conv2d(images, weights.patch_weight, weights.patch_bias,
-                       stride=weights.patch_size)                     # (B, D, h, w)
+        emb = F.conv2d(images, _as(weights.patch_weight, images),
+                       _as(weights.patch_bias, images), stride=weights.patch_size)  # (B,D,h,w)
         patches = emb.flatten(2).transpose(1, 2)                      # (B, N, D)
-        tokens = torch.cat([weights.class_token.expand(B, -1, -1), patches], dim=1)
+        tokens = torch.cat([_as(weights.class_token, images).expand(B, -1, -1), patches], 1)
         if tokens.shape[1:] != weights.pos_embedding.shape[1:]:
             raise ValueError(
                 f"images of size {tuple(images.shape[-2:])} give {tokens.shape[1]} tokens but "
                 f"the position embedding has {weights.pos_embedding.shape[1]}; resize the "
                 "images to the model's size.")
-        x = (tokens + weights.pos_embedding).detach().requires_grad_(True)
+        x = (tokens + _as(weights.pos_embedding, images)).detach().requires_grad_(True)
         blocks = []
         for w in weights.blocks:
             bt = _block_forward(w, x, weights.num_heads)
             blocks.append(bt)
             x = bt.mid + bt.y
-        pooled = weights.norm(x)[:, 0]                                # (B, D)
-        logits = F.linear(pooled, weights.head_weight, weights.head_bias)
-    return Trace(images, patches.detach(), tokens.detach(), blocks, x, pooled, logits,
-                 _graph=True)
+        pooled = layer_norm_as(weights.norm, x)[:, 0]                 # (B, D)
+        logits, head_inputs = pooled, []
+        for layer in weights.head:                # Linear, or Linear, activation, Linear
+            head_inputs.append(logits)
+            logits = linear_as(layer, logits) if isinstance(layer, nn.Linear) else layer(logits)
+    return Trace(images, patches.detach(), tokens.detach(), blocks, x, pooled,
+                 head_inputs, logits, _graph=True)
 
 
 def attention_gradients(trace: Trace, targets: Tensor) -> list[Tensor]:
@@ -332,13 +352,13 @@ def relprop_block(w: BlockParts, bt: BlockTrace, relevance: Tensor, num_heads: i
     B, T, D = relevance.shape
     # out = mid + y, y = fc2(act(fc1(norm2(mid)))): MLP branch
     r_mid_skip, r_y = relprop_add(bt.mid, bt.y, relevance, eps)
-    r_g = relprop_linear(bt.g, w.fc2.weight, r_y, alpha, eps)
+    r_g = relprop_linear(bt.g, _as(w.fc2.weight, bt.g), r_y, alpha, eps)
     r_u = relprop_identity(r_g)                                      # GELU
-    r_m = relprop_linear(bt.m, w.fc1.weight, r_u, alpha, eps)
+    r_m = relprop_linear(bt.m, _as(w.fc1.weight, bt.m), r_u, alpha, eps)
     r_mid = relprop_clone(r_mid_skip, relprop_identity(r_m))         # LayerNorm, branch
     # mid = x + a, a = proj(attn @ v): attention branch
     r_x_skip, r_a = relprop_add(bt.x, bt.a, r_mid, eps)
-    r_ctx = relprop_linear(bt.ctx, w.proj.weight, r_a, alpha, eps)
+    r_ctx = relprop_linear(bt.ctx, _as(w.proj.weight, bt.ctx), r_a, alpha, eps)
     r_ctx = r_ctx.reshape(B, T, num_heads, D // num_heads).transpose(1, 2)  # (B, H, T, d)
     r_attn, r_v = relprop_matmul(bt.attn, bt.v, r_ctx, eps)          # each half of Σ R
     if stop_at_attention:
@@ -347,7 +367,7 @@ def relprop_block(w: BlockParts, bt: BlockTrace, relevance: Tensor, num_heads: i
     r_q, r_kt = relprop_matmul(bt.q, bt.k.transpose(-2, -1), r_scores, eps)
     r_qkv = torch.stack([r_q, r_kt.transpose(-2, -1), r_v])          # (3, B, H, T, d)
     r_qkv = r_qkv.permute(1, 3, 0, 2, 4).reshape(B, T, 3 * D)        # q, k, v by head
-    r_h = relprop_linear(bt.h, w.qkv_weight, r_qkv, alpha, eps)
+    r_h = relprop_linear(bt.h, _as(w.qkv_weight, bt.h), r_qkv, alpha, eps)
     r_x = relprop_clone(r_x_skip, relprop_identity(r_h))             # LayerNorm, branch
     return r_x, r_attn
 
@@ -376,8 +396,10 @@ def relevance_pass(weights: ViTWeights, trace: Trace, targets: Tensor, *,
         logits = trace.logits.detach()
         B, K = logits.shape
         onehot = F.one_hot(targets.to(logits.device), K).to(logits.dtype)
-        r_pooled = relprop_linear(trace.pooled.detach(), weights.head_weight, onehot, alpha,
-                                  eps)                                # (B, D)
+        r_pooled = onehot
+        for layer, inp in zip(reversed(weights.head), reversed(trace.head_inputs)):
+            r_pooled = (relprop_linear(inp.detach(), _as(layer.weight, inp), r_pooled, alpha, eps)
+                        if isinstance(layer, nn.Linear) else relprop_identity(r_pooled))
         r = torch.zeros_like(trace.last)
         r[:, 0] = r_pooled                                            # class-token readout
         r = relprop_identity(r)                                       # final LayerNorm
@@ -392,9 +414,10 @@ def relevance_pass(weights: ViTWeights, trace: Trace, targets: Tensor, *,
             tokens[b] = r
         out = Relevance(onehot, attention, tokens)
         if to_input:
-            r_tokens, _ = relprop_add(trace.tokens, weights.pos_embedding, r, eps)
+            r_tokens, _ = relprop_add(trace.tokens, _as(weights.pos_embedding, r), r, eps)
             out.embedding = r_tokens
-            out.pixels = relprop_patch_embedding(trace.images.detach(), weights.patch_weight,
+            out.pixels = relprop_patch_embedding(trace.images.detach(),
+                                                 _as(weights.patch_weight, r),
                                                  r_tokens[:, 1:], alpha, eps)
     return out
 
@@ -434,11 +457,21 @@ class TransformerAttribution(Explainer):
     Options:
         start_layer: first block of the rollout (negative counts from the top); the
             relevance pass stops there. Default: 0.
+        precision: ``"float64"`` (default) or ``"float32"``: the dtype of the functional
+            forward, backward and relevance passes (the model is not copied or changed).
 
     One functional forward, one backward and one relevance pass for the whole batch (about
-    6–8 forward passes of cost). The model is read, never modified. Works for the course
-    ViT, torchvision, timm ViT/DeiT and Hugging Face ViTs (see :func:`vit_weights`); on
-    CPU or GPU; per image, so a batch gives each image's map alone.
+    6–8 forward passes of cost in float32, about twice that in float64). The model is
+    read, never modified. Works for the course ViT, torchvision, timm ViT/DeiT and Hugging
+    Face ViTs (see :func:`vit_weights`); on CPU or GPU.
+
+    Conditioning: every step is per image, but the rules divide by sums that pass near 0,
+    so the map is ill-conditioned. On a random ViT-B/16 (torchvision's initialisation, a
+    random head) a relative change of 1e-9 in the input moves the float64 map by about
+    6e-4, and float32 rounding (which differs with the batch size, as matrix products are
+    blocked differently) moves it by O(1): an image's min-max normalised map alone and in
+    a batch differed by up to 0.8 in float32. In float64 (the default) they agree to
+    1e-4 (``tests/explain/test_lrp.py``; figures in docs/BENCHMARKS.md).
 
     Not available from a :class:`~vit_course.explain.capture.Capture`: the relevance needs
     every layer's activations, not just attention (``supports_capture = False``:
@@ -448,23 +481,26 @@ class TransformerAttribution(Explainer):
     needs_grad = True
     class_specific = True
     supports_capture = False
-    defaults: ClassVar[dict[str, Any]] = {"start_layer": 0}
+    defaults: ClassVar[dict[str, Any]] = {"start_layer": 0, "precision": "float64"}
 
     def __init__(self, model: nn.Module, **options: Any):
         super().__init__(model, **options)
         vit_weights(model)                    # unsupported families fail here, early
 
-    def check_options(self, start_layer: int) -> None:
+    def check_options(self, start_layer: int, precision: str) -> None:
         check_layer_index(start_layer, self.info.num_layers, "start_layer")
+        check_choice(precision, "precision", tuple(PRECISIONS))
 
-    def compute(self, images: Tensor, target: object, start_layer: int) -> Tensor:
+    def compute(self, images: Tensor, target: object, start_layer: int, precision: str
+                ) -> Tensor:
         weights = vit_weights(self.model)
         _, x = prepare_images(self.model, images)
         check_targets(target, x.shape[0], self.info.num_classes)
-        trace = forward_trace(weights, x)
+        trace = forward_trace(weights, x.to(PRECISIONS[precision]))
         targets = resolve_targets(target, trace.logits.detach())
         grads = attention_gradients(trace, targets)
         rel = relevance_pass(weights, trace, targets, stop_layer=start_layer)
         with torch.no_grad():   # start_layer < 0 slices from the top, as relevance_pass stops
-            return gae_rollout(rel.attention[start_layer:], grads[start_layer:])[:, 0]  # (B, T)
+            rows = gae_rollout(rel.attention[start_layer:], grads[start_layer:])[:, 0]  # (B, T)
+        return rows.to(x.dtype)
 
