@@ -210,8 +210,10 @@ def test_all_methods_registered_with_their_capabilities():
         assert get_method(name).name == name
     for name, cls in METHODS.items():
         assert isinstance(cls.needs_grad, bool) and isinstance(cls.supports_capture, bool)
-        assert cls.class_specific == (name in CLASS_SPECIFIC + ["grad_rollout",
-                                                               "transformer_attribution"])
+        assert cls.class_specific == (name in CLASS_SPECIFIC + [
+            "grad_rollout", "transformer_attribution", "vit_cx", "attn_lrp", "cp_lrp"])
+    assert {"value_zeroing", "vit_cx", "attn_lrp", "cp_lrp"} <= set(METHODS)
+    assert not METHODS["value_zeroing"].class_specific
 
 @pytest.mark.parametrize("method", NEW_METHODS)
 @TWO_KINDS
@@ -366,6 +368,17 @@ def test_explain_classes_counts_classes_of_a_replaced_head():
     attach_head(model, nn.Linear(32, 5))
     assert describe_model(model).num_classes == 5
     assert explain_classes(model, images(2), "grad_rollout").shape == (2, 5, 4, 4)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_on_a_torchvision_classifier_with_a_bare_linear_head(method):
+    """Notebook 03's classifier: vit_course.pretrained.attach_head makes heads a bare Linear."""
+    from vit_course.pretrained import attach_head
+    model = make_model("torchvision")
+    attach_head(model, nn.Linear(32, 5))
+    nn.init.normal_(model.heads.weight, std=0.5)
+    maps = explain(model, images(2), method, target=4, **FAST.get(method, {}))
+    assert maps.shape == (2, 4, 4) and torch.isfinite(maps).all()
 
 
 @pytest.mark.parametrize("method", ["attention", "rollout", "attention_flow", "attention_norm",
