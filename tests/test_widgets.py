@@ -449,17 +449,17 @@ def test_progress_bar_counts_the_forward_passes_of_a_method_with_steps(
         model: nn.Module, slow_method) -> None:
     ex = AttentionExplorer(model, batch(), CLASSES)
     seen = []
-    assert ex._steps("_test_slow") == 6                    # ceil(steps / internal batch)
+    assert ex._steps("_test_slow") == 6 * 3       # ceil(steps / internal batch) × (model + 2 blocks)
     assert not ex._steps("rollout")                        # no steps: no bar
     ex2 = AttentionExplorer(model, batch(), CLASSES, options={"_test_slow": {"steps": 12,
                                                              "internal_batch_size": 2}},
                             cache=ex.cache)
-    assert ex2._steps("_test_slow") == 6
+    assert ex2._steps("_test_slow") == 6 * 3
     ex2.progress.observe(lambda change: seen.append(change["new"]), names="value")
     ex2.controls["method"].value = "_test_slow"
     ex2.wait()
     assert seen[1:] == sorted(seen[1:]) and 0 < max(seen) < 1 and len(seen) >= 5
-    assert ex2._forwards["_test_slow"] == 6 and ex2._seconds["_test_slow"] >= 0.25
+    assert ex2._forwards["_test_slow"] == 6 * 3 and ex2._seconds["_test_slow"] >= 0.25
     assert ex2.expected_seconds() == 0.0                   # cached now
     assert ex2.expected_seconds({**ex2.state(), "target": 0}) == ex2._seconds["_test_slow"]
 
@@ -515,3 +515,18 @@ def test_colour_bar_labels_stay_distinct_for_small_values(model: nn.Module, extr
     labels = [part.split("<")[0] for part in html_bar.split("<span>")[1:]]
     assert len(set(labels)) == 5, labels
     assert ex.colorbar.value.count("<span>") == 5
+
+
+@pytest.mark.parametrize("head", ["bare_linear", "sequential"])
+def test_every_registered_method_works_on_notebook_03s_head_shape(tiny_tv_vit, head) -> None:
+    """attach_head sets ``model.heads`` to a bare ``nn.Linear`` (notebook 03's classifier)."""
+    model = tiny_tv_vit(seed=0)
+    if head == "bare_linear":
+        linear = model.heads.head
+        model.heads = linear
+    ex = AttentionExplorer(model, batch(B=1), CLASSES)
+    for method in ex.methods:
+        ex.set(method=method)
+        assert ex.error is None, ex.error
+        assert ex.current_map is not None and torch.isfinite(ex.current_map).all(), method
+        assert f"<b>{method}</b>" in ex.status.value

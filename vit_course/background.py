@@ -5,15 +5,17 @@ a callback that computes for ten seconds blocks every later slider move, which t
 replays, one stale map after another. :class:`LatestOnly` runs such work in a daemon
 thread instead, so the kernel keeps reading messages. Each request gets a generation
 number; a newer request supersedes every older one: a job asks :meth:`LatestOnly.check`
-between its steps (the explorer does it before every forward pass of the model, through
-:func:`on_forward`) and stops with :class:`Superseded`. Jobs run one after another, never
-two at once (each waits for the one before it), so two jobs never share the model.
+between its steps (the explorer does it before every forward call of the model and of
+each of its blocks, through :func:`on_forward`) and stops with :class:`Superseded`. Jobs
+run one after another, never two at once (each waits for the one before it), so two jobs
+never share the model. A job that calls no module for a long time (a method that computes
+from cast copies of the weights, e.g. value zeroing) can only be dropped when it ends.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from torch import nn
@@ -74,11 +76,12 @@ class LatestOnly:
 
 
 @contextmanager
-def on_forward(model: nn.Module, callback: Callable[[], None]) -> Iterator[None]:
-    """Call ``callback()`` before each forward pass of ``model`` made by this thread.
+def on_forward(modules: Sequence[nn.Module], callback: Callable[[], None]) -> Iterator[None]:
+    """Call ``callback()`` before each forward call of each of ``modules`` (e.g. a model
+    and its blocks) made by this thread.
 
-    An exception from ``callback`` (e.g. :class:`Superseded`) aborts that forward pass.
-    The hook is removed on exit, also on exceptions.
+    An exception from ``callback`` (e.g. :class:`Superseded`) aborts that call. The hooks
+    are removed on exit, also on exceptions.
     """
     me = threading.get_ident()
 
@@ -86,8 +89,9 @@ def on_forward(model: nn.Module, callback: Callable[[], None]) -> Iterator[None]
         if threading.get_ident() == me:
             callback()
 
-    handle = model.register_forward_pre_hook(hook)
+    handles = [m.register_forward_pre_hook(hook) for m in modules]
     try:
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()

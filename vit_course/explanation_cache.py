@@ -50,6 +50,13 @@ def method_options(method: str, values: Mapping[str, Any]) -> dict[str, Any]:
                                           or not isinstance(defaults[name], int)))}
 
 
+def describe_options(options: Mapping[str, Any]) -> str:
+    """Options for a status line, e.g. ``discard ratio 0.90, head fusion max, head all``."""
+    return ", ".join(f"{k.replace('_', ' ')} {v:.2f}" if isinstance(v, float)
+                     else f"{k.replace('_', ' ')} {'all' if v is None else v}"
+                     for k, v in options.items())
+
+
 def method_names(methods: Sequence[str] | None = None) -> list[str]:
     """``methods`` checked (ValueError naming the valid ones), or every registered method
     with ``rollout``, ``grad_rollout``, ``attention`` first (the explorer's dropdown)."""
@@ -129,7 +136,8 @@ class ExplanationCache:
                 self.passes += 1
                 try:
                     K = cap.num_classes
-                    classes = list(range(K)) if K <= self.max_classes_upfront else [int(cap.targets[0])]
+                    classes = (list(range(K)) if K <= self.max_classes_upfront
+                               else [int(cap.targets[0])])
                     for c, g in zip(classes, gradients_for_targets(cap, classes)):
                         self._caps[(i, c)] = cap.with_gradients(g, c)
                 finally:

@@ -31,8 +31,8 @@ callback. Anything else (a model pass, a method expected to take longer than
 ``busy_after`` seconds) runs in a background thread (:mod:`vit_course.background`): the
 status line says at once what is computed and how long it should take (from the measured
 cost, :data:`COST_IN_CAPTURES` × this model's capture time, then the method's own last
-time), a progress bar counts the method's forward passes, and a newer move supersedes the
-running job before its next forward pass (the latest choice wins; nothing queues). If a
+time), a progress bar counts the forward calls of the model and its blocks, and a newer move
+supersedes the running job at its next such call (the latest choice wins; nothing queues). If a
 method fails, the map is cleared and the status line names the method and the reason.
 
 **Redraw only what changed.** The overlay and the map go to the browser as two small PNGs
@@ -57,6 +57,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import ipywidgets as widgets
+from IPython.display import display
 import matplotlib
 import numpy as np
 from torch import Tensor, nn
@@ -65,29 +66,32 @@ from .background import LatestOnly, Superseded, on_forward
 from .checks import (HEAD_FUSIONS, check_fusion, check_head_index, check_layer_index,
                      check_ratio, check_targets)
 from .explain import METHODS, get_method
-from .explanation_cache import (CONTROL_OPTIONS, ExplanationCache, as_batch, method_names,
-                                method_options)
+from .explain.families import blocks_of
+from .explanation_cache import (CONTROL_OPTIONS, ExplanationCache, as_batch, describe_options,
+                                method_names, method_options)
 from .imaging import normalization_of, to_display, upsample
 from .viz import colorbar_html, overlay, png_bytes, title_html
 
 
-#: Options the explorer gives methods whose paper defaults are too slow for a slider: every
-#: method answers within 10 s for one ViT-B/16 image on a 2-core CPU (docs/BENCHMARKS.md,
-#: "Explorer": times, and integrated gradients' completeness error at 8 steps). Small
-#: internal batches make the progress bar move; they cost little on a CPU.
+#: Options the explorer gives methods whose paper defaults are too slow for a slider, so
+#: that a ViT-B/16 image answers within about 10 s on a 2-core CPU (docs/BENCHMARKS.md,
+#: "Explorer": times, and integrated gradients' completeness error at 8 steps); value
+#: zeroing and ViT-CX stay slower. Small internal batches make the progress bar move.
 EXPLORER_OPTIONS: dict[str, dict[str, Any]] = {
     "integrated_gradients": {"steps": 8, "internal_batch_size": 2},
     "smoothgrad": {"n_samples": 8, "internal_batch_size": 2},
+    "value_zeroing": {"precision": "float32"}, "vit_cx": {"internal_batch_size": 16},
 }
 
 #: Each method's time in the explorer (with :data:`EXPLORER_OPTIONS`) in units of one
 #: image's first capture (forward + backward for every class), measured on ViT-B/16
 #: (benchmarks/bench_explorer.py). Unlisted: 0.01 for capture methods, 1 otherwise.
 COST_IN_CAPTURES: dict[str, float] = {
-    "attention": 0.001, "rollout": 0.01, "grad_rollout": 0.01, "gae": 0.01,
-    "attention_gradcam": 0.005, "attention_flow": 2.0, "attention_norm": 0.5,
-    "saliency": 0.6, "gradcam": 0.6, "transformer_attribution": 1.0,
-    "smoothgrad": 4.5, "integrated_gradients": 4.5, "random": 0.001, "center_gaussian": 0.001,
+    "attention": 0.02, "rollout": 0.01, "grad_rollout": 0.05, "gae": 0.16,
+    "attention_gradcam": 0.01, "attention_flow": 1.8, "attention_norm": 0.11,
+    "saliency": 0.27, "gradcam": 0.13, "transformer_attribution": 1.8, "smoothgrad": 2.0,
+    "integrated_gradients": 1.8, "value_zeroing": 18.0, "vit_cx": 4.0, "random": 0.01,
+    "center_gaussian": 0.01,
 }
 
 #: What the target and head dropdowns hold for "predicted class" / "all heads fused"
@@ -97,12 +101,6 @@ _NULLABLE = ("target", "head")
 
 #: Shown size of the two images, pixels.
 _SIZE = 256
-
-
-def _describe(options: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k.replace('_', ' ')} {v:.2f}" if isinstance(v, float)
-                     else f"{k.replace('_', ' ')} {'all' if v is None else v}"
-                     for k, v in options.items())
 
 
 # ----------------------------------------------------------------------------- explorer
@@ -171,7 +169,7 @@ class AttentionExplorer:
                  busy_after: float = 0.5, cache: ExplanationCache | None = None):
         if cache is not None and cache.model is not model:
             raise ValueError("cache belongs to another model; pass that model, or no cache")
-        self.cache = cache or ExplanationCache(model, images, max_classes_upfront=max_classes_upfront)
+        self.cache = cache or ExplanationCache(model, images, max_classes_upfront)
         self.info, self.images = self.cache.info, self.cache.images
         B = self.images.shape[0]
         if raw_images is None:
@@ -248,11 +246,11 @@ class AttentionExplorer:
         style = {"description_width": "90px"}
         slider = dict(continuous_update=False, style=style,
                       layout=widgets.Layout(width="330px"))
-        longest = max(len(t) for t in self.titles)
+        wide = widgets.Layout(width=f"{min(640, 110 + 8 * max(len(t) for t in self.titles))}px")
         controls = {
             "image": widgets.Dropdown(options=[(t, i) for i, t in enumerate(self.titles)],
                                       value=index, description="image", style=style,
-                                      layout=widgets.Layout(width=f"{min(640, 110 + 8 * longest)}px")),
+                                      layout=wide),
             "method": widgets.Dropdown(options=self.methods, value=method,
                                        description="method", style=style),
             "target": widgets.Dropdown(
@@ -280,10 +278,8 @@ class AttentionExplorer:
         return controls
 
     def _build_view(self) -> None:
-        layout = widgets.Layout(width=f"{_SIZE}px", height=f"{_SIZE}px")
-        self.overlay_image = widgets.Image(format="png", layout=layout)
-        self.map_image = widgets.Image(format="png", layout=widgets.Layout(width=f"{_SIZE}px",
-                                                                           height=f"{_SIZE}px"))
+        self.overlay_image, self.map_image = (widgets.Image(format="png", layout=widgets.Layout(
+            width=f"{_SIZE}px", height=f"{_SIZE}px")) for _ in range(2))
         self._overlay_title, self._map_title, self.colorbar = (widgets.HTML() for _ in range(3))
         self.status = widgets.HTML()
         self.progress = widgets.FloatProgress(min=0.0, max=1.0, layout=widgets.Layout(
@@ -434,19 +430,21 @@ class AttentionExplorer:
         self.progress.value, self.progress.layout.visibility = 0.0, "visible"
 
     def _steps(self, method: str) -> int | None:
-        """Forward passes ``method`` is expected to make (for the progress bar)."""
+        """Forward calls (of the model and its blocks) ``method`` is expected to make: as
+        many as on its last run, else one pass per chunk of its steps or samples."""
         if method in self._forwards:
             return self._forwards[method]
         opts = {**get_method(method).defaults, **self.options.get(method, {})}
         n = opts.get("steps", opts.get("n_samples"))
-        return None if n is None else math.ceil(n / opts.get("internal_batch_size", 16))
+        chunks = None if n is None else math.ceil(n / opts.get("internal_batch_size", 16))
+        return chunks and chunks * (1 + self.info.num_layers)      # the model + each block
 
     def _compute_and_show(self, generation: int, s: Mapping[str, Any],
                           raise_errors: bool = False) -> None:
         start, done, total = time.perf_counter(), [0], self._steps(s["method"])
         method = get_method(s["method"])
-        measure = s["image"] in self.cache._base and (method.supports_capture or not self.cache.ready(
-            s["image"], s["method"], s["target"], **self._options(s)))    # its own cost alone
+        cached = self.cache.ready(s["image"], s["method"], s["target"], **self._options(s))
+        measure = s["image"] in self.cache._base and (method.supports_capture or not cached)
 
         def tick() -> None:                                  # before every forward pass
             self._jobs.check(generation)
@@ -455,7 +453,7 @@ class AttentionExplorer:
                 self.progress.value = min(1.0, (done[0] - 1) / total)
 
         try:
-            with on_forward(self.cache.model, tick):
+            with on_forward([self.cache.model, *blocks_of(self.cache.model)], tick):
                 m = self.compute_map(s).detach().cpu().float()
         except Superseded:
             return
@@ -480,7 +478,7 @@ class AttentionExplorer:
             lo, hi = float(m.min()), float(m.max())
             scaled = ((m - lo) / (hi - lo) if hi > lo else m * 0).numpy()
             self.map_rgb = matplotlib.colormaps["viridis"](scaled)[..., :3]
-            self._draw(s, _describe(method_options(s["method"], s)), lo, hi)
+            self._draw(s, describe_options(method_options(s["method"], s)), lo, hi)
             self.last_update_ms = (time.perf_counter() - start) * 1e3
             self._status(s)
 
@@ -510,7 +508,7 @@ class AttentionExplorer:
         i = s["image"]
         probs = self.cache.probabilities(i)
         pred = int(probs.argmax())
-        desc = _describe(method_options(s["method"], s))
+        desc = describe_options(method_options(s["method"], s))
         parts = [f"<b>{s['method']}</b>{f' ({desc})' if desc else ''}",
                  f"<b>{html.escape(self.titles[i])}</b>: predicted "
                  f"<b>{self.class_names[pred]}</b> ({probs[pred]:.0%})"]
@@ -519,11 +517,9 @@ class AttentionExplorer:
             parts.append(f"explaining <b>{self.class_names[t]}</b>")
         else:
             parts.append("class-agnostic: the target class does not change this map")
-        parts.append(f"update {self.last_update_ms:.0f} ms")
-        parts.append(f"model passes so far: {self.cache.passes}")
+        parts += [f"update {self.last_update_ms:.0f} ms",
+                  f"model passes so far: {self.cache.passes}"]
         self.status.value = " · ".join(parts)
 
     def _ipython_display_(self) -> None:
-        from IPython.display import display
-
         display(self.widget)
