@@ -282,6 +282,8 @@ def execute_notebook(
             env[TOKEN_ENV] = token
             env["IPYTHONDIR"] = str(host_job / "ipython")  # no user startup files, no shared history
             env["JUPYTER_RUNTIME_DIR"] = str(host_job / "runtime")  # connection files go with the job
+            env["TMPDIR"] = str(host_job / "tmp")  # so do the kernel's temporary files
+            (host_job / "tmp").mkdir()
             env.setdefault("MPLBACKEND", "Agg")
             env[INPUTS_ENV], env[OUTPUTS_ENV] = str(inside / "inputs.json"), str(inside / "outputs")
         per_attempt = startup_timeout + timeout + 10 + len(hidden) * (test_timeout + 10)

@@ -308,6 +308,7 @@ def grade_folder(
             grade = grade_submission(path, assignment, options, plan, hide)
         except Exception as exc:  # pragma: no cover - last line of defence
             grade = _zero(assignment, path.stem, "grader_error", f"Grader error: {type(exc).__name__}: {exc}")
+        grade.sandbox = (options or GradeOptions()).sandbox
         write_atomic(feedback_dir / f"{grade.student}.md", render_feedback(grade, assignment))
         if progress is not None:
             progress(grade)
