@@ -4,7 +4,7 @@
 # Other targets: make install, make download (fetch data + weights ahead of class),
 #                make notebooks-exercise (regenerate notebook 08's student/solution versions),
 #                make test-browser (notebooks 04, 05, 08 in JupyterLab + Chromium),
-#                make bench, make clean-test.
+#                make bench, make cards (docs/METHODS.md), make clean-test.
 
 PYTHON    ?= python3
 VENV      ?= .venv
@@ -27,7 +27,7 @@ TEST_ENV       := VIT_COURSE_PROFILE=quick TORCH_HOME=$(TEST_TORCH_HOME) \
 # the course notebooks (08 is the student version) and the exercise's solution version
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb)) $(sort $(wildcard notebooks/solutions/*.ipynb))
 
-.PHONY: install install-test lab test unit nbtest test-browser download bench notebooks-exercise clean-test
+.PHONY: install install-test lab test unit nbtest test-browser download bench cards notebooks-exercise clean-test
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,10 @@ test-browser: install-test
 
 bench: install-test
 	for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done
+
+# docs/METHODS.md: one card per registered explanation method, measured from the code
+cards: install-test
+	$(PY) -m vit_course.tools.cards
 
 notebooks-exercise: install
 	$(PY) -m vit_course.grading generate notebooks/source/08_evaluation_source.ipynb
