@@ -1,6 +1,6 @@
 """Explaining ViT decisions: attention capture, raw attention, rollout, gradient rollout,
-GAE, transformer attribution (LRP), Grad-CAM, attention flow, norm-based attention,
-input-gradient baselines and the two controls.
+GAE, transformer attribution (LRP), CP-LRP and AttnLRP, Grad-CAM, attention flow,
+norm-based attention, value zeroing, ViT-CX, input-gradient baselines and the two controls.
 
 One entry point::
 
