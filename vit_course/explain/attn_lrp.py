@@ -153,11 +153,11 @@ def lrp_relevance(model: nn.Module, images: Tensor, target: object = None,
     """
     require_autograd(f"{rule}-LRP")
     weights = vit_weights(model, "attn_lrp" if rule == "attn" else "cp_lrp")
-    _, x = prepare_images(model, images)
+    info, x = prepare_images(model, images)
+    check_targets(target, x.shape[0], info.num_classes)        # before any model pass
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         logits = modified_logits(weights, x, rule)
-        check_targets(target, x.shape[0], logits.shape[1])
         targets = resolve_targets(target, logits.detach())
         chosen = logits.gather(1, targets.to(logits.device)[:, None])[:, 0]
         (grad,) = torch.autograd.grad(chosen.sum(), x)
