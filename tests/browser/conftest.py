@@ -70,6 +70,16 @@ def _settings(folder: Path) -> None:
         path.write_text(json.dumps(values))
 
 
+def _die_with_parent() -> None:
+    """In the server's process: get SIGTERM when pytest dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def chromium_path() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None and Path("/usr/bin/chromium").exists():
@@ -111,9 +121,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         args.append("--allow-root")
     log = tmp / "lab.log"
+    # a SIGTERM to pytest (CI timeout) still runs the teardown that stops the server
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_die_with_parent)
     url = f"http://127.0.0.1:{port}"
     try:
         import requests

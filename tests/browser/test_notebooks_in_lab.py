@@ -66,7 +66,7 @@ def open_notebook(page, lab, name: str) -> None:
              && k.status === 'idle'; }""", arg=name, timeout=180_000)
 
 
-def run_all(page, timeout: float = 600) -> dict:
+def run_all(page, timeout: float = 1500) -> dict:
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
     deadline, idle = time.monotonic() + timeout, 0
     while time.monotonic() < deadline:
