@@ -13,6 +13,7 @@ from vit_course.data.synthetic import (
     SyntheticFood,
     make_image,
     make_two_object_image,
+    paste_objects,
     synthetic_dataloaders,
 )
 from vit_course.imaging import mask_coverage
@@ -305,3 +306,27 @@ def test_dataloaders_shapes_and_reproducible_order() -> None:
     x, y = next(iter(train_dl))
     assert x.shape == (4, 3, 32, 32) and y.shape == (4,)
     assert len(test_dl.dataset) == 6 and [b[1].tolist() for b in test_dl][0] == [0, 1, 2, 0]
+
+
+# ----------------------------------------------------------------------------- backgrounds, pasting
+def test_dataset_keeps_each_images_background_and_coverage() -> None:
+    for two in (False, True):
+        ds = SyntheticFood(6, 32, seed=5, two_objects=two)
+        untouched = ds.coverage == 0
+        assert untouched.any() and (ds.coverage > 0.5).any()
+        assert (ds.images == ds.backgrounds).all(1)[untouched].all()  # no object: background
+        masks = ds.masks.any(1) if two else ds.masks
+        assert torch.equal(masks, ds.coverage >= 0.5)  # disjoint objects: union of the masks
+
+
+def test_paste_objects_moves_the_object_and_only_the_object() -> None:
+    ds = SyntheticFood(6, 32, seed=5)
+    same = paste_objects(ds, ds.backgrounds)
+    assert torch.allclose(same, ds.images.float() / 255, atol=1e-6)  # own background: unchanged
+    other = ds.backgrounds.roll(1, 0)
+    moved = paste_objects(ds, other)
+    free, full = (ds.coverage == 0)[:, None].expand_as(moved), (ds.coverage == 1)[:, None].expand_as(moved)
+    assert torch.allclose(moved[free], other.float()[free] / 255)  # background is the new one
+    assert torch.allclose(moved[full], ds.images.float()[full] / 255)  # object pixels unchanged
+    with pytest.raises(ValueError, match="one per image"):
+        paste_objects(ds, other[:3])

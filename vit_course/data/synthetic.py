@@ -35,7 +35,8 @@ Public API:
 - ``CLASS_NAMES``, ``DEFAULT_SIZE``, ``MIN_SIZE``, ``GENERATOR_VERSION``
 - ``make_image(cls, rng, size)`` → image ``(3, H, W)`` float32 in [0, 1], mask ``(H, W)`` bool
 - ``make_two_object_image(classes, rng, size)`` → image, masks ``(2, H, W)``, labels ``(2,)``
-- ``SyntheticFood`` (a torch ``Dataset``), ``synthetic_dataloaders``
+- ``SyntheticFood`` (a torch ``Dataset``; keeps each image's background and object
+  coverage), ``paste_objects`` (the objects on other backgrounds), ``synthetic_dataloaders``
 
 Masks on the patch grid: :func:`vit_course.imaging.mask_coverage` (fraction of each patch
 inside) and :func:`vit_course.imaging.mask_to_grid` (which patches count as inside). The
@@ -475,6 +476,9 @@ class SyntheticFood(Dataset):
         images: ``(n, 3, H, W)`` uint8.
         labels: ``(n,)`` int64, or ``(n, 2)`` for two-object images.
         masks: ``(n, H, W)`` bool, or ``(n, 2, H, W)`` (one per object, in label order).
+        backgrounds: ``(n, 3, H, W)`` uint8, each image's own background with no object.
+        coverage: ``(n, H, W)`` float32 in [0, 1], the fraction of each pixel the objects
+            cover (0 exactly where the image is its background); see :func:`paste_objects`.
         classes: ``CLASS_NAMES`` as a list (as in ``torchvision.datasets.ImageFolder``).
 
     ``dataset[i]`` returns ``(image (3, H, W) float32 in [0, 1], label)`` where ``label`` is
@@ -494,6 +498,8 @@ class SyntheticFood(Dataset):
         self.transform = transform
         self.classes = list(CLASS_NAMES)
         images = np.empty((self.n, H, W, 3), dtype=np.uint8)
+        backgrounds = np.empty((self.n, H, W, 3), dtype=np.uint8)
+        coverage = np.empty((self.n, H, W), dtype=np.float32)
         masks = np.empty((self.n, 2, H, W) if two_objects else (self.n, 1, H, W), dtype=bool)
         labels = np.empty((self.n, 2) if two_objects else (self.n,), dtype=np.int64)
         for i in range(self.n):
@@ -504,10 +510,14 @@ class SyntheticFood(Dataset):
             else:
                 labels[i] = i % len(CLASS_NAMES)
                 objects = [_single_layout(int(labels[i]), rng, H, W, SINGLE_SCALE)]
-            image, coverage, _ = _render(objects, rng, H, W, s)
+            image, cover, background = _render(objects, rng, H, W, s)
             images[i] = np.rint(np.clip(image, 0.0, 1.0) * 255)
-            masks[i] = coverage >= 0.5
+            backgrounds[i] = np.rint(background * 255)
+            coverage[i] = cover.sum(axis=0)
+            masks[i] = cover >= 0.5
         self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        self.backgrounds = torch.from_numpy(backgrounds).permute(0, 3, 1, 2).contiguous()
+        self.coverage = torch.from_numpy(coverage)
         self.masks = torch.from_numpy(masks if two_objects else masks[:, 0])
         self.labels = torch.from_numpy(labels)
 
@@ -519,6 +529,28 @@ class SyntheticFood(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, self.labels[index]
+
+
+def paste_objects(dataset: SyntheticFood, backgrounds: torch.Tensor) -> torch.Tensor:
+    """The dataset's objects pasted, edges blended, onto other backgrounds.
+
+    An image is ``coverage * object + (1 - coverage) * background`` pixel by pixel, so
+    swapping the background term moves the object, unchanged, to another scene.
+
+    Args:
+        dataset: a ``SyntheticFood`` (its ``images``, ``backgrounds`` and ``coverage``).
+        backgrounds: ``(n, 3, H, W)`` uint8 or float in [0, 1], one per image.
+
+    Returns:
+        images ``(n, 3, H, W)`` float32 in [0, 1].
+    """
+    if tuple(backgrounds.shape) != tuple(dataset.backgrounds.shape):
+        raise ValueError(f"backgrounds must have the dataset's shape {tuple(dataset.backgrounds.shape)} "
+                         f"(one per image), got {tuple(backgrounds.shape)}")
+    new = backgrounds.float() / 255 if backgrounds.dtype == torch.uint8 else backgrounds.float()
+    keep = (1 - dataset.coverage)[:, None]
+    own = dataset.backgrounds.float() / 255
+    return (dataset.images.float() / 255 + keep * (new - own)).clamp(0.0, 1.0)
 
 
 def synthetic_dataloaders(n_train: int = 1500, n_test: int = 300, size: int | Sequence[int] = DEFAULT_SIZE,
