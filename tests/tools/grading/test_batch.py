@@ -291,7 +291,7 @@ def batch(exercise, tmp_path_factory):
     result = subprocess.run(
         [PY, "-m", "vit_course.grading", "grade", str(submissions), "--source", str(exercise["source"]),
          "--out", str(root / "grades.csv"), "--timeout", "30", "--test-timeout", "30", "--call-timeout", "2",
-         "--max-output-kb", "256", "--memory-mb", "2048", "--jobs", "2", "--sandbox", "bwrap",
+         "--max-output-kb", "256", "--memory-mb", "2048", "--jobs", "3", "--sandbox", "bwrap",
          "--executed-dir", str(root / "executed")],
         capture_output=True, text=True, env=env, cwd=root, timeout=900,
     )

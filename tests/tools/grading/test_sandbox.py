@@ -160,3 +160,18 @@ def test_sandbox_none_is_loud_on_the_terminal_and_in_the_csv(exercise, tmp_path,
     assert grading_cli(["grade", str(subs), "--source", str(exercise["source"]), "--out", str(out),
                         "--sandbox", "bwrap", "--cwd", str(tmp_path)]) == 2
     assert "--cwd needs --sandbox none" in capsys.readouterr().err
+
+
+def test_files_written_in_the_sandbox_are_read_as_untrusted(tmp_path):
+    from vit_course.tools.grading.executor import read_untrusted
+
+    secret, good = tmp_path / "secret", tmp_path / "q1.json"
+    secret.write_text("the instructor's key")
+    good.write_text('{"calls": []}')
+    (tmp_path / "link.json").symlink_to(secret)  # a link made inside the sandbox, followed outside
+    (tmp_path / "dir.json").mkdir()
+    assert read_untrusted(good, 1 << 20) == '{"calls": []}'
+    assert read_untrusted(tmp_path / "link.json", 1 << 20) is None
+    assert read_untrusted(tmp_path / "dir.json", 1 << 20) is None
+    assert read_untrusted(good, 4) is None  # over the size limit: not read at all
+    assert read_untrusted(tmp_path / "missing.json", 1 << 20) is None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -158,10 +159,11 @@ def read_untrusted(path: Path, limit: int) -> str | None:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         return None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+        os.close(fd)
+        return None
     with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        if not (info.st_mode & 0o170000 == 0o100000) or info.st_size > limit:
-            return None
         return fh.read(limit).decode("utf-8", errors="replace")
 
 
@@ -269,7 +271,8 @@ def execute_notebook(
             "kernelspec_dir": str(inside / "kernelspec"),
         }
         (host_job / "job.json").write_text(json.dumps(job), encoding="utf-8")
-        command = [sys.executable, "-m", "vit_course.tools.grading._run_one", str(inside / "job.json")]
+        python = os.path.abspath(sys.executable)  # no "..": a path through an unmounted folder fails inside
+        command = [python, "-m", "vit_course.tools.grading._run_one", str(inside / "job.json")]
         if sandbox == "bwrap":
             from vit_course.tools.grading import sandbox as bw
 
@@ -322,7 +325,8 @@ def execute_notebook(
                 Path(executed_path).write_text(text, encoding="utf-8")
         log_text = read_untrusted(log, MAX_EVENTS_BYTES) or ""
         if report.attempts == 0 and not report.killed:
-            report.fatal = report.fatal or f"the {sandbox} sandbox did not start (exit code {proc.returncode})"
+            last = log_text.strip().splitlines()[-1:] or [""]
+            report.fatal = report.fatal or f"the {sandbox} sandbox did not start (exit code {proc.returncode}): {last[0][:300]}"
         elif not report.finished and not report.killed and not report.fatal:
             report.child_killed = True  # killed by a signal, or stopped without finishing
         if report.fatal or report.killed or report.child_killed:

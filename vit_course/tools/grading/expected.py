@@ -20,6 +20,10 @@ from pathlib import Path
 from vit_course.tools.grading.plain import from_plain, to_plain
 
 
+class ReferenceFailed(RuntimeError):
+    """The reference solution could not build the hidden tests: no grade would be right."""
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 1:
         print("usage: python -m vit_course.tools.grading.expected OUT.json QID...", file=sys.stderr)
@@ -45,14 +49,14 @@ def load_plan(qids: list[str], timeout: float = 900.0) -> dict:
     """Run the reference process for ``qids``; ``{"questions": {qid: plan}, "unknown": [...]}``.
 
     Each plan holds ``calls`` (plain data, as the kernel gets them), ``cases`` and ``shared``
-    (decoded to NumPy). Raises ``RuntimeError`` with the process's error when it fails.
+    (decoded to NumPy). Raises ``ReferenceFailed`` with the process's error when it fails.
     """
     with tempfile.TemporaryDirectory(prefix="vit-expected-") as tmp:
         out = Path(tmp) / "plan.json"
         result = subprocess.run([sys.executable, "-m", "vit_course.tools.grading.expected", str(out), *qids],
                                 capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         if result.returncode != 0 or not out.is_file():
-            raise RuntimeError(f"the reference solution failed to build the hidden tests:\n{result.stderr[-3000:]}")
+            raise ReferenceFailed(f"the reference solution failed to build the hidden tests:\n{result.stderr[-3000:]}")
         plan = json.loads(out.read_text(encoding="utf-8"))
     for entry in plan["questions"].values():
         entry["cases"] = from_plain(entry["cases"])

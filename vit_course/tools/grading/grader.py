@@ -21,6 +21,7 @@ in ``feedback``.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from vit_course.tools.grading._io import check_outputs, write_atomic
 from vit_course.tools.grading.assignment import Assignment, cell_text, load_assignment
 from vit_course.tools.grading.compare import grade_question
 from vit_course.tools.grading.executor import ExecutionReport, execute_notebook, stop_all
-from vit_course.tools.grading.expected import kernel_inputs, load_plan
+from vit_course.tools.grading.expected import ReferenceFailed, kernel_inputs, load_plan
 from vit_course.tools.grading.feedback import SubmissionGrade, csv_text, render_feedback
 from vit_course.tools.grading.markers import cell_info, read_notebook
 
@@ -165,17 +166,37 @@ def _zero(assignment: Assignment, student: str, status: str, note: str) -> Submi
     return grade
 
 
+class _Plan:
+    """The batch's plan, built by the reference process on first use (once, thread-safe), so a
+    batch of invalid notebooks never starts it."""
+
+    def __init__(self, assignment: Assignment) -> None:
+        self._qids = [q.qid for q in assignment.questions if q.kind == "auto"]
+        self._plan: dict | ReferenceFailed | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> dict:
+        with self._lock:
+            if self._plan is None:
+                try:
+                    self._plan = load_plan(self._qids)
+                except ReferenceFailed as exc:  # once: every later submission gets the same error
+                    self._plan = exc
+            if isinstance(self._plan, ReferenceFailed):
+                raise self._plan
+            return self._plan
+
+
 def grade_submission(path: str | Path, assignment: Assignment, options: GradeOptions | None = None,
-                     plan: dict | None = None, hide: list[Path] | None = None) -> SubmissionGrade:
+                     plan: _Plan | None = None, hide: list[Path] | None = None) -> SubmissionGrade:
     """Grade one submission file; never raises for anything the submission contains.
 
-    ``plan``: the batch's hidden inputs and expected values (``expected.load_plan``; built
-    here when ``None``); ``hide``: paths the sandbox must not show (the submissions folder,
-    the source, the outputs).
+    ``plan``: the batch's hidden inputs and expected values (``expected.load_plan``, built on
+    first use); ``hide``: paths the sandbox must not show (the submissions folder, the source,
+    the outputs).
     """
     options = options or GradeOptions()
-    if plan is None:
-        plan = load_plan([q.qid for q in assignment.questions if q.kind == "auto"])
+    plan = plan or _Plan(assignment)
     path = Path(path)
     student = path.stem
     try:
@@ -187,6 +208,7 @@ def grade_submission(path: str | Path, assignment: Assignment, options: GradeOpt
     clean, dropped = _strip(nb)
     if dropped:
         notes.append(f"Removed {dropped} cell(s) marked as hidden tests; hidden tests come from the instructor's copy.")
+    expected = plan.get()  # ReferenceFailed when the reference solution fails: the batch stops
     executed = None
     if options.executed_dir is not None:
         Path(options.executed_dir).mkdir(parents=True, exist_ok=True)
@@ -204,12 +226,12 @@ def grade_submission(path: str | Path, assignment: Assignment, options: GradeOpt
             executed_path=executed,
             max_restarts=options.max_restarts,
             sandbox=options.sandbox,
-            inputs=kernel_inputs(plan, options.call_time_limit),
+            inputs=kernel_inputs(expected, options.call_time_limit),
             hide=[path.parent, assignment.source, *(hide or [])],
         )
     except Exception as exc:  # the grader itself failed: record it, keep the batch going
         return _zero(assignment, student, "grader_error", f"Grader error: {type(exc).__name__}: {exc}")
-    grade = score(report, assignment, missing, student, plan)
+    grade = score(report, assignment, missing, student, expected)
     grade.seconds = report.seconds
     grade.sandbox = options.sandbox
     grade.statuses = statuses
@@ -299,13 +321,14 @@ def grade_folder(
     feedback_dir = Path(feedback_dir) if feedback_dir is not None else out.with_name(out.stem + "_feedback")
     check_outputs(out, feedback_dir)  # before grading: an unwritable --out fails now, not after the batch
     files = sorted(p for p in submissions.glob("*.ipynb") if p.is_file() and not p.name.startswith("."))
-    auto = [q.qid for q in assignment.questions if q.kind == "auto"]
-    plan = load_plan(auto) if files else {"questions": {}}  # once per batch, in a process of its own
+    plan = _Plan(assignment)  # once per batch, in a process of its own
     hide = [submissions, Path(source), out.parent, feedback_dir]
 
     def one(path: Path) -> SubmissionGrade:
         try:
             grade = grade_submission(path, assignment, options, plan, hide)
+        except ReferenceFailed:  # the reference solution failed: no grade would be right
+            raise
         except Exception as exc:  # pragma: no cover - last line of defence
             grade = _zero(assignment, path.stem, "grader_error", f"Grader error: {type(exc).__name__}: {exc}")
         grade.sandbox = (options or GradeOptions()).sandbox

@@ -76,7 +76,7 @@ def sandbox_env(token_env: str, token: str) -> dict[str, str]:
     env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
     env.update({k: v for k, v in os.environ.items() if k.startswith("VIT_COURSE_")})
     env.update({
-        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+        "PATH": f"{Path(os.path.abspath(sys.executable)).parent}:/usr/local/bin:/usr/bin:/bin",
         "HOME": "/tmp/home", "IPYTHONDIR": "/tmp/ipython", "JUPYTER_RUNTIME_DIR": "/tmp/runtime",
         "JUPYTER_CONFIG_DIR": "/tmp/jupyter", "MPLCONFIGDIR": "/tmp/matplotlib", "PYTHONDONTWRITEBYTECODE": "1",
         "VIT_COURSE_ARTIFACTS": str(artifacts_dir().resolve()), "VIT_COURSE_DATA_DIR": str(default_data_dir()),
