@@ -57,8 +57,11 @@ def _passes(name: str) -> tuple[float, bool]:
     rows, back = [], []
     blk = blocks_of(m)[0]
     h1 = blk.register_forward_pre_hook(lambda _m, args: rows.append(args[0].shape[0]))
-    h2 = blk.register_forward_hook(lambda _m, _i, out: out.register_hook(lambda g: back.append(1))
-                                   if out.requires_grad else None)
+    def on_output(_m: object, _i: object, out: torch.Tensor) -> None:    # a backward reaching block 0
+        if out.requires_grad:
+            out.register_hook(lambda g: back.append(1))
+
+    h2 = blk.register_forward_hook(on_output)
     try:
         explain(m, torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), name)
     finally:
