@@ -27,6 +27,7 @@ from vit_course.tools.grading.sandbox import bwrap_problem
 
 PY = sys.executable
 PACKAGE = Path(vit_course.__file__).resolve().parent
+pytestmark = pytest.mark.slow
 
 # student: (q1, q2, q3, total, status, manual_pending)
 EXPECTED = {
