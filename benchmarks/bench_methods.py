@@ -81,18 +81,23 @@ def method_table(samples: int, steps: int) -> list[tuple[str, dict, str]]:
          f"≈ 3 × n_samples + 1 = {3 * samples + 1}"),
         ("integrated_gradients", {"steps": steps},
          f"≈ 3 × steps + 1 = {3 * steps + 1}"),
+        ("transformer_attribution", {}, "≈ 6–8 in float32; float64 (default) ≈ 2×"),
+        ("attn_lrp", {}, "≈ 3 (forward + backward)"),
+        ("cp_lrp", {}, "≈ 3 (forward + backward)"),
+        ("vit_cx", {}, "1 + 2 × merged masks, per image"),
+        ("value_zeroing", {}, "≈ (2/3) T = 131 layer recomputations, float64 ≈ 2×"),
     ]
 
 
 def bench_methods(model: nn.Module, x: torch.Tensor, repeats: int, samples: int,
-                  steps: int) -> dict:
+                  steps: int, only: list[str] | None = None) -> dict:
     explain(model, x[:2], "rollout")                     # warm-up of both paths
     explain(model, x[:2], "saliency")
     before = plain_forward(model, x, repeats)
     print(f"plain forward: {[round(t, 2) for t in before]} s", flush=True)
     rows = []
     for name, opts, expect in method_table(samples, steps):
-        if name == "attention_flow":                     # its max-flows are timed per image
+        if name == "attention_flow" or (only and name not in only):   # flow: per image
             continue
         t = timed(lambda: explain(model, x, name, **opts))
         rows.append({"method": name, "options": opts, "expect": expect, "seconds": t,
@@ -217,11 +222,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flow-images", type=int, default=1, help="images for attention flow")
     p.add_argument("--skip-methods", action="store_true", help="attention flow only")
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--only", nargs="+", metavar="METHOD",
+                   help="time these methods only, no attention flow; prints, never writes")
     args = p.parse_args(argv)
     start_load = load()
     model = random_vit_b16(NUM_CLASSES)
     g = torch.Generator().manual_seed(SEED)
     x = torch.rand(args.batch, 3, 224, 224, generator=g)
+    if args.only:
+        res = bench_methods(model, x, args.repeats, args.samples, args.steps, args.only)
+        for r in res["rows"]:
+            print(f"| `{r['method']}` | {r['seconds']:.1f} s | {r['units']:.1f} plain "
+                  f"forwards (unit {res['unit']:.2f} s, batch {args.batch}) |")
+        return 0
     flows = bench_flow(model, x, args.flow_images)
     res = ({"rows": [], "unit": float("nan"), "before": [], "after": []}
            if args.skip_methods else
