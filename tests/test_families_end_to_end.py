@@ -22,8 +22,9 @@ CONTROLS = {"random", "center_gaussian"}
 
 def _unsupported(kind: str, method: str) -> bool:
     # LRP has no rule for the distilled DeiT's second prefix token: a clear TypeError (tested
-    # in tests/explain/test_lrp.py), not a map
-    return kind == "timm_distilled" and method == "transformer_attribution"
+    # in tests/explain/test_lrp.py and test_attn_lrp.py), not a map
+    return kind == "timm_distilled" and method in ("transformer_attribution", "attn_lrp",
+                                                   "cp_lrp")
 
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
