@@ -39,6 +39,8 @@ def test_load_or_train_saves_then_loads(tmp_path, monkeypatch) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["synthetic_vit.pt"]  # no temp files left
     loaded, info2 = syn.load_or_train_synthetic_vit(path, setting="quick", progress=False)
     assert not info2["trained"] and calls == ["quick"] and info2["test_accuracy"] == 0.5
+    assert info2["ground_truth"] == info["ground_truth"]  # checked on load too, same figures
+    assert set(syn.GROUND_TRUTH_GOALS) <= set(info["ground_truth"])
     x = torch.rand(2, 3, 64, 64)
     assert torch.equal(model(x), loaded(x))
     assert not loaded.training
@@ -69,6 +71,47 @@ def test_default_path_per_setting(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("VIT_COURSE_PROFILE", "full")
     _, info = syn.load_or_train_synthetic_vit(progress=False)
     assert info["path"] == tmp_path / "synthetic_vit.pt"
+
+
+# ----------------------------------------------------------------------------- ground-truth checks
+class _Constant(torch.nn.Module):
+    """Ignores the image: the same logits for every input."""
+
+    def __init__(self, logits) -> None:
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.tensor(logits))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(x), -1)
+
+
+def test_checks_fail_a_model_that_ignores_the_image() -> None:
+    sure = syn.ground_truth_checks(_Constant([0.0, 0.0, 5.0]), n=30)  # always "sushi"
+    assert not sure["passed"] and sure["background_shares"]["sushi"] == 1.0
+    assert set(sure["failed"]) == set(syn.GROUND_TRUTH_GOALS)
+    assert sure["object_accuracy"] == pytest.approx(1 / 3, abs=0.04)
+    flat = syn.ground_truth_checks(_Constant([0.0, 0.0, 0.0]), n=30)  # uniform: unsure is not enough
+    assert flat["background_top_prob"] == pytest.approx(1 / 3)
+    assert "background_top_prob" not in flat["failed"] and "object_accuracy" in flat["failed"]
+    assert flat["two_object_mass"] == pytest.approx(2 / 3)
+    assert "FAILS" in syn.format_ground_truth_checks(flat)
+
+
+@pytest.fixture(scope="module")
+def broken_model():
+    """Trained the old way, on single objects only: nothing tells it that no object is no class."""
+    model, _, _ = syn.train_synthetic_vit(setting="quick", n_train=300, n_test=30, epochs=5,
+                                            n_background=0, n_two=0, paste=0.0, progress=False,
+                                            device="cpu")
+    return model
+
+
+def test_checks_catch_a_model_trained_without_object_free_images(broken_model, quick_model) -> None:
+    broken = syn.ground_truth_checks(broken_model, n=90)
+    assert "background_top_prob" in broken["failed"], broken
+    fixed = syn.ground_truth_checks(quick_model[0], n=90)
+    assert fixed["background_top_prob"] < broken["background_top_prob"] - 0.1, (fixed, broken)
+    assert fixed["background_top_prob"] <= 0.55 and fixed["object_accuracy"] >= 0.85, fixed
 
 
 # ----------------------------------------------------------------------------- training
@@ -120,7 +163,19 @@ def test_class_specific_maps_find_the_right_object(quick_model) -> None:
     assert torch.equal(maps["roll", 0], maps["roll", 1])
 
 
+def test_training_is_deterministic_from_the_seed() -> None:
+    def tiny(seed):
+        return syn.train_synthetic_vit(setting="quick", n_train=24, n_test=6, n_background=6,
+                                       n_two=6, epochs=1, seed=seed, progress=False, device="cpu")
+    (a, ha, _), (b, hb, _), (c, _, _) = tiny(3), tiny(3), tiny(4)
+    assert ha["train_loss"] == hb["train_loss"]
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.state_dict()["head.weight"], c.state_dict()["head.weight"])
+
+
 @pytest.mark.slow
-def test_full_setting_reaches_95_percent() -> None:
+def test_full_setting_reaches_95_percent_and_passes_the_ground_truth_checks() -> None:
     model, history, acc = syn.train_synthetic_vit(setting="full", progress=False, device="cpu")
     assert acc >= 0.95, f"full setting reached {acc:.1%} (history {history['test_acc']})"
+    checks = syn.ground_truth_checks(model)
+    assert checks["passed"], syn.format_ground_truth_checks(checks)
