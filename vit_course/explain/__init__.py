@@ -11,7 +11,9 @@ One entry point::
 ``"grad_rollout"``, ..., ``"random"``, ``"center_gaussian"``, and any method registered
 later with :func:`register_method`). Maps are one per image on the model's patch grid
 (the class token's row, prefix tokens dropped), not normalised and not upsampled. Every
-method except ``"random"`` gives the same map for an image alone as inside a batch.
+method except ``"random"`` gives the same map for an image alone as inside a batch, up to
+float rounding (transformer attribution and value zeroing, whose maps amplify rounding,
+compute in float64 by default for that reason).
 
 Every class of every image (e.g. to compare what the model sees for each class)::
 
