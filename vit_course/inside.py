@@ -323,7 +323,9 @@ def logit_lens(model: nn.Module, images: Tensor | None = None, *, target: object
         parts = torch.stack([cap.states[0]] + [p for pair in zip(attn, mlp) for p in pair], 1)
         removed = readout(model, (x_L[:, None] - parts).flatten(0, 1)).view(B, 1 + 2 * L, -1)
     with torch.no_grad():
-        dot = lambda p: (J * p).sum((-2, -1))                         # noqa: E731
+        def dot(p: Tensor) -> Tensor:                                 # J·part, per image
+            return (J * p).sum((-2, -1))
+
         heads = torch.stack([(J[:, None] * head_outputs(model, cap, i)).sum((-2, -1))
                              for i in range(L)], 1)
         bias = [block_parts(model, i).proj.bias for i in range(L)]
@@ -411,7 +413,7 @@ def grid_artefact(images: Tensor, patch_size: int) -> Tensor:
     the grid-periodic part; a photo has little of it, the patch-grid artefact a lot.
     """
     p = check_positive_int(patch_size, "patch_size")
-    B, C, H, W = images.shape
+    H, W = images.shape[-2:]
     tiles = images[..., :H // p * p, :W // p * p].unflatten(-1, (W // p, p)) \
         .unflatten(-3, (H // p, p))                                   # (B, C, h, p, w, p)
     tile = tiles.mean((2, 4), keepdim=True)
