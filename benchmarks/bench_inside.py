@@ -72,8 +72,8 @@ def main() -> None:
         "## Activation maximisation: one class visualisation on ViT-B/16", "",
         "Script: `benchmarks/bench_inside.py` (rerun: `python benchmarks/bench_inside.py`).",
         "torchvision ViT-B/16, **random weights** (timing only), one class, 224×224, the "
-        "notebook's regularisers (`READABLE`: L2, total variation, jitter, optimised at 1/4 "
-        "resolution), ImageNet normalisation. One step = one forward + one backward pass to "
+        "notebook's regularisers (`READABLE`: L2, total variation, jitter, optimised at a "
+        "lower resolution; they cost nothing next to the model), ImageNet normalisation. One step = one forward + one backward pass to "
         f"the input. Goal (issue 15): ≤ 2 min for one visualisation in the full profile "
         f"({args.full_steps} steps).", "",
         f"| precision | steps measured | wall per step | wall, {args.full_steps} steps "

@@ -342,7 +342,7 @@ def logit_lens(model: nn.Module, images: Tensor | None = None, *, target: object
 
 # ----------------------------------------------------------------------------- activation maximisation
 #: Regularisers that make the notebook's visualisations readable (tuned on the synthetic model).
-READABLE = dict(l2=0.05, tv=0.5, jitter=4, scale=4)
+READABLE = dict(l2=0.05, tv=0.3, jitter=2, scale=2)
 
 
 @dataclass
