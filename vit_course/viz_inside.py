@@ -62,6 +62,7 @@ def plot_logit_lens(probs: Any, class_names: Sequence[str], ax: Any = None,
         ax.plot(np.arange(p.shape[0]) + 1, p[:, k], marker="o", label=name)
     if layer is not None:
         ax.axvline(layer + 1, color="grey", lw=1)
+    ax.set_xticks(np.arange(p.shape[0]) + 1)
     ax.set_xlabel("after block")
     ax.set_ylabel("probability (final norm + head)")
     ax.set_ylim(0, 1)
