@@ -6,8 +6,8 @@ These tests run only when ``VIT_COURSE_BROWSER_TEST=1`` (``make test-browser`` s
 variable is set, a missing Chromium or Playwright is an error, not a skip.
 
 - ``lab`` (session): JupyterLab on 127.0.0.1 with a random port and token, started with
-  this interpreter in a temporary folder that holds COPIES of the notebooks (the committed
-  ones are never opened, so nothing can save over them), the quick profile, stand-in
+  this interpreter in a temporary folder that holds COPIES of the notebooks (its root: the
+  committed ones are out of its reach, checked, so nothing can save over them), the quick profile, stand-in
   ViT-B/16 weights (``TORCH_HOME``, as ``make test``), a private artifacts folder (seeded
   with a copy of ``make test``'s artifacts when they exist, so notebook 03's head and the
   synthetic ViT need not be rebuilt) and JupyterLab settings of its own (cells always
@@ -92,7 +92,6 @@ def chromium_path() -> str:
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    committed = {name: (ROOT / "notebooks" / name).read_bytes() for name in NOTEBOOKS}
     tmp = tmp_path_factory.mktemp("lab")
     folder = tmp / "notebooks"
     folder.mkdir()
@@ -140,6 +139,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             except requests.ConnectionError:
                 pass
             time.sleep(0.5)
+        # the server sees only the copies: the committed notebooks are out of its reach
+        listed = requests.get(f"{url}/api/contents?token={token}", timeout=10).json()
+        assert {item["name"] for item in listed["content"]} == set(NOTEBOOKS)
+        escape = requests.get(f"{url}/api/contents/..%2F..%2F..?token={token}", timeout=10)
+        assert escape.status_code in (400, 403, 404), escape.status_code
         yield Lab(url, token, folder, log)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -148,8 +152,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        for name in NOTEBOOKS:                      # only the copies were served
-            assert (ROOT / "notebooks" / name).read_bytes() == committed[name], name
+
 
 
 @pytest.fixture(scope="session")

@@ -187,7 +187,7 @@ def test_05_runs_and_its_photo_explorer_switches_class_and_method(page, lab) -> 
     explorers = page.locator(".vitc-explorer")
     assert explorers.count() >= 2
     syn = explorers.nth(0)
-    assert syn.locator(".vitc-target select").input_value() == "-1", \
+    assert syn.locator(".vitc-target select").input_value() == "predicted class", \
         "the synthetic explorer still shows the predicted class its cell asked for"
     ex = explorers.nth(1)                     # notebook 03's model on the photos
     ex.scroll_into_view_if_needed()
