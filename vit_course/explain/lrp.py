@@ -461,7 +461,7 @@ class TransformerAttribution(Explainer):
             forward, backward and relevance passes (the model is not copied or changed).
 
     One functional forward, one backward and one relevance pass for the whole batch (about
-    6–8 forward passes of cost in float32, about twice that in float64). The model is
+    6–8 forward passes of cost in float32, about 12 measured in float64). The model is
     read, never modified. Works for the course ViT, torchvision, timm ViT/DeiT and Hugging
     Face ViTs (see :func:`vit_weights`); on CPU or GPU.
 

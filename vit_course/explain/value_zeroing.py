@@ -24,8 +24,9 @@ images. Their model is BERT (post-norm); here the blocks are the pre-norm ViT bl
 
 Cost: one forward pass to record the blocks' inputs, then per layer T recomputations of
 the attention output projection and the MLP for all T tokens (q, k and A are shared):
-measured on ViT-B/16 (197 tokens, one image, loaded CPU) about 83 plain forwards in
-float64 (the default) and 23 in float32 (docs/BENCHMARKS.md). Class-agnostic.
+measured on ViT-B/16 (197 tokens, one image, loaded CPU) about 95 plain forwards in
+float64 (the default); one layer timed alone gave 83 for float64 and 23 for float32
+(docs/BENCHMARKS.md). Class-agnostic.
 
 Shapes: B batch, T = P + N tokens, D width, H heads, d = D / H, L layers.
 """
@@ -174,7 +175,7 @@ class ValueZeroing(Explainer):
         precision: ``"float64"`` (default) or ``"float32"``, the dtype the layers are
             recomputed in (see :func:`value_zeroing_matrices`).
 
-    About 83 plain forwards on ViT-B/16 in float64, 23 in float32 (module docstring). Works for the plain pre-norm blocks of every
+    About 95 plain forwards on ViT-B/16 in float64, about 23 in float32 (module docstring). Works for the plain pre-norm blocks of every
     family in :mod:`vit_course.explain.families` (timm layer-scale or qk-norm: TypeError).
     """
 

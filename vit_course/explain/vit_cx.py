@@ -30,7 +30,7 @@ feature maps become zero masks (theirs divide 0 by 0); pixels no mask covers get
 Cost: per image, one forward for the masks and p_c(x), then 2 forwards per merged mask
 (in chunks of ``internal_batch_size`` images). Merging is what makes it affordable: on
 ViT-B/16 with random weights, 768 feature maps merged into 25 and 29 masks on two
-images (trained weights give other numbers), and one image cost about 17 plain forwards
+images (trained weights give other numbers), and one image cost about 21 plain forwards
 (docs/BENCHMARKS.md).
 
 Shapes: B batch, C channels, H×W pixels, h×w patch grid, N = h·w, D width, M masks.
