@@ -58,10 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     for m, r in res.items():
         s, f = r.seconds, r.forwards
         lines.append(f"| {m} | {f['capture']} | {fmt_s(s['capture'])} | {fmt_s(s['rollout'])} | {f['metric']} | {fmt_s(s['metric'])} |")
-    lines += ["", "Reading: the metric's forwards dominate; the rollout maths for every setting costs less than "
-              "the forward passes of one setting's deletion curves would. The best setting was chosen on other "
-              "images than those it is reported on, so its advantage is not a selection artefact; an interval "
-              "that contains 0 means the default is as good on these images.", ""]
+    lines += ["", "Reading: the best setting is chosen on other images than those it is reported on; an "
+              "interval of best − default that contains 0 shows no difference, one above 0 (deletion: lower is "
+              "better) means the choice overfit the selection images.", ""]
     publish("\n".join(lines) + "\n", args.no_write)
     return 0
 

@@ -119,10 +119,9 @@ def main(argv: list[str] | None = None) -> int:
              f"the {B}×{N - 1} perturbed images into batches of 64 and runs the intact and the fully perturbed image "
              f"once; Quantus runs one batch of {B} per step and checks every perturbed image for change.", "",
              "Where the definitions differ:", "",
-             f"- `perturb_baseline=\"mean\"`: Quantus fills every removed patch with one scalar, the mean of the "
-             f"whole batch array at that step (all images, all channels, already perturbed patches included): "
-             f"its numbers depend on the batch: batch {B} vs batch 1 differ by up to "
-             f"{np.abs(q_mean_all - q_mean_one).max():.3f} in probability. This package's `\"mean\"` is each image's "
+             f"- `perturb_baseline=\"mean\"`: Quantus fills every removed patch with one scalar, the mean over all "
+             f"channels of the array at that step (already perturbed patches included); batch {B} vs batch 1 "
+             f"differ by up to {np.abs(q_mean_all - q_mean_one).max():.3f} in probability. This package's `\"mean\"` is each image's "
              f"own per-channel mean of the intact image (e.g. image 0: {', '.join(f'{v:.3f}' for v in mean_img[0].tolist())}); "
              f"max abs Δ to Quantus batch 1: {np.abs(ours_mean - q_mean_one).max():.3f}.",
              "- `PixelFlipping` (Bach et al. 2015) on an RGB image: " + "; ".join(pf_notes) + ". Its "
