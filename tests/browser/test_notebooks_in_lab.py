@@ -254,7 +254,9 @@ def test_08_check_feedback_for_four_answers_typed_into_q1(page, lab) -> None:
     run_cell(page, imports)
     q1, q1_check = page.evaluate(CELL_INDEX, "q1-code"), page.evaluate(CELL_INDEX, "q1-check")
     assert 0 <= q1 < q1_check
-    cells = page.locator(".jp-Notebook .jp-Cell")
+    # only this notebook's cells: the workspace may reopen 04 and 05 in hidden tabs
+    panel = page.evaluate("() => window.jupyterapp.shell.currentWidget.id")
+    cells = page.locator(f"[id='{panel}'] .jp-Notebook .jp-Cell")
     feedback = {}
     for kind, code in ANSWERS.items():
         editor = cells.nth(q1).locator(".cm-content")
