@@ -175,3 +175,25 @@ def test_files_written_in_the_sandbox_are_read_as_untrusted(tmp_path):
     assert read_untrusted(tmp_path / "dir.json", 1 << 20) is None
     assert read_untrusted(good, 4) is None  # over the size limit: not read at all
     assert read_untrusted(tmp_path / "missing.json", 1 << 20) is None
+
+
+@pytest.mark.parametrize("mode", ["none", "bwrap"])
+def test_kernels_get_absolute_course_folders_and_their_share_of_threads(mode, tmp_path, monkeypatch):
+    """A relative VIT_COURSE_ARTIFACTS (as `make test` sets it) must reach the kernel, which works
+    in another folder, as the same folder; else every submission retrains the synthetic ViT."""
+    if mode == "bwrap":
+        _bwrap_or_skip()
+    import nbformat
+
+    from vit_course.tools.grading.executor import execute_notebook
+
+    (tmp_path / "arts").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VIT_COURSE_ARTIFACTS", "arts")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import os, torch\nprint(os.environ['VIT_COURSE_ARTIFACTS'], torch.get_num_threads())")])
+    executed = tmp_path / "executed.ipynb"
+    report = execute_notebook(nb, sandbox=mode, executed_path=executed, threads=1, timeout=120)
+    assert report.finished, report.log_tail
+    text = nbformat.read(executed, as_version=4).cells[0].outputs[0]["text"].split()
+    assert text == [str((tmp_path / "arts").resolve()), "1"]

@@ -214,6 +214,7 @@ def execute_notebook(
     sandbox: str = "bwrap",
     inputs: str | None = None,
     hide: list[Path] | None = None,
+    threads: int | None = None,
 ) -> ExecutionReport:
     """Run the code cells of ``nb`` then the ``hidden`` cells, in a fresh kernel in a child process.
 
@@ -232,6 +233,7 @@ def execute_notebook(
         sandbox: ``"bwrap"`` (see ``sandbox.py``) or ``"none"`` (no isolation).
         inputs: the hidden inputs file's text (``expected.kernel_inputs``); ``None``: none.
         hide: paths the sandbox must not show even if they lie in a folder it shows.
+        threads: torch threads of the kernel (``OMP_NUM_THREADS``); ``None``: as inherited.
     Returns:
         An ``ExecutionReport``; it never raises for anything the notebook does.
     """
@@ -273,15 +275,15 @@ def execute_notebook(
         (host_job / "job.json").write_text(json.dumps(job), encoding="utf-8")
         python = os.path.abspath(sys.executable)  # no "..": a path through an unmounted folder fails inside
         command = [python, "-m", "vit_course.tools.grading._run_one", str(inside / "job.json")]
-        if sandbox == "bwrap":
-            from vit_course.tools.grading import sandbox as bw
+        from vit_course.tools.grading import sandbox as bw
 
+        if sandbox == "bwrap":
             (tmpdir / "empty").write_bytes(b"")
-            env = bw.sandbox_env(TOKEN_ENV, token)
+            env = bw.sandbox_env(TOKEN_ENV, token) | bw.thread_env(threads)
             env[INPUTS_ENV], env[OUTPUTS_ENV] = str(inside / "inputs.json"), str(inside / "outputs")
             command = bw.bwrap_argv(host_job, tmpdir / "empty", env, list(hide or [])) + command
         else:
-            env = dict(os.environ)
+            env = bw.absolute_paths(dict(os.environ)) | bw.thread_env(threads)
             env[TOKEN_ENV] = token
             env["IPYTHONDIR"] = str(host_job / "ipython")  # no user startup files, no shared history
             env["JUPYTER_RUNTIME_DIR"] = str(host_job / "runtime")  # connection files go with the job

@@ -21,10 +21,11 @@ in ``feedback``.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nbformat
@@ -158,6 +159,7 @@ class GradeOptions:
     max_restarts: int = 2
     sandbox: str = "bwrap"  # "bwrap" or "none" (no isolation: see docs/GRADING.md)
     call_time_limit: float = 30.0  # seconds for each call of the student's code in a hidden test
+    threads: int | None = None  # torch threads per kernel; grade_folder: the CPU cores / jobs
 
 
 def _zero(assignment: Assignment, student: str, status: str, note: str) -> SubmissionGrade:
@@ -228,6 +230,7 @@ def grade_submission(path: str | Path, assignment: Assignment, options: GradeOpt
             sandbox=options.sandbox,
             inputs=kernel_inputs(expected, options.call_time_limit),
             hide=[path.parent, assignment.source, *(hide or [])],
+            threads=options.threads,
         )
     except Exception as exc:  # the grader itself failed: record it, keep the batch going
         return _zero(assignment, student, "grader_error", f"Grader error: {type(exc).__name__}: {exc}")
@@ -318,6 +321,9 @@ def grade_folder(
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     assignment = load_assignment(source)
+    options = options or GradeOptions()
+    if options.threads is None:  # jobs kernels share the cores: no more threads than cores
+        options = replace(options, threads=max(1, (os.cpu_count() or 1) // jobs))
     feedback_dir = Path(feedback_dir) if feedback_dir is not None else out.with_name(out.stem + "_feedback")
     check_outputs(out, feedback_dir)  # before grading: an unwritable --out fails now, not after the batch
     files = sorted(p for p in submissions.glob("*.ipynb") if p.is_file() and not p.name.startswith("."))
@@ -331,7 +337,7 @@ def grade_folder(
             raise
         except Exception as exc:  # pragma: no cover - last line of defence
             grade = _zero(assignment, path.stem, "grader_error", f"Grader error: {type(exc).__name__}: {exc}")
-        grade.sandbox = (options or GradeOptions()).sandbox
+        grade.sandbox = options.sandbox
         write_atomic(feedback_dir / f"{grade.student}.md", render_feedback(grade, assignment))
         if progress is not None:
             progress(grade)

@@ -68,6 +68,22 @@ def course_paths() -> list[Path]:
     return seen
 
 
+#: Variables naming folders: made absolute before a kernel gets them, since the kernel works in
+#: another folder than the grader (a relative ``VIT_COURSE_ARTIFACTS`` would point at an empty
+#: folder there and make every submission retrain the synthetic ViT).
+PATH_ENV = ("TORCH_HOME", "VIT_COURSE_ARTIFACTS", "VIT_COURSE_DATA_DIR")
+
+
+def absolute_paths(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the folders of :data:`PATH_ENV` resolved against the grader's folder."""
+    return {k: str(Path(v).expanduser().resolve()) if k in PATH_ENV and v else v for k, v in env.items()}
+
+
+def thread_env(threads: int | None) -> dict[str, str]:
+    """``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` for a kernel's torch, or nothing when ``None``."""
+    return {} if threads is None else {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
 def sandbox_env(token_env: str, token: str) -> dict[str, str]:
     """The environment inside: a cleared one plus what the course and the kernel need."""
     from vit_course.data.download import default_data_dir
@@ -83,7 +99,7 @@ def sandbox_env(token_env: str, token: str) -> dict[str, str]:
         token_env: token,
     })
     env.setdefault("MPLBACKEND", "Agg")
-    return env
+    return absolute_paths(env)
 
 
 def bwrap_argv(job_dir: Path, empty_file: Path, env: dict[str, str], hide: list[Path]) -> list[str]:
