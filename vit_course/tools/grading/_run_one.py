@@ -253,7 +253,8 @@ class Runner:
                     continue
                 out = await run_cell(client, offset + j, float(self.job["test_timeout"]))
                 self.hidden_done.add(h["id"])
-                self.events.emit("hidden", id=h["id"], status=out.status, ename=out.ename, evalue=out.evalue)
+                self.events.emit("hidden", id=h["id"], status=out.status, ename=out.ename, evalue=out.evalue,
+                                 seconds=out.seconds)
                 if out.restart:
                     return ("hidden", j)
         return None

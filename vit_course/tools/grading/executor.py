@@ -68,6 +68,7 @@ class HiddenRun(_Run):
     """Result of one hidden-test cell (its outputs are in ``ExecutionReport.outputs``)."""
 
     id: str
+    seconds: float = 0.0
 
 
 @dataclass
