@@ -15,6 +15,7 @@ stand-in (:mod:`vit_course.tools.standin`'s random file under the same name) by 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -24,15 +25,15 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
-from torchvision.models import (VisionTransformer, get_model, get_model_weights, get_weight,
-                                list_models)
-from torchvision.models._api import WeightsEnum
+
+if TYPE_CHECKING:
+    from torchvision.models._api import WeightsEnum
 
 from .files import atomic_write, atomic_write_text, check_writable  # noqa: F401  (re-exported)
 
@@ -41,13 +42,22 @@ PREPARE_MAKE = "make download"
 DEFAULT_ARCH = "vit_b_16"
 STATUSES = ("genuine", "stand-in", "missing", "unverified")
 FEATURES_FORMAT = "vit_course.features/1"
-TORCHVISION_VITS = tuple(list_models(include="vit_*"))   # vit_b_16, vit_b_32, vit_h_14, ...
+
+
+@functools.lru_cache(maxsize=1)
+def torchvision_vits() -> tuple[str, ...]:
+    """torchvision's ViT names (``vit_b_16``, ``vit_b_32``, ``vit_h_14``, ...). torchvision is
+    imported here, not with this module: it takes seconds, and a notebook that only loads a
+    checkpoint of the course's own ViT (a graded exercise) never needs it."""
+    from torchvision.models import list_models
+
+    return tuple(list_models(include="vit_*"))
 
 
 def unknown_arch_message(arch: str) -> str:
     """Why ``arch`` cannot be built, and the names that can."""
     return (f"arch={arch!r} is not a ViT this course can build; use one of "
-            f"{list(TORCHVISION_VITS)} (torchvision) or, with timm installed "
+            f"{list(torchvision_vits())} (torchvision) or, with timm installed "
             "(pip install -e .[timm]), a timm ViT/DeiT name such as 'deit_tiny_patch16_224'.")
 
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")  # same rule torch.hub uses for check_hash
@@ -128,6 +138,9 @@ def resolve_weights(weights: WeightsEnum | str, arch: str = DEFAULT_ARCH) -> Wei
             (``"DEFAULT"``, ``"IMAGENET1K_V1"``).
         arch: torchvision architecture name, e.g. ``"vit_b_16"``.
     """
+    from torchvision.models import get_model_weights, get_weight
+    from torchvision.models._api import WeightsEnum
+
     try:
         enum = get_model_weights(arch)
     except (ValueError, KeyError) as exc:
@@ -253,7 +266,9 @@ def load_torchvision(arch: str, weights: WeightsEnum | str, progress: bool = Tru
         WeightsUnavailableError: weights neither cached nor downloadable, or the cached file
             does not load.
     """
-    if arch not in TORCHVISION_VITS:
+    from torchvision.models import VisionTransformer, get_model
+
+    if arch not in torchvision_vits():
         raise ValueError(unknown_arch_message(arch))
     weights = resolve_weights(weights, arch)
     path = ensure_weights(weights, arch, progress=progress)
@@ -287,7 +302,7 @@ def load_timm(arch: str, weights: Any) -> tuple[nn.Module, Callable, PretrainedI
     except ImportError as exc:
         raise ImportError(f"arch={arch!r} is not a torchvision model, so it needs timm, which is "
                           "not installed. Install the optional extra: pip install -e .[timm] "
-                          f"(or use one of {list(TORCHVISION_VITS)}).") from exc
+                          f"(or use one of {list(torchvision_vits())}).") from exc
     if weights not in ("DEFAULT", None):
         raise ValueError(f"weights={weights!r} cannot be combined with timm arch={arch!r}; pass "
                          "weights='DEFAULT' (the model's pretrained tag).")
