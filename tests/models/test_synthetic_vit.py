@@ -39,11 +39,30 @@ def test_load_or_train_saves_then_loads(tmp_path, monkeypatch) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["synthetic_vit.pt"]  # no temp files left
     loaded, info2 = syn.load_or_train_synthetic_vit(path, setting="quick", progress=False)
     assert not info2["trained"] and calls == ["quick"] and info2["test_accuracy"] == 0.5
-    assert info2["ground_truth"] == info["ground_truth"]  # checked on load too, same figures
+    assert info2["ground_truth"] == info["ground_truth"]  # stored with the weights, same figures
     assert set(syn.GROUND_TRUTH_GOALS) <= set(info["ground_truth"])
     x = torch.rand(2, 3, 64, 64)
     assert torch.equal(model(x), loaded(x))
     assert not loaded.training
+
+
+def test_a_load_reads_the_stored_checks_and_checks_an_older_checkpoint(tmp_path, monkeypatch) -> None:
+    from vit_course.tools.checkpoints import load_checkpoint, save_checkpoint
+
+    monkeypatch.setattr(syn, "train_synthetic_vit", _fake_trainer([]))
+    path = tmp_path / "synthetic_vit.pt"
+    _, trained = syn.load_or_train_synthetic_vit(path, setting="quick", progress=False)
+    runs: list = []
+    real = syn.ground_truth_checks
+    monkeypatch.setattr(syn, "ground_truth_checks", lambda *a, **k: runs.append(1) or real(*a, **k))
+    _, loaded = syn.load_or_train_synthetic_vit(path, setting="quick", progress=False)
+    assert runs == [] and loaded["ground_truth"] == trained["ground_truth"], "read, not recomputed"
+    model = syn.build_synthetic_vit()
+    meta = load_checkpoint(model, path)
+    del meta["ground_truth"]                       # as saved before the checks were stored
+    save_checkpoint(model, path, **meta)
+    _, old = syn.load_or_train_synthetic_vit(path, setting="quick", progress=False)
+    assert runs == [1] and not old["trained"] and old["ground_truth"] == trained["ground_truth"]
 
 
 def test_load_or_train_retrains_stale_or_broken(tmp_path, monkeypatch) -> None:
