@@ -89,6 +89,28 @@ def test_overlay_blends_image_and_colormap():
     assert 0 <= half.min() and half.max() <= 1
 
 
+def test_heat_png_is_the_colormap_at_the_given_opacity():
+    import io
+
+    from PIL import Image
+
+    heat = torch.linspace(0, 1, 6 * 4).reshape(6, 4)
+    rgba = np.asarray(Image.open(io.BytesIO(viz.heat_png(heat, alpha=0.3, cmap="viridis"))))
+    assert rgba.shape == (6, 4, 4)
+    assert (rgba[..., 3] == round(0.3 * 255)).all(), "one opacity: alpha over the photo"
+    expected = matplotlib.colormaps["viridis"](heat.numpy(), bytes=True)[..., :3]
+    np.testing.assert_array_equal(rgba[..., :3], expected)
+    # composited by a browser over the photo: overlay()'s blend, up to 8-bit rounding
+    img = image(6)[:, :, :4]
+    a = rgba[..., 3:] / 255
+    shown = (1 - a) * img.permute(1, 2, 0).numpy() + a * rgba[..., :3] / 255
+    np.testing.assert_allclose(shown, viz.overlay(img, heat, alpha=0.3, cmap="viridis"), atol=4e-3)
+    with pytest.raises(ValueError, match=r"heat values must lie in \[0, 1\]"):
+        viz.heat_png(torch.full((2, 2), float("nan")))
+    with pytest.raises(ValueError, match="alpha"):
+        viz.heat_png(heat, alpha=1.5)
+
+
 def test_overlay_bad_inputs_say_what_to_do():
     with pytest.raises(ValueError, match="imaging.upsample"):
         viz.overlay(image(32), torch.rand(4, 4))

@@ -227,22 +227,31 @@ def overlay(image: Any, heat: Any, alpha: float = 0.5, cmap: str = "jet") -> np.
     Returns:
         (H, W, 3) float32 array in [0, 1].
     """
-    import matplotlib
-
     img = _image_hwc(image)
-    hm = _array(heat).astype(np.float32)
+    hm = _heat(heat, alpha)
     if hm.shape != img.shape[:2]:
         raise ValueError(f"heat must be (H, W) = {img.shape[:2]} like the image, got shape "
                          f"{hm.shape}; upsample a patch-grid map with "
                          "vit_course.imaging.upsample(maps, size=(H, W)).")
+    return (1 - alpha) * img + alpha * _colours(hm, cmap)[..., :3].astype(np.float32)
+
+
+def _heat(heat: Any, alpha: float) -> np.ndarray:
+    """``heat`` as a float32 array, checked to lie in [0, 1]; ``alpha`` checked too."""
+    hm = _array(heat).astype(np.float32)
     if not np.isfinite(hm).all() or hm.min() < -1e-4 or hm.max() > 1 + 1e-4:
         raise ValueError(f"heat values must lie in [0, 1], got [{np.nanmin(hm):.3f}, "
                          f"{np.nanmax(hm):.3f}]; scale it first, e.g. "
                          "(m - m.min()) / (m.max() - m.min())")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    colours = matplotlib.colormaps[cmap](np.clip(hm, 0, 1))[..., :3].astype(np.float32)
-    return (1 - alpha) * img + alpha * colours
+    return np.clip(hm, 0, 1)
+
+
+def _colours(heat: np.ndarray, cmap: str, as_bytes: bool = False) -> np.ndarray:
+    import matplotlib
+
+    return matplotlib.colormaps[cmap](heat, bytes=as_bytes)
 
 
 def plot_maps(images: Any, maps: Any, titles: Sequence[str] | None = None, ncols: int = 4,
@@ -307,6 +316,26 @@ def png_bytes(rgb: np.ndarray, size: tuple[int, int] | None = None) -> bytes:
         img = img.resize((size[1], size[0]), Image.NEAREST)
     buf = io.BytesIO()
     img.save(buf, format="png", compress_level=1)
+    return buf.getvalue()
+
+
+def photo_png(image: Any) -> bytes:
+    """(3, H, W) image in [0, 1] (checked as :func:`overlay` checks it) → PNG bytes."""
+    return png_bytes(_image_hwc(image, "raw_images"))
+
+
+def heat_png(heat: Any, alpha: float = 0.5, cmap: str = "jet") -> bytes:
+    """(h, w) heat in [0, 1] → RGBA PNG bytes of ``cmap(heat)`` at opacity ``alpha``.
+
+    The explorer's overlay: this layer lies over the photo and the browser scales both to
+    one box, so the screen shows :func:`overlay`'s ``(1 − alpha)·image + alpha·cmap(heat)``
+    with the browser's smoothing. A 56×56 layer is about 7 KB and 1 ms, where a 256×256
+    blended PNG is 150 KB and 10–30 ms (docs/BENCHMARKS.md, "Explorer latency").
+    """
+    rgba = _colours(_heat(heat, alpha), cmap, as_bytes=True)
+    rgba[..., 3] = round(255 * alpha)
+    buf = io.BytesIO()
+    Image.fromarray(rgba, mode="RGBA").save(buf, format="png", compress_level=1)
     return buf.getvalue()
 
 

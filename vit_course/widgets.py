@@ -35,8 +35,10 @@ time), a progress bar counts the forward calls of the model and its blocks, and 
 supersedes the running job at its next such call (the latest choice wins; nothing queues). If a
 method fails, the map is cleared and the status line names the method and the reason.
 
-**Redraw only what changed.** The overlay and the map go to the browser as two small PNGs
-(``ipywidgets.Image``), titles and the colour bar as HTML; no figure is drawn.
+**Redraw only what changed.** The photo goes to the browser once per image; a move sends
+the heat layer laid over it (an RGBA PNG of 4× the patch grid, :func:`vit_course.viz.heat_png`,
+about 7 KB, which the browser scales smoothly) and the map (``ipywidgets.Image``), titles
+and the colour bar as HTML; no figure is drawn.
 
 For scripts and tests the explorer works without a browser: ``explorer.set(discard_ratio=0.5)``
 computes in the calling thread and updates ``explorer.current_map`` (h, w), the arrays
@@ -67,32 +69,12 @@ from .checks import (HEAD_FUSIONS, check_fusion, check_head_index, check_layer_i
                      check_ratio, check_targets)
 from .explain import METHODS, get_method
 from .explain.families import blocks_of
-from .explanation_cache import (CONTROL_OPTIONS, ExplanationCache, as_batch, describe_options,
-                                method_names, method_options)
+from .explanation_cache import (  # EXPLORER_OPTIONS, COST_IN_CAPTURES: read from here too
+    CONTROL_OPTIONS, COST_IN_CAPTURES, EXPLORER_OPTIONS, ExplanationCache, as_batch,
+    describe_options, method_names, method_options)
 from .imaging import normalization_of, to_display, upsample
-from .viz import colorbar_html, overlay, png_bytes, title_html
+from .viz import colorbar_html, heat_png, overlay, photo_png, png_bytes, title_html
 
-
-#: Options the explorer gives methods whose paper defaults are too slow for a slider, so
-#: that a ViT-B/16 image answers within about 10 s on a 2-core CPU (docs/BENCHMARKS.md,
-#: "Explorer": times, and integrated gradients' completeness error at 16 steps); value
-#: zeroing and ViT-CX stay slower. Small internal batches make the progress bar move.
-EXPLORER_OPTIONS: dict[str, dict[str, Any]] = {
-    "integrated_gradients": {"steps": 16, "internal_batch_size": 4},
-    "smoothgrad": {"n_samples": 8, "internal_batch_size": 2},
-    "value_zeroing": {"precision": "float32"}, "vit_cx": {"internal_batch_size": 16},
-}
-
-#: Each method's time in the explorer (with :data:`EXPLORER_OPTIONS`) in units of one
-#: image's first capture (forward + backward for every class), measured on ViT-B/16
-#: (benchmarks/bench_explorer.py). Unlisted: 0.01 for capture methods, 1 otherwise.
-COST_IN_CAPTURES: dict[str, float] = {
-    "attention": 0.02, "rollout": 0.01, "grad_rollout": 0.05, "gae": 0.16,
-    "attention_gradcam": 0.01, "attention_flow": 1.8, "attention_norm": 0.11,
-    "saliency": 0.27, "gradcam": 0.13, "transformer_attribution": 1.8, "smoothgrad": 2.0,
-    "integrated_gradients": 3.6, "value_zeroing": 18.0, "vit_cx": 4.0, "random": 0.01,
-    "center_gaussian": 0.01,
-}
 
 #: What the target and head dropdowns hold for "predicted class" / "all heads fused"
 #: (a Dropdown cannot hold None: None means "nothing selected"); state() gives None.
@@ -142,8 +124,12 @@ class AttentionExplorer:
         cache: the :class:`ExplanationCache`.
         current_map: the map shown, (h, w), as the method returns it (not normalised);
             ``None`` after a failure.
-        overlay_rgb, map_rgb: the two pictures shown, (H', W', 3) and (h, w, 3) in [0, 1].
-        overlay_image, map_image: the ``ipywidgets.Image`` widgets showing them as PNG.
+        overlay_rgb, map_rgb: the two pictures shown, (H', W', 3) and (h, w, 3) in [0, 1]
+            (``overlay_rgb`` composed on access, the heat layer upsampled here, not by the
+            browser).
+        photo_image, overlay_image, map_image: the ``ipywidgets.Image`` widgets: the photo
+            (PNG, sent once per image), the heat layer over it (RGBA PNG, transparent after
+            a failure) and the map (PNG).
         status: an ``ipywidgets.HTML`` line (prediction, class explained, timing, busy
             state, errors); ``progress`` the bar under it.
         widget: the whole box; a notebook cell ending with the explorer displays it.
@@ -203,7 +189,10 @@ class AttentionExplorer:
         target = None if target is None else self._checked("target", target)
 
         self.current_map: Tensor | None = None
-        self.overlay_rgb = self.map_rgb = None
+        self.map_rgb = self._heat = self._shown = None
+        self._photos: dict[int, bytes] = {}           # image index → its PNG, encoded once
+        self._heat_size = tuple(min(R, 4 * g) for R, g in zip(  # the heat layer: 4× the grid
+            self.raw_images.shape[-2:], self.info.grid(*self.images.shape[-2:])))
         self.error: str | None = None
         self.last_update_ms = float("nan")
         self._holding = self._dirty = False
@@ -278,8 +267,9 @@ class AttentionExplorer:
         return controls
 
     def _build_view(self) -> None:
-        self.overlay_image, self.map_image = (widgets.Image(format="png", layout=widgets.Layout(
-            width=f"{_SIZE}px", height=f"{_SIZE}px")) for _ in range(2))
+        self.photo_image, self.overlay_image, self.map_image = (widgets.Image(
+            format="png", layout=widgets.Layout(width=f"{_SIZE}px", height=f"{_SIZE}px",
+                                                grid_area=area)) for area in ("a", "a", None))
         self._overlay_title, self._map_title, self.colorbar = (widgets.HTML() for _ in range(3))
         self.status = widgets.HTML()
         self.progress = widgets.FloatProgress(min=0.0, max=1.0, layout=widgets.Layout(
@@ -290,7 +280,9 @@ class AttentionExplorer:
         c = self.controls
         left = widgets.VBox([c["image"], c["method"], c["target"], c["head_fusion"]])
         right = widgets.VBox([c["discard_ratio"], c["start_layer"], c["layer"], c["head"]])
-        pictures = widgets.HBox([widgets.VBox([self._overlay_title, self.overlay_image]),
+        stack = widgets.GridBox([self.photo_image, self.overlay_image],  # heat over photo
+                                layout=widgets.Layout(grid_template_areas='"a"'))
+        pictures = widgets.HBox([widgets.VBox([self._overlay_title, stack]),
                                  widgets.VBox([self._map_title, self.map_image]), self.colorbar])
         self.widget = widgets.VBox([widgets.HBox([left, right]), pictures,
                                     widgets.HBox([self.progress, self.status])])
@@ -472,9 +464,7 @@ class AttentionExplorer:
             if not self._jobs.is_current(generation):
                 return
             self.current_map, self.error = m, None
-            raw = self.raw_images[s["image"]]
-            heat = upsample(m[None], tuple(raw.shape[-2:]), normalize=True)[0]
-            self.overlay_rgb = overlay(raw, heat.numpy(), alpha=self.alpha, cmap=self.cmap)
+            self._heat = upsample(m[None], self._heat_size, normalize=True)[0]
             lo, hi = float(m.min()), float(m.max())
             scaled = ((m - lo) / (hi - lo) if hi > lo else m * 0).numpy()
             self.map_rgb = matplotlib.colormaps["viridis"](scaled)[..., :3]
@@ -483,9 +473,12 @@ class AttentionExplorer:
             self._status(s)
 
     def _draw(self, s: Mapping[str, Any], desc: str, lo: float, hi: float) -> None:
-        size = (_SIZE, _SIZE)
-        self.overlay_image.value = png_bytes(self.overlay_rgb, size)
-        self.map_image.value = png_bytes(self.map_rgb, size)
+        self._shown = i = s["image"]
+        self.photo_image.value = self._photos.get(i) or self._photos.setdefault(
+            i, photo_png(self.raw_images[i]))
+        heat = np.zeros(self._heat_size) if self._heat is None else self._heat
+        self.overlay_image.value = heat_png(heat, 0.0 if self._heat is None else self.alpha, self.cmap)
+        self.map_image.value = png_bytes(self.map_rgb, (_SIZE, _SIZE))
         self._overlay_title.value = title_html(self.titles[s["image"]])
         self._map_title.value = title_html(s["method"] + (f" ({desc})" if desc else ""))
         self.colorbar.value = colorbar_html(lo, hi, _SIZE) if hi >= lo else ""
@@ -497,7 +490,7 @@ class AttentionExplorer:
                 return
             reason = f"{type(exc).__name__}: {exc}"
             self.current_map, self.error = None, f"{s['method']} failed: {reason}"
-            self.overlay_rgb = self.raw_images[s["image"]].permute(1, 2, 0).numpy()
+            self._heat = None
             self.map_rgb = np.full((*self.cache.info.grid(*self.images.shape[-2:]), 3), 0.9)
             self._draw(s, "no map", 1.0, 0.0)
             self.status.value = (f"<span style='color:#b00'>✗ <b>{s['method']}</b> failed: "
@@ -520,6 +513,15 @@ class AttentionExplorer:
         parts += [f"update {self.last_update_ms:.0f} ms",
                   f"model passes so far: {self.cache.passes}"]
         self.status.value = " · ".join(parts)
+
+    @property
+    def overlay_rgb(self) -> np.ndarray | None:
+        """The overlay shown, (H', W', 3) in [0, 1]: the photo alone after a failure."""
+        raw = None if self.map_rgb is None else self.raw_images[self._shown]
+        if raw is None or self._heat is None:
+            return raw if raw is None else raw.permute(1, 2, 0).numpy()
+        heat = upsample(self._heat[None], tuple(raw.shape[-2:]))[0]
+        return overlay(raw, heat.clamp(0, 1).numpy(), alpha=self.alpha, cmap=self.cmap)
 
     def _ipython_display_(self) -> None:
         display(self.widget)
