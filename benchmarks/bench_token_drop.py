@@ -102,8 +102,7 @@ def report(c: dict, s: dict, r: dict, loads: list[float], args) -> str:
     sec, tok = c["secs"], c["tokens"]
     lines = ["## Token drop: removed patches leave the sequence", "",
              "Script: `benchmarks/bench_token_drop.py` (rerun: `python benchmarks/bench_token_drop.py`). "
-             "Measured on a shared 2-core machine with other jobs running: absolute times are inflated, "
-             "the ratios (interleaved rounds, best of each) are steadier. " + load_note(*loads), "",
+             "Rounds interleaved, best of each. " + load_note(*loads), "",
              "### Per curve, ViT-B/16 (random weights), 20 steps", "",
              f"Deletion + insertion curves of {c['n']} images ({c['source']}), the best of {args.rounds} "
              "interleaved rounds, seconds per curve. Blur runs 19 perturbed forwards per curve, token "
@@ -117,8 +116,8 @@ def report(c: dict, s: dict, r: dict, loads: list[float], args) -> str:
     per = {b: v / s["n"] * 75 for b, v in s["secs"].items()}
     lines += ["", "### Suite, ViT-B/16 (random weights), bfloat16", "",
               f"`run_suite(..., precision=\"bfloat16\")` with rollout, grad_rollout, gradcam and the random "
-              f"control on {s['n']} photos ({s['source']}), measured, then extrapolated linearly to 75 "
-              "(the 75-photo run did not fit the session: a subset was measured).", "",
+              f"control on {s['n']} photos ({s['source']}), measured"
+              + (", then extrapolated linearly to 75 (a subset was measured)." if s["n"] < 75 else "."), "",
               "| baseline | measured | of which explainers | 75 photos (extrapolated) |", "|---|---:|---:|---:|"]
     for b in ("blur", "token_drop"):
         lines.append(f"| {b} | {fmt_s(s['secs'][b])} | {fmt_s(s['explain'][b])} | {fmt_s(per[b])} |")
