@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from vit_course.grading.__main__ import main as grading_cli
 from vit_course.tools.grading.markers import render_versions, versions_out_of_sync
 
@@ -101,3 +103,51 @@ def test_grade_csv_write_failure_leaves_nothing(exercise, tmp_path, monkeypatch)
         grader.grade_folder(empty, exercise["source"], tmp_path / "out" / "g.csv")
     assert _tree(tmp_path) == before and not any(".tmp" in n or ".partial" in n for n in _tree(tmp_path))
     assert os.listdir(empty) == []
+
+
+@pytest.mark.parametrize("during", ["vit-expected-", "vit-grade-"])
+def test_sigterm_stops_the_batch_and_leaves_nothing_behind(during, exercise, tmp_path):
+    """``kill <grader>`` while the reference process runs, or a kernel: every process it
+    started and every temporary folder goes, no CSV is written, and no kernel starts after."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import nbformat
+
+    subs, tmp = tmp_path / "subs", tmp_path / "tmp"
+    subs.mkdir()
+    tmp.mkdir()
+    nb = nbformat.read(exercise["student"], as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_code_cell("import time\nwhile True:\n    time.sleep(0.1)"))
+    nbformat.write(nb, str(subs / "loop.ipynb"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vit_course.grading", "grade", str(subs), "--source", str(exercise["source"]),
+         "--out", str(tmp_path / "g.csv"), "--timeout", "300"],
+        env={**os.environ, "TMPDIR": str(tmp)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def running() -> list[int]:  # processes whose command line names a folder under tmp
+        found = []
+        for entry in os.listdir("/proc"):
+            try:
+                if entry.isdigit() and str(tmp).encode() in open(f"/proc/{entry}/cmdline", "rb").read():
+                    found.append(int(entry))
+            except OSError:
+                pass
+        return found
+
+    deadline = time.monotonic() + 240
+    while not (any(p.name.startswith(during) for p in tmp.iterdir()) and running()) \
+            and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert running(), f"no {during}* run started (grader exit code {proc.poll()})"
+    time.sleep(0.5 if during == "vit-expected-" else 3)     # the kernel reaches its endless loop
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in err, err
+    assert not (tmp_path / "g.csv").exists(), "no CSV from a stopped batch"
+    time.sleep(1)
+    assert running() == [], "a process of the stopped submission is still running"
+    assert [p.name for p in tmp.iterdir() if not p.name.startswith("torchinductor_")] == []

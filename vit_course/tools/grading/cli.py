@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from vit_course.tools.grading.markers import default_output_paths, generate_versions, versions_out_of_sync
@@ -90,6 +92,8 @@ def _grade(args: argparse.Namespace) -> int:
         print("error: --timeout, --test-timeout, --call-timeout and --max-output-kb must be > 0, --max-restarts >= 0",
               file=sys.stderr)
         return 2
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm) if main_thread else None
     try:
         grades = grade_folder(
             args.submissions,
@@ -103,10 +107,21 @@ def _grade(args: argparse.Namespace) -> int:
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     if options.sandbox == "none":
         print(NO_SANDBOX_WARNING, file=sys.stderr)
     print(f"graded {len(grades)} submission(s) → {args.out} (sandbox: {options.sandbox})")
     return 0
+
+
+def _stop_on_sigterm(signum: int, _frame: object) -> None:
+    """SIGTERM (``kill``, a scheduler's time limit) stops the batch as Ctrl-C does: running
+    kernels and their children are killed, their temporary folders removed, no CSV written."""
+    print("stopped by SIGTERM: running submissions are stopped and cleaned up; no CSV written",
+          file=sys.stderr)
+    raise SystemExit(128 + signum)
 
 
 def build_parser() -> argparse.ArgumentParser:

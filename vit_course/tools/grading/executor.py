@@ -39,13 +39,43 @@ _LIVE: dict[str, subprocess.Popen] = {}  # token → running child, for stop_all
 _LIVE_LOCK = threading.Lock()
 
 
+_STOPPED = threading.Event()  # set by stop_all(): no new process starts until allow_runs()
+
+
+class Stopped(RuntimeError):
+    """The batch was stopped (Ctrl-C, SIGTERM): no new process is started."""
+
+
 def stop_all() -> None:
-    """Kill every run in progress (their children and kernels too); used on Ctrl-C."""
+    """Kill every run in progress (their children and kernels too, and the reference process)
+    and refuse new ones (:class:`Stopped`) until :func:`allow_runs`; used on Ctrl-C and SIGTERM."""
     with _LIVE_LOCK:
+        _STOPPED.set()
         live = list(_LIVE.items())
     for token, proc in live:
         _kill_group(proc.pid)
         _sweep(token, [])
+
+
+def allow_runs() -> None:
+    """Let processes start again after :func:`stop_all` (a new batch)."""
+    _STOPPED.clear()
+
+
+def start_tracked(token: str, argv: list[str], **popen: object) -> subprocess.Popen:
+    """``Popen(argv)`` in a session of its own, registered so that :func:`stop_all` kills its
+    process group; call :func:`untrack` when it is done. Raises :class:`Stopped` after stop_all."""
+    with _LIVE_LOCK:
+        if _STOPPED.is_set():
+            raise Stopped("grading was stopped; no new process is started")
+        proc = subprocess.Popen(argv, start_new_session=True, **popen)
+        _LIVE[token] = proc
+    return proc
+
+
+def untrack(token: str) -> None:
+    with _LIVE_LOCK:
+        _LIVE.pop(token, None)
 
 
 @dataclass(kw_only=True)
@@ -296,24 +326,14 @@ def execute_notebook(
         hard_limit = (max_restarts + 1) * per_attempt + 30
         kernel_groups: list[int] = []
         with open(log, "wb") as log_fh:
-            proc = subprocess.Popen(
-                command,
-                cwd=host_job,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_fh,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            with _LIVE_LOCK:
-                _LIVE[token] = proc
+            proc = start_tracked(token, command, cwd=host_job, env=env, stdin=subprocess.DEVNULL,
+                                 stdout=log_fh, stderr=subprocess.STDOUT)
             try:
                 proc.wait(timeout=hard_limit)
             except subprocess.TimeoutExpired:
                 report.killed = True
             finally:
-                with _LIVE_LOCK:
-                    _LIVE.pop(token, None)
+                untrack(token)
                 _kill_group(proc.pid)
                 proc.wait()
                 kernel_groups = _read_events(events, report)

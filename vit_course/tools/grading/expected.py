@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 from vit_course.tools.grading.plain import from_plain, to_plain
@@ -51,12 +52,22 @@ def load_plan(qids: list[str], timeout: float = 900.0) -> dict:
     Each plan holds ``calls`` (plain data, as the kernel gets them), ``cases`` and ``shared``
     (decoded to NumPy). Raises ``ReferenceFailed`` with the process's error when it fails.
     """
+    from vit_course.tools.grading.executor import _kill_group, start_tracked, untrack
+
     with tempfile.TemporaryDirectory(prefix="vit-expected-") as tmp:
-        out = Path(tmp) / "plan.json"
-        result = subprocess.run([sys.executable, "-m", "vit_course.tools.grading.expected", str(out), *qids],
-                                capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-        if result.returncode != 0 or not out.is_file():
-            raise ReferenceFailed(f"the reference solution failed to build the hidden tests:\n{result.stderr[-3000:]}")
+        out, token = Path(tmp) / "plan.json", f"reference-{uuid.uuid4().hex}"
+        proc = start_tracked(token, [sys.executable, "-m", "vit_course.tools.grading.expected", str(out), *qids],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        try:                                 # tracked: stop_all (Ctrl-C, SIGTERM) kills it too
+            _, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid)
+            _, stderr = proc.communicate()
+            stderr += f"\n(the reference process ran out of its {timeout:.0f} s)"
+        finally:
+            untrack(token)
+        if proc.returncode != 0 or not out.is_file():
+            raise ReferenceFailed(f"the reference solution failed to build the hidden tests:\n{stderr[-3000:]}")
         plan = json.loads(out.read_text(encoding="utf-8"))
     for entry in plan["questions"].values():
         entry["cases"] = from_plain(entry["cases"])

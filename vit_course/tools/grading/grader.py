@@ -33,7 +33,8 @@ import nbformat
 from vit_course.tools.grading._io import check_outputs, write_atomic
 from vit_course.tools.grading.assignment import Assignment, cell_text, load_assignment
 from vit_course.tools.grading.compare import grade_question
-from vit_course.tools.grading.executor import ExecutionReport, execute_notebook, stop_all
+from vit_course.tools.grading.executor import (ExecutionReport, Stopped, allow_runs, execute_notebook,
+                                               stop_all)
 from vit_course.tools.grading.expected import ReferenceFailed, kernel_inputs, load_plan
 from vit_course.tools.grading.feedback import SubmissionGrade, csv_text, render_feedback
 from vit_course.tools.grading.markers import cell_info, read_notebook
@@ -232,6 +233,8 @@ def grade_submission(path: str | Path, assignment: Assignment, options: GradeOpt
             hide=[path.parent, assignment.source, *(hide or [])],
             threads=options.threads,
         )
+    except Stopped:
+        raise
     except Exception as exc:  # the grader itself failed: record it, keep the batch going
         return _zero(assignment, student, "grader_error", f"Grader error: {type(exc).__name__}: {exc}")
     grade = score(report, assignment, missing, student, expected)
@@ -333,7 +336,7 @@ def grade_folder(
     def one(path: Path) -> SubmissionGrade:
         try:
             grade = grade_submission(path, assignment, options, plan, hide)
-        except ReferenceFailed:  # the reference solution failed: no grade would be right
+        except (ReferenceFailed, Stopped):  # no grade would be right; or the batch was stopped
             raise
         except Exception as exc:  # pragma: no cover - last line of defence
             grade = _zero(assignment, path.stem, "grader_error", f"Grader error: {type(exc).__name__}: {exc}")
@@ -343,10 +346,11 @@ def grade_folder(
             progress(grade)
         return grade
 
+    allow_runs()
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
         grades = list(pool.map(one, files))
-    except BaseException:  # Ctrl-C: stop queued work and kill running notebooks, write no CSV
+    except BaseException:  # Ctrl-C, SIGTERM: stop queued work, kill running processes, no CSV
         pool.shutdown(wait=False, cancel_futures=True)
         stop_all()
         raise
