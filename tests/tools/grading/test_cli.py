@@ -138,14 +138,19 @@ def test_sigterm_stops_the_batch_and_leaves_nothing_behind(during, exercise, tmp
                 pass
         return found
 
-    deadline = time.monotonic() + 240
-    while not (any(p.name.startswith(during) for p in tmp.iterdir()) and running()) \
-            and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert running(), f"no {during}* run started (grader exit code {proc.poll()})"
-    time.sleep(0.5 if during == "vit-expected-" else 3)     # the kernel reaches its endless loop
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 240
+        while not (any(p.name.startswith(during) for p in tmp.iterdir()) and running()) \
+                and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert running(), f"no {during}* run started (grader exit code {proc.poll()})"
+        time.sleep(0.5 if during == "vit-expected-" else 3)     # the kernel reaches its endless loop
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:                                   # a failing test must not leave its grader running
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in err, err
     assert not (tmp_path / "g.csv").exists(), "no CSV from a stopped batch"
     time.sleep(1)
