@@ -7,12 +7,14 @@ seen, moving any control runs the model zero times, and the figure still changes
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from vit_course.explain import METHODS, Explainer, explain, get_method, register_method
@@ -274,35 +276,34 @@ def test_newly_registered_methods_appear_and_work(counted, extra_methods) -> Non
     assert counter.n == n, "options seen before come from the map cache"
 
 
-def test_a_move_sends_a_small_heat_layer_and_the_photo_once_per_image(model: nn.Module) -> None:
-    import io
+def decoded(png: bytes) -> np.ndarray:
+    """An ``ipywidgets.Image`` value decoded: (H, W, 3) or (H, W, 4) uint8."""
+    return np.asarray(Image.open(io.BytesIO(png)))
 
-    from PIL import Image
+
+def test_a_move_sends_a_small_heat_layer_and_the_photo_once_per_image(
+        model: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vit_course.widgets as module
 
     def layer() -> np.ndarray:
-        return np.asarray(Image.open(io.BytesIO(ex.overlay_image.value)))
+        return decoded(ex.overlay_image.value)
 
     raw = torch.rand(3, 3, 64, 64)
     ex = AttentionExplorer(model, batch(), CLASSES, raw_images=raw, discard_ratio=0.0)
     photo, heat = ex.photo_image.value, layer()
     assert heat.shape == (16, 16, 4), "4x the 4x4 patch grid, not the photo's 64x64 pixels"
     assert (heat[..., 3] == round(255 * ex.alpha)).all()
-    shown = np.asarray(Image.open(io.BytesIO(photo))).astype(float) / 255
+    shown = decoded(photo).astype(float) / 255
     np.testing.assert_allclose(shown, raw[0].permute(1, 2, 0).numpy(), atol=1 / 255)
-    import vit_course.widgets as module
-
     encoded = []
     real = module.photo_png
-    module.photo_png = lambda image: encoded.append(tuple(image.shape)) or real(image)
-    try:
-        ex.set(discard_ratio=0.9)
-        assert ex.photo_image.value == photo and not np.array_equal(layer(), heat)
-        ex.set(image=1)
-        assert ex.photo_image.value != photo
-        ex.set(image=0)
-        assert ex.photo_image.value == photo
-    finally:
-        module.photo_png = real
+    monkeypatch.setattr(module, "photo_png", lambda image: encoded.append(tuple(image.shape)) or real(image))
+    ex.set(discard_ratio=0.9)
+    assert ex.photo_image.value == photo and not np.array_equal(layer(), heat)
+    ex.set(image=1)
+    assert ex.photo_image.value != photo
+    ex.set(image=0)
+    assert ex.photo_image.value == photo
     assert encoded == [(3, 64, 64)], "each photo is encoded once, on its first visit"
     assert ex.overlay_rgb.shape == (64, 64, 3), "composed at the photo's resolution"
     assert not np.allclose(ex.overlay_rgb, raw[0].permute(1, 2, 0).numpy(), atol=0.05)
@@ -318,10 +319,7 @@ def test_errors_show_in_the_status_line_from_controls_and_raise_from_set(
     assert ex.current_map is None and ex.error.startswith("_test_fails_at_one failed")
     assert np.ptp(ex.map_rgb) == 0, "the old map is cleared, not left under the new name"
     assert ex.overlay_image.value != before and ex.progress.layout.visibility == "hidden"
-    import io
-
-    from PIL import Image
-    assert (np.asarray(Image.open(io.BytesIO(ex.overlay_image.value)))[..., 3] == 0).all(), \
+    assert (decoded(ex.overlay_image.value)[..., 3] == 0).all(), \
         "the heat layer is transparent: the photo alone"
     ex.controls["start_layer"].value = 0          # still usable
     ex.wait()

@@ -305,15 +305,15 @@ def load_or_train_synthetic_vit(path: str | Path | None = None, size: int = DEFA
     if saved is not None:
         model.to(device).eval()
         acc, history, verb = saved["test_accuracy"], saved["history"], "Loaded synthetic ViT from"
-        checks = saved.get("ground_truth")
+        checks = saved.get("ground_truth")   # None: saved before the checks were stored
     else:
         model, history, acc = train_synthetic_vit(size=size, seed=seed, setting=name,
                                                   device=device, progress=progress)
+        checks, verb = None, "Saved synthetic ViT to"
+    if checks is None:
         checks = ground_truth_checks(model, n=cfg["n_test"], size=size, seed=seed + 1)
+    if saved is None:
         save_checkpoint(model, path, **meta, history=history, test_accuracy=acc, ground_truth=checks)
-        verb = "Saved synthetic ViT to"
-    if checks is None:                    # a checkpoint saved before the checks were stored
-        checks = ground_truth_checks(model, n=cfg["n_test"], size=size, seed=seed + 1)
     if progress:
         print(f"{verb} {path} (test accuracy {acc:.3f}, setting {name!r}).")
         print(format_ground_truth_checks(checks))

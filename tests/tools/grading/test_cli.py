@@ -153,6 +153,7 @@ def test_sigterm_stops_the_batch_and_leaves_nothing_behind(during, exercise, tmp
             proc.wait()
     assert proc.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in err, err
     assert not (tmp_path / "g.csv").exists(), "no CSV from a stopped batch"
+    assert not list((tmp_path / "g_feedback").glob("*.md")), "no feedback on a run the stop cut short"
     time.sleep(1)
     assert running() == [], "a process of the stopped submission is still running"
     assert [p.name for p in tmp.iterdir() if not p.name.startswith("torchinductor_")] == []

@@ -57,6 +57,11 @@ def stop_all() -> None:
         _sweep(token, [])
 
 
+def stopped() -> bool:
+    """True after :func:`stop_all` until :func:`allow_runs`."""
+    return _STOPPED.is_set()
+
+
 def allow_runs() -> None:
     """Let processes start again after :func:`stop_all` (a new batch)."""
     _STOPPED.clear()

@@ -34,7 +34,7 @@ from vit_course.tools.grading._io import check_outputs, write_atomic
 from vit_course.tools.grading.assignment import Assignment, cell_text, load_assignment
 from vit_course.tools.grading.compare import grade_question
 from vit_course.tools.grading.executor import (ExecutionReport, Stopped, allow_runs, execute_notebook,
-                                               stop_all)
+                                               stop_all, stopped)
 from vit_course.tools.grading.expected import ReferenceFailed, kernel_inputs, load_plan
 from vit_course.tools.grading.feedback import SubmissionGrade, csv_text, render_feedback
 from vit_course.tools.grading.markers import cell_info, read_notebook
@@ -237,6 +237,8 @@ def grade_submission(path: str | Path, assignment: Assignment, options: GradeOpt
         raise
     except Exception as exc:  # the grader itself failed: record it, keep the batch going
         return _zero(assignment, student, "grader_error", f"Grader error: {type(exc).__name__}: {exc}")
+    if stopped():  # killed by stop_all, not by anything the submission did: no grade
+        raise Stopped("grading was stopped while this submission ran")
     grade = score(report, assignment, missing, student, expected)
     grade.seconds = report.seconds
     grade.sandbox = options.sandbox
