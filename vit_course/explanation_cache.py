@@ -64,7 +64,8 @@ def describe_options(options: Mapping[str, Any]) -> str:
 EXPLORER_OPTIONS: dict[str, dict[str, Any]] = {
     "integrated_gradients": {"steps": 16, "internal_batch_size": 4},
     "smoothgrad": {"n_samples": 8, "internal_batch_size": 2},
-    "value_zeroing": {"precision": "float32"}, "vit_cx": {"internal_batch_size": 16},
+    "value_zeroing": {"precision": "bfloat16"},
+    "vit_cx": {"internal_batch_size": 16, "precision": "bfloat16"},
 }
 
 #: Each method's time in the explorer (with :data:`EXPLORER_OPTIONS`) in units of one

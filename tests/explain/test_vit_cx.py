@@ -40,6 +40,11 @@ def test_batched_scoring_equals_the_per_mask_loop(kind):
     expected = per_mask_loop(model, x[1], masks, noise, target=2)
     got = causal_impact(model, x[1], masks, noise, 2, internal_batch_size=5)
     assert torch.allclose(got, expected, atol=1e-6)
+    # bfloat16 forwards: the same saliency up to the rounding of the probabilities
+    bf16 = causal_impact(model, x[1], masks, noise, 2, internal_batch_size=5,
+                         precision="bfloat16")
+    assert (bf16 - expected).abs().max() <= 5e-2 * expected.abs().max()
+    assert not torch.equal(bf16, got)
     pixels = explain(model, x, "vit_cx", target=2, resolution="pixels")
     assert pixels.shape == (2, 32, 32)
     assert torch.allclose(pixels[1], expected, atol=1e-6)
@@ -92,6 +97,6 @@ def test_class_specific_inside_no_grad_and_bad_options():
         a = explain(model, x, "vit_cx", target=0)
     assert not torch.allclose(a, explain(model, x, "vit_cx", target=2))
     for bad in ({"distance_threshold": -0.1}, {"noise_std": "big"}, {"layer": 5},
-                {"internal_batch_size": 0}, {"resolution": "voxels"}):
+                {"internal_batch_size": 0}, {"resolution": "voxels"}, {"precision": "half"}):
         with pytest.raises(ValueError):
             explain(model, x, "vit_cx", **bad)

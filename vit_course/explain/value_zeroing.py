@@ -15,20 +15,28 @@ Choices, as in the authors' code (hmohebbi/ValueZeroing ``scoring/value_zeroing.
 each layer is recomputed from that layer's input of the unmodified forward pass (the
 change is never carried to later layers); the value vector is zeroed whole (bias
 included) in all heads; the distance is the cosine distance; rows are normalised by
-their sum; ``compute_joint_attention(..., res=False)``. Differences: theirs loops over
-tokens one forward at a time, per sentence; here a layer is recomputed for a chunk of
-zeroed tokens at once, from the closed form of the zeroed attention output
-(ctx_i(¬j) = ctx_i − A_ij v_j per head: q, k and A are not recomputed), batched over
-images. Their model is BERT (post-norm); here the blocks are the pre-norm ViT blocks of
-:mod:`vit_course.explain.families`.
+their sum; ``compute_joint_attention(..., res=False)``. Their model is BERT (post-norm);
+here the blocks are the pre-norm ViT blocks of :mod:`vit_course.explain.families`.
 
-Cost: one forward pass to record the blocks' inputs, then per layer T recomputations of
-the attention output projection and the MLP for all T tokens (q, k and A are shared):
-measured on ViT-B/16 (197 tokens, one image, loaded CPU) about 95 plain forwards in
-float64 (the default); one layer timed alone gave 83 for float64 and 23 for float32
-(docs/BENCHMARKS.md). Class-agnostic.
+How it is computed (the same numbers, not their loop of one forward per token): zeroing
+v_j changes each head's context by −A_ij v_j (q, k and A stay), so after the output
+projection mid_i(¬j) = mid_i − Σ_h A^h_ij u^h_j with u^h_j = W_o^h v^h_j. The MLP's
+LayerNorm and first Linear are then closed forms in those few vectors (a mean, a variance
+from Gram matrices, and z_ij = (a_i − Σ_h A^h_ij b^h_j)/σ_ij + e), so the only work per
+(i, j) pair is the activation and fc2 of the MLP's *change* act(z_ij) − act(z_i). The
+distance is taken from the changes themselves (:func:`_cosine_distance`), not as 1 − cos
+of two recomputed outputs, which loses most digits of a score of about 1e-4: in float32
+the map keeps about 1e-6 of its size (the direct form kept about 1e-3). The top layer
+computes only the class token's row. Tests check it against the paper's loop.
 
-Shapes: B batch, T = P + N tokens, D width, H heads, d = D / H, L layers.
+Cost: one forward pass to record the blocks' inputs, then per layer T² evaluations of
+the MLP's activation and fc2 (about 3/4 of a plain forward's arithmetic, times T);
+measured for one ViT-B/16 image in docs/BENCHMARKS.md. ``precision="bfloat16"`` runs
+that fc2 in bfloat16 (about 2× faster than float32 on CPUs with bfloat16 instructions,
+within about 1e-4 of the float64 map on ViT-B/16). Class-agnostic.
+
+Shapes: B batch, T = P + N tokens, I rows computed, D width, F MLP width, H heads,
+d = D / H, L layers.
 """
 
 from __future__ import annotations
@@ -45,10 +53,13 @@ from .capture import prepare_images
 from .families import BlockParts, blocks_of, family_of, layer_norm_as, linear_as, logits_of
 from .methods import Explainer, register_method
 
-#: What the ``precision`` option accepts: the dtype the layers are recomputed in.
+#: The dtype a recomputation runs in, by name (also the LRP rules' ``precision``).
 PRECISIONS: dict[str, torch.dtype] = {"float64": torch.float64, "float32": torch.float32}
+#: What value zeroing's ``precision`` accepts: :data:`PRECISIONS`, and ``"bfloat16"``
+#: (float32 with the MLP's large product in bfloat16).
+CHOICES = (*PRECISIONS, "bfloat16")
 
-#: Elements of the widest intermediate (B · J · T · MLP width) per recomputation chunk.
+#: Elements of the widest intermediate (J zeroed tokens · I rows · MLP width) per chunk.
 CHUNK_ELEMENTS = 2 ** 24
 
 
@@ -106,56 +117,116 @@ def block_output(p: BlockParts, x: Tensor, num_heads: int) -> Tensor:
     return _rest_of_block(p, x, (attn @ v).transpose(1, 2).flatten(2))
 
 
-def mixing_matrix(p: BlockParts, x: Tensor, num_heads: int) -> Tensor:
+def _cosine_distance(o: Tensor, d: Tensor) -> Tensor:
+    """1 − cos(o + d, o) for o (I, D) and changes d (J, I, D), as (J, I), without cancellation.
+
+    1 − cos(a, b) = |a/|a| − b/|b||² / 2, and with a = o + d, b = o the difference of the
+    unit vectors is d/|a| + o (1/|a| − 1/|o|), where 1/|a| − 1/|o| = −(2⟨o, d⟩ + |d|²) /
+    (|o| |a| (|o| + |a|)): every term is of the size of d, so a small change keeps its digits.
+    """
+    tiny = torch.finfo(o.dtype).tiny
+    on = o.norm(dim=-1).clamp_min(tiny)                              # (I,)
+    an = (o + d).norm(dim=-1).clamp_min(tiny)                        # (J, I)
+    s = -(2 * (o * d).sum(-1) + (d * d).sum(-1)) / (on * an * (on + an))
+    w = d / an.unsqueeze(-1) + o * s.unsqueeze(-1)
+    return 0.5 * (w * w).sum(-1)
+
+
+def _mixing_rows(p: BlockParts, A: Tensor, v: Tensor, mid: Tensor, fc2_dtype: torch.dtype
+                 ) -> Tensor:
+    """Value-zeroing scores of one image's rows i (before normalisation), in closed form.
+
+    Args:
+        p: the block's parts. A: attention rows (H, I, T). v: values (H, T, d).
+        mid: the rows' residual stream after attention, mid_i = x_i + proj(ctx_i), (I, D).
+        fc2_dtype: dtype of the one large product, fc2 of the MLP's changes.
+
+    Returns:
+        (I, T): entry [i, j] = 1 − cos(out_i with v_j = 0, out_i).
+    """
+    H, I, T = A.shape
+    D, dt = mid.shape[-1], mid.dtype
+    u = torch.einsum("htk,ehk->hte", v, p.proj.weight.to(dt).view(D, H, D // H))  # (H, T, D)
+    gamma = torch.ones(D, dtype=dt) if p.norm2.weight is None else p.norm2.weight.to(dt)
+    beta = torch.zeros(D, dtype=dt) if p.norm2.bias is None else p.norm2.bias.to(dt)
+    W1 = p.fc1.weight.to(dt)
+    e = W1 @ beta + (0 if p.fc1.bias is None else p.fc1.bias.to(dt))  # (F,)
+    # LayerNorm of mid_i(¬j) = mid_i − Σ_h A^h_ij u^h_j: its centred part and variance
+    c, cu = mid - mid.mean(-1, keepdim=True), u - u.mean(-1, keepdim=True)
+    var = c.pow(2).mean(-1)                                          # (I,)
+    cross = (A * torch.einsum("id,hjd->hij", c, cu)).sum(0)          # Σ_h A ⟨c_i, cu_j^h⟩
+    gram = torch.einsum("hjd,kjd->jhk", cu, cu)                      # (T, H, H)
+    quad = (A * torch.einsum("hij,jhk->kij", A, gram)).sum(0)        # |Σ_h A cu_j^h|²
+    inv = (var.unsqueeze(1) + (quad - 2 * cross) / D + p.norm2.eps).rsqrt()   # (I, T): 1/σ_ij
+    # fc1 is linear: z_ij = (a_i − Σ_h A^h_ij b^h_j) / σ_ij + e
+    a, b = (c * gamma) @ W1.T, (cu * gamma) @ W1.T                   # (I, F), (H, T, F)
+    act_z = p.act(a * (var + p.norm2.eps).rsqrt().unsqueeze(1) + e)  # (I, F)
+    out = mid + linear_as(p.fc2, act_z)                              # (I, D)
+    W2 = p.fc2.weight.to(fc2_dtype)
+    scores = torch.empty(I, T, dtype=dt)
+    chunk = max(1, CHUNK_ELEMENTS // (I * W1.shape[0]))
+    b_e = torch.cat([b, e.expand(1, T, -1)]).transpose(0, 1)          # (T, H + 1, F)
+    for j0 in range(0, T, chunk):
+        js = slice(j0, min(T, j0 + chunk))
+        coef = torch.cat([A[:, :, js] * -inv[:, js], torch.ones_like(A[:1, :, js])])
+        z = torch.bmm(coef.permute(2, 1, 0), b_e[js])                 # e − Σ_h A b / σ_ij
+        z.addcmul_(inv[:, js].T.unsqueeze(-1), a)                    # (J, I, F): + a_i / σ_ij
+        g = p.act(z).sub_(act_z)                                     # the MLP's change
+        d = (g.to(fc2_dtype) @ W2.T).to(dt) - torch.bmm(A[:, :, js].permute(2, 1, 0),
+                                                        u[:, js].transpose(0, 1))
+        scores[:, js] = _cosine_distance(out, d).T                  # d: out_i(¬j) − out_i
+    return scores
+
+
+def mixing_matrix(p: BlockParts, x: Tensor, num_heads: int, fc2_dtype: torch.dtype | None = None,
+                  rows: slice = slice(None)) -> Tensor:
     """Value-zeroing scores of one block, before row normalisation.
 
     Args:
         p: the block's parts. x: its input (B, T, D). num_heads: H.
+        fc2_dtype: dtype of the product fc2(Δ act) (default: x's). rows: the rows i to
+            compute (default: all; the top layer needs only the class token's).
 
     Returns:
-        (B, T, T): entry [b, i, j] = 1 − cos(out_i with v_j = 0, out_i).
+        (B, I, T): entry [b, i, j] = 1 − cos(out_i with v_j = 0, out_i).
     """
-    B, T, D = x.shape
-    attn, v = _split_heads(p, x, num_heads)                        # (B,H,T,T), (B,H,T,d)
-    ctx = attn @ v                                                 # (B, H, T, d)
-    out = _rest_of_block(p, x, ctx.transpose(1, 2).flatten(2))     # (B, T, D)
-    chunk = max(1, CHUNK_ELEMENTS // (B * T * p.fc1.out_features))
-    scores = []
-    for j0 in range(0, T, chunk):
-        js = slice(j0, min(T, j0 + chunk))
-        # ctx_i(¬j) = ctx_i − A_ij v_j per head: (B, J, H, T, d)
-        removed = attn[..., js].permute(0, 3, 1, 2).unsqueeze(-1) \
-            * v[:, :, js].transpose(1, 2).unsqueeze(3)
-        zeroed = (ctx.unsqueeze(1) - removed).transpose(2, 3).flatten(3)   # (B, J, T, D)
-        out_j = _rest_of_block(p, x.unsqueeze(1), zeroed)
-        scores.append(1 - F.cosine_similarity(out_j, out.unsqueeze(1), dim=-1))  # (B, J, T)
-    return torch.cat(scores, dim=1).transpose(1, 2)                # (B, T_i, T_j)
+    attn, v = _split_heads(p, x, num_heads)                          # (B,H,T,T), (B,H,T,d)
+    mid = x + linear_as(p.proj, (attn @ v).transpose(1, 2).flatten(2))
+    return torch.stack([_mixing_rows(p, attn[b, :, rows], v[b], mid[b, rows],
+                                     fc2_dtype or x.dtype) for b in range(x.shape[0])])
 
 
-def value_zeroing_matrices(model: nn.Module, images: Tensor, precision: str = "float64"
-                           ) -> list[Tensor]:
+def value_zeroing_matrices(model: nn.Module, images: Tensor, precision: str = "float64",
+                           top_rows: slice = slice(None)) -> list[Tensor]:
     """Row-normalised context-mixing matrices C^l (B, T, T) of every layer, input first.
 
-    ``precision``: the dtype each layer is recomputed in (:data:`PRECISIONS`). The scores
-    are cosine distances between nearly equal vectors, 1 − cos ≈ 1e-4 on a tiny random
-    model, so float32 rounding moves them by about 1e-3 of their size; float64 (default)
-    makes the map the same alone and in a batch. The recorded inputs come from the
-    model's own forward pass in its dtype.
+    ``precision`` (:data:`CHOICES`): ``"float64"`` or ``"float32"``, the dtype each layer
+    is recomputed in; ``"bfloat16"``: float32 with the one large product (fc2 of the MLP's
+    changes, about 80 % of the work) in bfloat16, about 2× faster on CPUs with bfloat16
+    instructions and within about 1e-3 of the float64 scores (docs/BENCHMARKS.md). The
+    scores are cosine distances between nearly equal vectors, computed from the changes
+    themselves (:func:`_cosine_distance`), so float32 keeps about 1e-6 of their size.
+    ``top_rows``: rows of the top layer's matrix to compute, (B, I, T) (the map needs only
+    the class token's, ``slice(0, 1)``). The recorded inputs come from the model's own
+    forward pass in its dtype.
     """
-    dtype = PRECISIONS[check_choice(precision, "precision", tuple(PRECISIONS))]
+    check_choice(precision, "precision", CHOICES)
+    dtype = PRECISIONS.get(precision, torch.float32)
+    fc2_dtype = torch.bfloat16 if precision == "bfloat16" else dtype
     parts = check_plain_blocks(model, "value_zeroing")
     info, x = prepare_images(model, images)
     inputs = block_inputs(model, x)
     out = []
     with torch.no_grad():
-        for p, h in zip(parts, inputs):
-            c = mixing_matrix(p, h.to(dtype), info.num_heads)
+        for layer, (p, h) in enumerate(zip(parts, inputs)):
+            rows = top_rows if layer == len(parts) - 1 else slice(None)
+            c = mixing_matrix(p, h.to(dtype), info.num_heads, fc2_dtype, rows)
             out.append(c / c.sum(-1, keepdim=True).clamp_min(torch.finfo(c.dtype).tiny))
     return out
 
 
 def value_zeroing_rollout(matrices: list[Tensor]) -> Tensor:
-    """R = C^{L−1} ··· C^0 (no residual term, as the paper): (B, T, T)."""
+    """R = C^{L−1} ··· C^0 (no residual term, as the paper): (B, I, T), I the top's rows."""
     joint = matrices[0]
     for c in matrices[1:]:
         joint = c @ joint
@@ -172,11 +243,12 @@ class ValueZeroing(Explainer):
     the module docstring for every choice. Class-agnostic (``target`` checked, unused).
 
     Options:
-        precision: ``"float64"`` (default) or ``"float32"``, the dtype the layers are
-            recomputed in (see :func:`value_zeroing_matrices`).
+        precision: ``"float64"`` (default), ``"float32"`` or ``"bfloat16"`` (float32 with
+            the MLP's large product in bfloat16; see :func:`value_zeroing_matrices`).
 
-    About 95 plain forwards on ViT-B/16 in float64, about 23 in float32 (module docstring). Works for the plain pre-norm blocks of every
-    family in :mod:`vit_course.explain.families` (timm layer-scale or qk-norm: TypeError).
+    Cost: module docstring and docs/BENCHMARKS.md. Works for the plain pre-norm blocks of
+    every family in :mod:`vit_course.explain.families` (timm layer-scale or qk-norm:
+    TypeError).
     """
 
     supports_capture = False
@@ -187,10 +259,10 @@ class ValueZeroing(Explainer):
         check_plain_blocks(model, "value_zeroing")       # unsupported variants fail here
 
     def check_options(self, precision: str) -> None:
-        check_choice(precision, "precision", tuple(PRECISIONS))
+        check_choice(precision, "precision", CHOICES)
 
     def compute(self, images: Tensor, target: object, precision: str) -> Tensor:
         _, x = prepare_images(self.model, images, self.info)
         check_targets(target, x.shape[0], self.info.num_classes)
-        rows = value_zeroing_rollout(value_zeroing_matrices(self.model, x, precision))[:, 0]
-        return rows.to(x.dtype)
+        mats = value_zeroing_matrices(self.model, x, precision, top_rows=slice(0, 1))
+        return value_zeroing_rollout(mats)[:, 0].to(x.dtype)
