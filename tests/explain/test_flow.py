@@ -128,3 +128,46 @@ def test_max_flow_bad_input():
         max_flow_layered(-np.ones((1, 2, 2)))
     with pytest.raises(ValueError, match="out of range"):
         max_flow_layered(np.ones((1, 2, 2)), sources=[5])
+
+def _bfs_reference(cap: np.ndarray, t: int) -> np.ndarray:
+    """Edges from every node to ``t`` in the residual graph ``cap`` (inf if none)."""
+    n = cap.shape[0]
+    d = np.full(n, np.inf)
+    d[t] = 0
+    queue = deque([t])
+    while queue:
+        v = queue.popleft()
+        for u in range(n):
+            if d[u] == np.inf and cap[u, v] > 1e-12:
+                d[u] = d[v] + 1
+                queue.append(u)
+    return d
+
+@pytest.mark.parametrize("seed", range(3))
+def test_distance_labels_match_plain_bfs(seed):
+    """Zero-flow labels computed once (shared by all sources) and the level-by-level
+    relabelling on the kept residual masks equal a plain BFS on the dense residual graph."""
+    from vit_course.explain.flow import _bfs, _zero_flow_heights
+    rng = np.random.default_rng(seed)
+    L, T = 5, 4
+    C = rng.random((L, T, T)) * (rng.random((L, T, T)) < 0.5)
+    cup = np.ascontiguousarray(C[1:L - 1].transpose(0, 2, 1))
+    ct = C[L - 1, 0, :]
+    flow = cup * rng.random(cup.shape) * (rng.random(cup.shape) < 0.5)
+    saturated = rng.random(cup.shape) < 0.3
+    flow[saturated] = cup[saturated]
+    ft = ct * (rng.random(T) < 0.5)
+    M = L - 1
+    for fl, f_top, got in [(np.zeros_like(cup), np.zeros(T), _zero_flow_heights(cup, ct, 1e-12)),
+                           (flow, ft, _bfs(cup - flow > 1e-12, flow > 1e-12, ct - ft > 1e-12,
+                                           M * T + 2))]:
+        res = np.zeros((M * T + 1, M * T + 1))                 # node (m, k) = m * T + k
+        for m in range(M - 1):
+            for k in range(T):
+                for i in range(T):
+                    res[m * T + k, (m + 1) * T + i] = cup[m, k, i] - fl[m, k, i]
+                    res[(m + 1) * T + i, m * T + k] = fl[m, k, i]
+        res[(M - 1) * T:M * T, M * T] = ct - f_top
+        expect = _bfs_reference(res, M * T)[:-1].reshape(M, T)
+        expect[expect == np.inf] = M * T + 2
+        assert np.array_equal(got, expect), (got, expect)

@@ -22,16 +22,19 @@ Solver: :func:`max_flow_layered` is push–relabel (Goldberg & Tarjan 1988), wri
 the layered structure: edges only join consecutive layers, so all active nodes of one
 layer can push at once (their edges are disjoint) with whole-row NumPy operations, and
 exact distance labels are recomputed regularly ("global relabelling": distances to the
-sink in the residual graph, by relaxation sweeps over the layers). Only the first phase
-runs (flow *value*, not a flow decomposition): it stops when no node below the top that
-can still reach the sink holds excess, or when the flow reaches min(capacity out of the
-source, capacity into the sink). Capacities are float64; residuals and excesses below ``tol`` (1e-12) count as
-zero, so values are exact up to about 1e-9. Tests check it against Edmonds–Karp
-(Ford–Fulkerson with shortest augmenting paths) and against enumeration of every cut on
-small graphs.
+sink in the residual graph, by a breadth-first search one level at a time, with boolean
+matrix–vector products on residual masks that the pushes keep up to date). The labels at
+zero flow do not depend on the source, so they are computed once for all sources. Only
+the first phase runs (flow *value*, not a flow decomposition): it stops when no node
+below the top that can still reach the sink holds excess, or when the flow reaches
+min(capacity out of the source, capacity into the sink). Capacities are float64;
+residuals and excesses below ``tol`` (1e-12) count as zero, so values are exact up to
+about 1e-9. Tests check it against Edmonds–Karp (Ford–Fulkerson with shortest augmenting
+paths) and against enumeration of every cut on small graphs.
 
-Cost: one max-flow per patch. On the course machine (2 shared CPU cores) ViT-B/16
-(12 layers, 197 tokens) takes 10–20 s per image; see docs/BENCHMARKS.md. The authors'
+Cost: one max-flow per patch. On the course machine (2 shared CPU cores, not idle)
+ViT-B/16 (12 layers, 197 tokens) takes about 4–6 s of CPU time per image (10–13 s
+before the breadth-first relabelling); see docs/BENCHMARKS.md. The authors'
 code calls networkx's ``maximum_flow_value`` with Edmonds–Karp once per (output node,
 input token) pair; the course does not need networkx.
 
@@ -76,29 +79,35 @@ class _LayeredFlow:
 
     Inner layers m = 0..M-1 are the graph's layers 1..L-1 (the source's layer 0 holds only
     the source, the sink's layer L only the sink). ``cs[k]``: source → (0, k);
-    ``cup[m][k, i]``: (m, k) → (m + 1, i); ``ct[k]``: (M - 1, k) → sink.
+    ``cup[m][k, i]``: (m, k) → (m + 1, i), ``cupT[m]`` its transpose; ``ct[k]``:
+    (M - 1, k) → sink. ``height0``: the distance labels at zero flow (they do not depend
+    on the source), from :func:`_zero_flow_heights`.
     """
 
-    def __init__(self, cs: np.ndarray, cup: np.ndarray, ct: np.ndarray, tol: float,
-                 max_sweeps: int):
-        self.cs, self.cup, self.ct, self.tol = cs, cup, ct, tol
+    def __init__(self, cs: np.ndarray, cup: np.ndarray, cupT: np.ndarray, ct: np.ndarray,
+                 tol: float, max_sweeps: int, height0: np.ndarray):
+        self.cs, self.cup, self.cupT, self.ct, self.tol = cs, cup, cupT, ct, tol
         self.M = cup.shape[0] + 1
         self.T = cs.shape[0]
         self.INF = self.M * self.T + 2           # more than any finite distance
         self.max_sweeps = max_sweeps
+        self.height0 = height0
 
     def run(self) -> float:
         M, T, tol = self.M, self.T, self.tol
-        cup, ct = self.cup, self.ct
-        flow = np.zeros_like(cup)                # flow[m][k, i]: (m, k) → (m + 1, i)
-        ft = np.zeros(T)                         # (M - 1, k) → sink
-        excess = np.zeros((M, T))
-        excess[0] = self.cs                      # the source saturates its edges
-        bound = min(float(self.cs.sum()), float(ct.sum())) - 1e-12
+        self.flow = np.zeros_like(self.cup)      # flow[m][k, i]: (m, k) → (m + 1, i)
+        self.up = self.cup > tol                 # (M-1, k, i): cup - flow > tol, kept current
+        self.down = np.zeros(self.cup.shape, dtype=bool)     # (M-1, k, i): flow > tol
+        self.ft = np.zeros(T)                    # (M - 1, k) → sink
+        self.excess = np.zeros((M, T))
+        self.excess[0] = self.cs                 # the source saturates its edges
+        bound = min(float(self.cs.sum()), float(self.ct.sum())) - 1e-12
         sweeps = 0
-        while ft.sum() < bound:
-            height = self._distances(flow, ft)
-            if not ((excess > tol) & (height < self.INF)).any():
+        self.height = self.height0.copy()
+        while self.ft.sum() < bound:
+            if sweeps:
+                self.height = self._distances()
+            if not ((self.excess > tol) & (self.height < self.INF)).any():
                 break
             for _ in range(8):                   # sweeps between global relabels
                 sweeps += 1
@@ -108,81 +117,66 @@ class _LayeredFlow:
                 moved = False
                 order = range(M) if sweeps % 2 else range(M - 1, -1, -1)
                 for m in order:
-                    moved |= self._discharge(m, flow, ft, excess, height)
-                if not moved or ft.sum() >= bound:
+                    moved |= self._discharge(m)
+                if not moved or self.ft.sum() >= bound:
                     break
-        return float(ft.sum())
+        return float(self.ft.sum())
 
-    def _distances(self, flow: np.ndarray, ft: np.ndarray) -> np.ndarray:
-        """Exact distance (in edges) of every node to the sink in the residual graph."""
-        M, T, INF, tol = self.M, self.T, self.INF, self.tol
-        d = np.full((M, T), INF, dtype=np.int64)
-        d[M - 1][self.ct - ft > tol] = 1
-        up = [(self.cup[m] - flow[m]) > tol for m in range(M - 1)]    # (k, i) residual up
-        down = [flow[m] > tol for m in range(M - 1)]                  # (k, i): i → k back
-        changed = True
-        while changed:
-            changed = False
-            for m in range(M - 2, -1, -1):       # (m, k) → (m + 1, i) along residual up
-                cand = np.where(up[m], d[m + 1][None, :], INF).min(axis=1) + 1
-                if (cand < d[m]).any():
-                    d[m] = np.minimum(d[m], cand)
-                    changed = True
-            for m in range(M - 1):               # (m + 1, i) → (m, k) along flow
-                cand = np.where(down[m], d[m][:, None], INF).min(axis=0) + 1
-                if (cand < d[m + 1]).any():
-                    d[m + 1] = np.minimum(d[m + 1], cand)
-                    changed = True
-        return np.minimum(d, INF)
+    def _distances(self) -> np.ndarray:
+        """Exact distance (in edges) of every node to the sink in the residual graph, (M, T).
 
-    def _discharge(self, m: int, flow: np.ndarray, ft: np.ndarray, excess: np.ndarray,
-                   height: np.ndarray) -> bool:
+        Breadth-first from the sink, one level at a time, on the residual masks.
+        """
+        return _bfs(self.up, self.down, self.ct - self.ft > self.tol, self.INF)
+
+    def _discharge(self, m: int) -> bool:
         """Push from every active node of inner layer m at once, then relabel."""
         M, INF, tol = self.M, self.INF, self.tol
-        act = np.flatnonzero((excess[m] > tol) & (height[m] < INF))
+        flow, excess, height = self.flow, self.excess, self.height
+        act = np.nonzero((excess[m] > tol) & (height[m] < INF))[0]
         if act.size == 0:
             return False
         ex = excess[m, act]
         h = height[m, act]
         if m == M - 1:                           # up: to the sink (height 0)
-            r = np.where(h == 1, self.ct[act] - ft[act], 0.0)
-            p = np.clip(r, 0.0, None)
-            p = np.minimum(ex, np.where(p > tol, p, 0.0))
-            ft[act] += p
+            r = np.where(h == 1, self.ct[act] - self.ft[act], 0.0)
+            p = np.minimum(ex, np.where(r > tol, r, 0.0))
+            self.ft[act] += p
             ex = ex - p
         else:                                    # up: to layer m + 1, greedily
             f = flow[m][act]                                           # (a, T)
-            r = self.cup[m][act]
-            r -= f
+            c = self.cup[m][act]
             ok = height[m + 1][None, :] == (h - 1)[:, None]
-            ok &= r > tol
-            r *= ok
-            p = _fill(ex, r, axis=1)
+            ok &= self.up[m][act]
+            p = _fill(ex, (c - f) * ok)
             f += p
             flow[m][act] = f
+            self.up[m][act] = (c - f) > tol
+            self.down[m][act] = f > tol
             excess[m + 1] += p.sum(axis=0)
             ex = ex - p.sum(axis=1)
         if m > 0:                                # down: undo flow that came from layer m-1
-            f = flow[m - 1][:, act]                                    # (T, a)
-            ok = height[m - 1][:, None] == (h - 1)[None, :]
-            ok &= f > tol
-            p = _fill(ex, f * ok, axis=0)
+            f = flow[m - 1][:, act].T                                  # (a, T)
+            ok = height[m - 1][None, :] == (h - 1)[:, None]
+            ok &= self.down[m - 1][:, act].T
+            p = _fill(ex, f * ok)
             f -= p
-            flow[m - 1][:, act] = f
-            excess[m - 1] += p.sum(axis=1)
-            ex = ex - p.sum(axis=0)
+            flow[m - 1][:, act] = f.T
+            self.up[m - 1][:, act] = (self.cupT[m - 1][act] - f).T > tol
+            self.down[m - 1][:, act] = f.T > tol
+            excess[m - 1] += p.sum(axis=0)
+            ex = ex - p.sum(axis=1)
         excess[m, act] = ex
         stuck = ex > tol
         if stuck.any():                          # relabel: 1 + lowest residual neighbour
             nodes = act[stuck]
             if m == M - 1:
-                up = np.where(self.ct[nodes] - ft[nodes] > tol, 0, INF)
+                up = np.where(self.ct[nodes] - self.ft[nodes] > tol, 0, INF)
             else:
-                resid = (self.cup[m][nodes] - flow[m][nodes]) > tol
-                up = np.where(resid, height[m + 1][None, :], INF).min(axis=1)
+                up = np.where(self.up[m][nodes], height[m + 1][None, :], INF).min(axis=1)
             if m > 0:
-                down = np.where(flow[m - 1][:, nodes] > tol, height[m - 1][:, None],
-                                INF).min(axis=0)
+                down = np.where(self.down[m - 1][:, nodes].T, height[m - 1][None, :],
+                                INF).min(axis=1)
             else:
                 down = np.full(nodes.size, INF)
             new = np.minimum(np.minimum(up, down) + 1, INF)
@@ -190,12 +184,53 @@ class _LayeredFlow:
         return True
 
 
-def _fill(excess: np.ndarray, r: np.ndarray, axis: int) -> np.ndarray:
-    """Greedy pushes: each node's ``excess`` fills its arcs ``r`` (along ``axis``) in order."""
-    p = np.cumsum(r, axis=axis)
+def _bfs(up: np.ndarray, down: np.ndarray, to_sink: np.ndarray, INF: int) -> np.ndarray:
+    """Distances to the sink, (M, T) int64, INF where unreachable, from the residual masks.
+
+    ``up[m][k, i]``: arc (m, k) → (m + 1, i); ``down[m][k, i]``: arc (m + 1, i) → (m, k);
+    ``to_sink[k]``: arc (M - 1, k) → sink. Level by level; only layers holding nodes of
+    the current level are expanded (boolean matrix–vector products).
+    """
+    M, T = up.shape[0] + 1, up.shape[1]
+    d = np.full((M, T), INF, dtype=np.int64)
+    front = np.zeros((M, T), dtype=bool)
+    front[M - 1] = to_sink
+    seen = front.copy()
+    layers = [M - 1] if to_sink.any() else []
+    level = 1
+    while layers:
+        for m in layers:
+            d[m, front[m]] = level
+        level += 1
+        new = np.zeros((M, T), dtype=bool)
+        for m in layers:
+            if m > 0:                            # (m-1, k) reaches (m, i) along a residual arc
+                new[m - 1] |= up[m - 1] @ front[m]
+            if m < M - 1:                        # (m+1, i) reaches (m, k) back along flow
+                new[m + 1] |= front[m] @ down[m]
+        new &= ~seen
+        seen |= new
+        front = new
+        layers = [m for m in range(M) if front[m].any()]
+    return d
+
+
+def _zero_flow_heights(cup: np.ndarray, ct: np.ndarray, tol: float) -> np.ndarray:
+    """Distance labels (M, T) before any flow: the same for every source."""
+    M, T = cup.shape[0] + 1, ct.shape[0]
+    return _bfs(cup > tol, np.zeros(cup.shape, dtype=bool), ct > tol, M * T + 2)
+
+
+def _fill(excess: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Greedy pushes (a, T): each node's ``excess`` (a,) fills its arcs ``r`` (a, T) in order."""
+    p = np.empty_like(r)                         # torch.cumsum: as np.cumsum, but faster;
+    step = max(1, 16384 // r.shape[1])           # blocks below its grain size stay 1-thread
+    for i in range(0, r.shape[0], step):
+        torch.cumsum(torch.from_numpy(r[i:i + step]), dim=1, out=torch.from_numpy(p[i:i + step]))
     p -= r                                       # capacity of the arcs before each arc
-    np.subtract(np.expand_dims(excess, axis), p, out=p)
-    return np.clip(p, 0.0, r, out=p)
+    np.subtract(excess[:, None], p, out=p)
+    np.maximum(p, 0.0, out=p)
+    return np.minimum(p, r, out=p)
 
 
 def max_flow_layered(capacities: np.ndarray | Tensor, sources: Sequence[int] | None = None,
@@ -234,11 +269,13 @@ def max_flow_layered(capacities: np.ndarray | Tensor, sources: Sequence[int] | N
     if L == 1:                                   # one edge from each source to the sink
         return np.array([C[0, sink, s] for s in srcs], dtype=np.float64)
     cup = np.ascontiguousarray(C[1:L - 1].transpose(0, 2, 1))    # (L-2, k, i): lower → upper
+    cupT = np.ascontiguousarray(C[1:L - 1])                       # (L-2, i, k)
     ct = np.ascontiguousarray(C[L - 1, sink, :])
+    height0 = _zero_flow_heights(cup, ct, tol)
     out = np.empty(len(srcs), dtype=np.float64)
     for n, s in enumerate(srcs):
         cs = np.ascontiguousarray(C[0, :, s])
-        out[n] = _LayeredFlow(cs, cup, ct, tol, max_sweeps).run()
+        out[n] = _LayeredFlow(cs, cup, cupT, ct, tol, max_sweeps, height0).run()
     return out
 
 
@@ -272,7 +309,7 @@ class AttentionFlow(Explainer):
     """Attention flow (Abnar & Zuidema 2020): max-flow from each patch to the class token.
 
     No options. Class-agnostic: ``target`` is checked but does not change the map. One
-    forward pass, then one max-flow per patch on the CPU (slow for ViT-B/16: tens of
+    forward pass, then one max-flow per patch on the CPU (slow for ViT-B/16: several
     seconds per image; see docs/BENCHMARKS.md). Works from a Capture (no forward pass).
     """
 
