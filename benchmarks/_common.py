@@ -110,9 +110,22 @@ def load_note(*loads: float) -> str:
     if seen and max(seen) > cores + 0.5:
         return (f"A load above {cores} means other jobs shared the {cores} cores during the run: "
                 "absolute times are inflated by an unknown factor, ratios are steadier.")
-    return f"The load stayed at or below the {cores} cores: the machine was otherwise idle."
+    return (f"The load stayed at or below the {cores} cores: no other job ran on this machine "
+            "(other guests of the host can still slow it down).")
 
 
 def fmt_s(s: float) -> str:
     """Seconds as s, min or h, whichever reads best."""
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.2f} h"
+
+
+def stolen_seconds() -> float:
+    """CPU seconds the hypervisor gave to other guests so far, summed over this machine's
+    CPUs (the "steal" column of /proc/stat); NaN where the kernel does not report it.
+    Wall time minus stolen / cores is what a CPU-bound run would have taken alone."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")

@@ -567,3 +567,12 @@ def test_every_registered_method_works_on_notebook_03s_head_shape(tiny_tv_vit, h
         assert ex.error is None, ex.error
         assert ex.current_map is not None and torch.isfinite(ex.current_map).all(), method
         assert f"<b>{method}</b>" in ex.status.value
+
+
+def test_every_registered_method_has_a_measured_explorer_cost():
+    # an unlisted method would get the default of 1 capture as its expected time
+    from vit_course.explain import METHODS
+    from vit_course.widgets import COST_IN_CAPTURES
+
+    assert set(COST_IN_CAPTURES) == set(METHODS)
+    assert all(v > 0 for v in COST_IN_CAPTURES.values())

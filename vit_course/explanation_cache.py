@@ -59,8 +59,8 @@ def describe_options(options: Mapping[str, Any]) -> str:
 
 #: Options the explorer gives methods whose paper defaults are too slow for a slider, so
 #: that a ViT-B/16 image answers within about 10 s on a 2-core CPU (docs/BENCHMARKS.md,
-#: "Explorer": times, and integrated gradients' completeness error at 16 steps); value
-#: zeroing and ViT-CX stay slower. Small internal batches make the progress bar move.
+#: "Explorer": times, integrated gradients' completeness error at 16 steps, and what
+#: bfloat16 costs value zeroing and ViT-CX). Small internal batches make the progress bar move.
 EXPLORER_OPTIONS: dict[str, dict[str, Any]] = {
     "integrated_gradients": {"steps": 16, "internal_batch_size": 4},
     "smoothgrad": {"n_samples": 8, "internal_batch_size": 2},
@@ -72,12 +72,13 @@ EXPLORER_OPTIONS: dict[str, dict[str, Any]] = {
 #: image's first capture (forward + backward for every class), measured on ViT-B/16
 #: (benchmarks/bench_explorer.py). Unlisted: 0.01 for capture methods, 1 otherwise.
 COST_IN_CAPTURES: dict[str, float] = {
-    "attention": 0.02, "rollout": 0.01, "grad_rollout": 0.05, "gae": 0.16,
-    "attention_gradcam": 0.01, "attention_flow": 1.8, "attention_norm": 0.11,
-    "saliency": 0.27, "gradcam": 0.13, "transformer_attribution": 1.8, "smoothgrad": 2.0,
-    "integrated_gradients": 3.6, "value_zeroing": 18.0, "vit_cx": 4.0, "random": 0.01,
-    "center_gaussian": 0.01,
+    "attention": 0.01, "rollout": 0.01, "grad_rollout": 0.02, "gae": 0.02,
+    "attention_gradcam": 0.01, "attention_flow": 5.1, "attention_norm": 0.27,
+    "saliency": 0.64, "gradcam": 0.27, "transformer_attribution": 3.7, "smoothgrad": 4.2,
+    "integrated_gradients": 7.0, "value_zeroing": 8.5, "vit_cx": 6.6, "attn_lrp": 0.58,
+    "cp_lrp": 0.55, "random": 0.01, "center_gaussian": 0.01,
 }
+
 
 def method_names(methods: Sequence[str] | None = None) -> list[str]:
     """``methods`` checked (ValueError naming the valid ones), or every registered method
