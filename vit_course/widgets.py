@@ -468,19 +468,21 @@ class AttentionExplorer:
             lo, hi = float(m.min()), float(m.max())
             scaled = ((m - lo) / (hi - lo) if hi > lo else m * 0).numpy()
             self.map_rgb = matplotlib.colormaps["viridis"](scaled)[..., :3]
-            self._draw(s, describe_options(method_options(s["method"], s)), lo, hi)
+            self._draw(s, s["method"], lo, hi)
             self.last_update_ms = (time.perf_counter() - start) * 1e3
             self._status(s)
 
-    def _draw(self, s: Mapping[str, Any], desc: str, lo: float, hi: float) -> None:
+    def _draw(self, s: Mapping[str, Any], title: str, lo: float, hi: float) -> None:
+        # one widget message per changed value, the pictures first; the map's title names
+        # the method only (the status line names the options), so a move sends no title
         self._shown = i = s["image"]
-        self.photo_image.value = self._photos.get(i) or self._photos.setdefault(
-            i, photo_png(self.raw_images[i]))
+        self.map_image.value = png_bytes(self.map_rgb, (_SIZE, _SIZE))
         heat = np.zeros(self._heat_size) if self._heat is None else self._heat
         self.overlay_image.value = heat_png(heat, 0.0 if self._heat is None else self.alpha, self.cmap)
-        self.map_image.value = png_bytes(self.map_rgb, (_SIZE, _SIZE))
+        self.photo_image.value = self._photos.get(i) or self._photos.setdefault(
+            i, photo_png(self.raw_images[i]))
         self._overlay_title.value = title_html(self.titles[s["image"]])
-        self._map_title.value = title_html(s["method"] + (f" ({desc})" if desc else ""))
+        self._map_title.value = title_html(title)
         self.colorbar.value = colorbar_html(lo, hi, _SIZE) if hi >= lo else ""
         self.progress.layout.visibility = "hidden"
 
@@ -492,7 +494,7 @@ class AttentionExplorer:
             self.current_map, self.error = None, f"{s['method']} failed: {reason}"
             self._heat = None
             self.map_rgb = np.full((*self.cache.info.grid(*self.images.shape[-2:]), 3), 0.9)
-            self._draw(s, "no map", 1.0, 0.0)
+            self._draw(s, f"{s['method']} (no map)", 1.0, 0.0)
             self.status.value = (f"<span style='color:#b00'>✗ <b>{s['method']}</b> failed: "
                                  f"{html.escape(reason)} — the map is cleared; choose another "
                                  "method or setting.</span>")

@@ -278,6 +278,52 @@ def test_08_check_feedback_for_four_answers_typed_into_q1(page, lab) -> None:
     assert "Error" not in feedback["right"]
 
 
+# ----------------------------------------------------------------------------- reference
+# The smallest move an explorer can make, timed the same way: a slider whose observer only
+# sends a new 256 px map PNG (14 × 14 blocks, as the explorer's) and a status line. No
+# computation: what the kernel round trip and the browser's decoding and painting cost here.
+FLOOR_CELL = """import io, time
+import ipywidgets as widgets, numpy as np
+from PIL import Image
+
+def block_png(seed):
+    grid = np.random.default_rng(seed).integers(0, 255, (14, 14, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(grid).resize((256, 256), Image.NEAREST).save(buf, format="png")
+    return buf.getvalue()
+
+pngs = [block_png(k) for k in range(16)]
+slider = widgets.IntSlider(0, 0, 15).add_class("vitc-discard_ratio")
+picture = widgets.Image(value=pngs[0], format="png").add_class("vitc-map")
+status = widgets.HTML("value 0").add_class("vitc-status")
+
+def move(change):
+    start = time.perf_counter()
+    picture.value = pngs[change["new"]]
+    status.value = f"value {change['new']} · update {(time.perf_counter() - start) * 1e3:.0f} ms"
+
+slider.observe(move, "value")
+widgets.VBox([slider, picture, status]).add_class("vitc-explorer")
+"""
+
+
+def test_reference_a_bare_widget_round_trip(page, lab) -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(FLOOR_CELL)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, str(lab.folder / "latency_reference.ipynb"))
+    open_notebook(page, lab, "latency_reference.ipynb")
+    assert_clean_run(page, "latency_reference")
+    ex = page.locator(".vitc-explorer").nth(0)
+    page.evaluate(INSTALL_PROBE, 0)
+    for k in (5, 9, 2, 14, 7)[:MOVES]:
+        move(page, ex, "reference: a bare widget round trip (no computation)",
+             slider(page, ex, "discard_ratio", k), f"value {k}")
+    shut_down_kernel(page)
+
+
 # ----------------------------------------------------------------------------- report
 def latency_report() -> str:
     rows = [f"| {c} | {len(v)} | **{statistics.median(v):.0f} ms** | {max(v):.0f} ms | "
@@ -296,7 +342,9 @@ for the ViT-B/16 photo explorers. Goal: median ≤ 60 ms, worst ≤ 150 ms for d
 head fusion, start layer, layer, head and class moves (no timed assertion). "Map arrives":
 from the input event to the map image's new source in the page (before decoding and
 painting); the last column is the explorer's own time for the move (map + PNGs, from its
-status line).
+status line). The "reference" row is no explorer: a slider whose observer only sends a new
+256 px PNG and a status line, timed the same way in the same browser (`FLOOR_CELL`), i.e.
+what one kernel round trip and one repaint cost here before any computation.
 
 | control | moves | median | worst | map arrives, median | kernel's update, median |
 |---|---:|---:|---:|---:|---:|
