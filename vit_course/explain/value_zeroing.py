@@ -30,8 +30,8 @@ the map keeps about 1e-6 of its size (the direct form kept about 1e-3). The top 
 computes only the class token's row. Tests check it against the paper's loop.
 
 Cost: one forward pass to record the blocks' inputs, then per layer T² evaluations of
-the MLP's activation and fc2 (about 3/4 of a plain forward's arithmetic, times T);
-measured for one ViT-B/16 image in docs/BENCHMARKS.md. ``precision="bfloat16"`` runs
+the MLP's activation and fc2 (fc2 alone is a third of a plain forward's arithmetic, times
+T); measured for one ViT-B/16 image in docs/BENCHMARKS.md. ``precision="bfloat16"`` runs
 that fc2 in bfloat16 (about 2× faster than float32 on CPUs with bfloat16 instructions,
 within about 1e-4 of the float64 map on ViT-B/16). Class-agnostic.
 
