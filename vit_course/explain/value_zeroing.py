@@ -153,8 +153,8 @@ def _mixing_rows(p: BlockParts, A: Tensor, v: Tensor, mid: Tensor, fc2_dtype: to
     H, I, T = A.shape
     D, dt = mid.shape[-1], mid.dtype
     u = torch.einsum("htk,ehk->hte", v, p.proj.weight.to(dt).view(D, H, D // H))  # (H, T, D)
-    gamma = torch.ones(D, dtype=dt) if p.norm2.weight is None else p.norm2.weight.to(dt)
-    beta = torch.zeros(D, dtype=dt) if p.norm2.bias is None else p.norm2.bias.to(dt)
+    gamma = mid.new_ones(D) if p.norm2.weight is None else p.norm2.weight.to(dt)
+    beta = mid.new_zeros(D) if p.norm2.bias is None else p.norm2.bias.to(dt)
     W1 = p.fc1.weight.to(dt)
     e = W1 @ beta + (0 if p.fc1.bias is None else p.fc1.bias.to(dt))  # (F,)
     # LayerNorm of mid_i(¬j) = mid_i − Σ_h A^h_ij u^h_j: its centred part and variance
@@ -172,13 +172,13 @@ def _mixing_rows(p: BlockParts, A: Tensor, v: Tensor, mid: Tensor, fc2_dtype: to
     b_e = torch.cat([b, e.expand(1, T, -1)]).transpose(0, 1)          # (T, H + 1, F)
     coef = torch.cat([A * -inv, torch.ones_like(A[:1])]).permute(2, 1, 0).contiguous()  # (T, I, H+1)
     A_j, u_j = A.permute(2, 1, 0).contiguous(), u.transpose(0, 1).contiguous()  # (T, I, H), (T, H, D)
-    scores = torch.empty(I, T, dtype=dt)
+    scores = mid.new_empty(I, T)
     hidden = W1.shape[0]                               # F, the MLP width
     big = max(1, CHUNK_ELEMENTS // (I * hidden))          # zeroed tokens per fc2 product
     small = max(1, ACT_ELEMENTS // (I * hidden))          # per activation pass, cache-sized
     for j0 in range(0, T, big):
         j1 = min(T, j0 + big)
-        g = torch.empty(j1 - j0, I, hidden, dtype=fc2_dtype)      # the MLP's changes
+        g = mid.new_empty(j1 - j0, I, hidden, dtype=fc2_dtype)      # the MLP's changes
         for s0 in range(j0, j1, small):
             js = slice(s0, min(j1, s0 + small))
             z = torch.bmm(coef[js], b_e[js])                         # e − Σ_h A b / σ_ij
