@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,7 +44,7 @@ from torch import nn
 from vit_course.checks import HEAD_FUSIONS
 from vit_course.explain import METHODS, capture, explain, get_method
 from vit_course.imaging import to_display, upsample
-from vit_course.tools.files import atomic_write
+from vit_course.tools.files import atomic_write, check_writable
 
 MODELS = ("vit_b_16_imagenet", "vit_b_16")
 _OPTION_FLAGS = {"head_fusion": "--head-fusion", "discard_ratio": "--discard-ratio",
@@ -168,17 +167,10 @@ def check_out(out: Path) -> Path:
     """``--out`` before any work: a .png path, not a folder, in a folder that can be made."""
     if out.suffix.lower() != ".png":
         raise CliError(f"--out must end in .png, got {str(out)!r}")
-    if out.is_dir():
-        raise CliError(f"--out {out} is a folder; give a file name in it, e.g. {out / 'map.png'}")
-    parent = next(d for d in (out.parent.absolute(), *out.parent.absolute().parents)
-                  if d.exists())
-    if not parent.is_dir():
-        raise CliError(f"--out {out}: {parent} is a file, not a folder; choose an --out in "
-                       "a folder.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise CliError(f"--out {out}: no permission to write in {parent}; choose an --out in "
-                       "a folder you can write to.")
-    return out
+    try:
+        return check_writable(out, "map.png")
+    except OSError as exc:
+        raise CliError(f"--out: {exc}") from None
 
 
 def check_device(name: str) -> torch.device:
