@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from _processes import stop_group
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,12 +59,7 @@ def test_make_lab_serves_jupyterlab(tmp_path):
         names = {item["name"] for item in tree["content"]}
         assert any(n.endswith(".ipynb") for n in names), f"lab is not serving notebooks/: {names}"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, timeout=30)
         log.close()
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/api/status", timeout=2)

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import pytest
 
+from _processes import stop_group
+
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / ".cache" / "test" / "browser"
 NOTEBOOKS = ("04_attention_rollout.ipynb", "05_gradient_rollout.ipynb", "08_evaluation.ipynb")
@@ -146,12 +148,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         assert escape.status_code in (400, 403, 404), escape.status_code
         yield Lab(url, token, folder, log)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, timeout=20)
 
 
 
