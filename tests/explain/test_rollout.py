@@ -9,6 +9,8 @@ paired with the wrong layers (``VITAttentionGradRollout``'s backward hooks).
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -167,10 +169,14 @@ def test_discard_count_is_floor_of_ratio_times_entries():
                 assert dropped.max() <= kept.min()
 
 
-def test_discard_matches_a_sorting_reference_for_all_ratios():
+@pytest.mark.parametrize("numpy_selection", [True, False])     # False: other devices' path
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_discard_matches_a_sorting_reference_for_all_ratios(numpy_selection, dtype, monkeypatch):
     # Reference: sort each matrix's entries other than [0, 0] and zero the k lowest.
+    rollout_module = importlib.import_module("vit_course.explain.rollout")   # not the function
+    monkeypatch.setattr(rollout_module, "NUMPY_SELECTION", numpy_selection)
     set_seed(2)
-    fused = torch.rand(3, 5, 5, dtype=torch.float64)
+    fused = torch.rand(3, 5, 5, dtype=dtype)
     for ratio in [0.0, 0.04, 0.3, 0.48, 0.5, 0.52, 0.7, 0.95, 0.96, 0.999]:
         got = discard_lowest(fused, ratio)
         k = int(ratio * 25)
