@@ -49,8 +49,6 @@ def test_cli_writes_overlay_and_prints_top3(course_checkpoint, image_file, tmp_p
     (["{img}", "--method", "attention", "--discard-ratio", "0.5"], "does not apply"),
     (["{img}", "--category-index", "7"], "num_classes=3"),
     (["{img}", "--out", "map.jpg"], "must end in .png"),
-    (["{img}", "--out", "{img}/map.png"], "is a file, not a folder"),
-    (["{img}", "--out", "."], "must end in .png"),
 ])
 def test_cli_bad_input_exit_code_2_without_traceback(args, message, course_checkpoint,
                                                      image_file, tmp_path, capsys,
