@@ -135,14 +135,16 @@ def _discard(fused: Tensor, ratio: float) -> Tensor:
     if flat.device.type == "cpu" and NUMPY_SELECTION:    # ~7× torch.topk's speed on a CPU
         exact = torch.float64 if flat.dtype == torch.float64 else torch.float32
         lowest = np.argpartition(ranking.to(exact).numpy(), k - 1, axis=1)[:, :k]
-        idx = torch.from_numpy(lowest)
-    elif 2 * k <= n - 1:
+        drop = np.zeros(flat.shape, dtype=bool)
+        np.put_along_axis(drop, lowest, True, axis=1)
+        return flat.masked_fill(torch.from_numpy(drop), 0.0).view(fused.shape)
+    if 2 * k <= n - 1:
         idx = ranking.topk(k, dim=1, largest=False, sorted=False).indices
     else:                                          # the same set: all but the n - k highest
         keep = ranking.topk(n - k, dim=1, largest=True, sorted=False).indices
         drop = torch.ones_like(flat, dtype=torch.bool).scatter(1, keep, False)
         return flat.masked_fill(drop, 0.0).view(fused.shape)
-    return flat.scatter(1, idx.to(flat.device), 0.0).view(fused.shape)
+    return flat.scatter(1, idx, 0.0).view(fused.shape)
 
 
 def rollout_step(fused: Tensor, discard_ratio: float = 0.0) -> Tensor:
@@ -165,7 +167,8 @@ def rollout_step(fused: Tensor, discard_ratio: float = 0.0) -> Tensor:
 
 
 def _step(a: Tensor) -> Tensor:
-    a = a + torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    a = a.clone()
+    a.diagonal(dim1=-2, dim2=-1).add_(1.0)         # + I
     sums = a.sum(dim=-1, keepdim=True)             # keepdim: divide rows, not columns
     return a / torch.where(sums == 0, torch.ones_like(sums), sums)
 
