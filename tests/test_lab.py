@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from _processes import stop_group
-import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 STAMP = Path(sys.prefix) / ".vit_course_installed"

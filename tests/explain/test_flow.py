@@ -129,6 +129,7 @@ def test_max_flow_bad_input():
     with pytest.raises(ValueError, match="out of range"):
         max_flow_layered(np.ones((1, 2, 2)), sources=[5])
 
+
 def _bfs_reference(cap: np.ndarray, t: int) -> np.ndarray:
     """Edges from every node to ``t`` in the residual graph ``cap`` (inf if none)."""
     n = cap.shape[0]
@@ -142,6 +143,7 @@ def _bfs_reference(cap: np.ndarray, t: int) -> np.ndarray:
                 d[u] = d[v] + 1
                 queue.append(u)
     return d
+
 
 @pytest.mark.parametrize("seed", range(3))
 def test_distance_labels_match_plain_bfs(seed):

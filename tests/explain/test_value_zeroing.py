@@ -75,7 +75,7 @@ def test_value_zeroing_equals_the_brute_force_loop(kind):
     # map (the direct 1 − cos of two recomputed float32 outputs kept about 1e-3)
     f32 = explain(model, x, "value_zeroing", precision="float32")
     assert (f32 - maps).abs().max() <= 1e-5 * maps.abs().max() and not torch.equal(f32, maps)
-    # bfloat16: float32 with the MLP's large product in bfloat16, within 1e-3 of the map
+    # bfloat16: float32 with the MLP's large product in bfloat16, within 3e-3 of the map
     bf16 = explain(model, x, "value_zeroing", precision="bfloat16")
     assert (bf16 - maps).abs().max() <= 3e-3 * maps.abs().max() and not torch.equal(bf16, f32)
 

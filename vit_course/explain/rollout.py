@@ -137,14 +137,14 @@ def _discard(fused: Tensor, ratio: float) -> Tensor:
         lowest = np.argpartition(ranking.to(exact).numpy(), k - 1, axis=1)[:, :k]
         drop = np.zeros(flat.shape, dtype=bool)
         np.put_along_axis(drop, lowest, True, axis=1)
-        return flat.masked_fill(torch.from_numpy(drop), 0.0).view(fused.shape)
-    if 2 * k <= n - 1:
-        idx = ranking.topk(k, dim=1, largest=False, sorted=False).indices
+        drop = torch.from_numpy(drop)
+    elif 2 * k <= n - 1:                           # the k lowest
+        lowest = ranking.topk(k, dim=1, largest=False, sorted=False).indices
+        drop = torch.zeros_like(flat, dtype=torch.bool).scatter(1, lowest, True)
     else:                                          # the same set: all but the n - k highest
         keep = ranking.topk(n - k, dim=1, largest=True, sorted=False).indices
         drop = torch.ones_like(flat, dtype=torch.bool).scatter(1, keep, False)
-        return flat.masked_fill(drop, 0.0).view(fused.shape)
-    return flat.scatter(1, idx, 0.0).view(fused.shape)
+    return flat.masked_fill(drop, 0.0).view(fused.shape)
 
 
 def rollout_step(fused: Tensor, discard_ratio: float = 0.0) -> Tensor:
