@@ -121,6 +121,30 @@ def test_dropped_logits_run_each_kept_count_once_and_count_forwards():
     torch.testing.assert_close(out[:, 0], model(x).detach())
     # no patch token left: only the class token + its position embedding, the same for every image
     torch.testing.assert_close(out[0, 2], out[1, 2])
+    again = dropped_logits(model, x, keep, batch_size=8, progress=False, desc="t", cache=cache)
+    assert cache.forwards == 3 + 6 and torch.equal(again, out)   # every row from the cache
+
+
+def test_a_kept_set_two_curves_share_runs_once_and_gives_the_same_numbers():
+    """Chefer's test removes floor(f·N) tokens, f = 0.1 … 0.9. Negative keeps the top
+    N - floor(f·N) = ceil((1-f)·N) tokens: an insertion step of a 20-step curve for every N.
+    Positive keeps all but the top floor(f·N): a deletion step (ceil(k·N/20)) where the two
+    roundings meet, which at N = 16 is every f (at N = 196 only f = 0.5). So after deletion and
+    insertion, one suite cache runs no new forward for Chefer's test here, and its numbers are
+    those of a cache of its own."""
+    from vit_course.metrics.perturbation import _chefer_curves, _curve
+    model, x = make_model("course"), images(2)
+    maps = torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(5))   # no ties
+    shared, alone = LogitCache(), LogitCache()
+    t = model(x).argmax(1).detach()
+    for insertion in (False, True):
+        _curve(model, x, maps, t, 20, "token_drop", 64, False, insertion=insertion, cache=shared)
+    before = shared.forwards
+    ch = _chefer_curves(model, x, maps, None, (0,) * 3, (1,) * 3, 64, False, cache=shared, baseline="token_drop")
+    ref = _chefer_curves(model, x, maps, None, (0,) * 3, (1,) * 3, 64, False, cache=alone, baseline="token_drop")
+    assert shared.forwards == before
+    assert alone.forwards == 2 + 2 * 18                      # clean, then 9 + 9 rows per image
+    assert torch.equal(ch["negative"], ref["negative"]) and torch.equal(ch["positive"], ref["positive"])
 
 
 def test_token_drop_refuses_models_without_a_family():

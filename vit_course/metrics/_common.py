@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -128,12 +129,16 @@ class LogitCache:
     """Logits of whole batches that several metrics share (the clean images, a full baseline).
 
     ``run_suite`` passes one cache to every metric, so the unperturbed images and the fully
-    perturbed ones are run once for all explainers instead of once per curve. The cache also
-    holds the ``precision`` of every forward that uses it (see :data:`PRECISIONS`).
+    perturbed ones are run once for all explainers instead of once per curve. Under token drop
+    it also keeps the logits of every (image, set of kept tokens) it has run, so a sequence
+    that two curves share runs once: insertion keeping the top k tokens and Chefer's negative
+    test removing the other N - k are the same forward. The cache also holds the
+    ``precision`` of every forward that uses it (see :data:`PRECISIONS`).
     """
 
     def __init__(self, precision: str = "float32") -> None:
         self._store: dict[str, Tensor] = {}
+        self.dropped: dict[tuple[int, bytes], Tensor] = {}   # (image, kept tokens) -> (K,) logits
         self.forwards = 0       # images run through the model via this cache (for reports)
         self.precision = check_choice(precision, "precision", PRECISIONS)
 
@@ -208,37 +213,43 @@ def dropped_logits(model: nn.Module, images: Tensor, keep: Tensor, *, batch_size
     Token drop (:class:`vit_course.explain.families.TokenDrop`): the class token (and any other
     prefix token) and the kept patch tokens, with their position embeddings, are all the
     model sees; the others are absent, no pixel is invented for them. Rows that keep every
-    token are the clean logits from ``cache``; the other rows are grouped by how many tokens
-    they keep and run ``batch_size`` at a time.
+    token are the clean logits from ``cache``; rows whose (image, kept set) the cache has
+    already run (in this call or an earlier one) are taken from it; the other rows are grouped
+    by how many tokens they keep and run ``batch_size`` at a time.
 
     Args:
-        images: (B, C, H, W). keep: (B, S, N) bool, True = the token stays.
+        images: (B, C, H, W), the images of ``cache``. keep: (B, S, N) bool, True = the token stays.
 
     Returns:
         (B, S, K) logits.
     """
     B, S, N = keep.shape
-    flat, n = keep.reshape(B * S, N), keep.sum(dim=2).flatten()
-    parts = []                                                # (flat rows, logits)
-    if (n == N).any():
-        rows = (n == N).nonzero().flatten()
-        parts.append((rows, cache.get("clean", model, lambda: images, batch_size)[rows // S]))
+    flat = keep.reshape(B * S, N)
+    n = flat.sum(dim=1).tolist()
+    packed = np.packbits(flat.cpu().numpy(), axis=1)
+    keys = [(r // S, packed[r].tobytes()) for r in range(B * S)]
+    todo: dict[int, list[int]] = {}                     # kept count -> rows, one per new key
+    first: dict[tuple[int, bytes], int] = {}
+    for r, key in enumerate(keys):
+        if n[r] < N and key not in cache.dropped and key not in first:
+            first[key] = r
+            todo.setdefault(n[r], []).append(r)
     with TokenDrop(model) as drop:
-        for k in tqdm(sorted(set(n.tolist()) - {N}), desc=desc, disable=not progress, leave=False):
-            rows = (n == k).nonzero().flatten()
+        for k in tqdm(sorted(todo), desc=desc, disable=not progress, leave=False):
+            rows = torch.tensor(todo[k])
             idx = flat[rows].nonzero()[:, 1].reshape(rows.numel(), k).to(images.device)
 
             def build(r: Tensor, rows: Tensor = rows, idx: Tensor = idx) -> Tensor:
                 drop.keep = idx[r.to(idx.device)]
                 return images[(rows[r] // S).to(images.device)]
 
-            parts.append((rows, forward_logits(model, build, rows.numel(), batch_size,
-                                               precision=cache.precision)))
+            logits = forward_logits(model, build, rows.numel(), batch_size, precision=cache.precision)
             cache.forwards += rows.numel()
-    out = torch.empty(B * S, parts[0][1].shape[1], device=parts[0][1].device)
-    for rows, logits in parts:
-        out[rows.to(out.device)] = logits.to(out.device)
-    return out.view(B, S, -1)
+            for r, row in zip(todo[k], logits):
+                cache.dropped[keys[r]] = row
+    clean = cache.get("clean", model, lambda: images, batch_size) if N in n else None
+    return torch.stack([clean[r // S] if n[r] == N else cache.dropped[keys[r]]
+                        for r in range(B * S)]).view(B, S, -1)
 
 
 def target_probability(logits: Tensor, target: Tensor) -> Tensor:
