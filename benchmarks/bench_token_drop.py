@@ -3,13 +3,15 @@
 Three measurements (issue 16):
 
 1. **Per curve**, torchvision ViT-B/16 (RANDOM weights: timing only), 20 steps: deletion +
-   insertion curves of ``--curve-images`` pizza/steak/sushi test photos with the blur
+   insertion curves of ``--curve-images`` pizza/steak/sushi test photos per call with the blur
    baseline and with token drop, float32 and bfloat16, interleaved round by round (the machine
    is shared); the same number of forward passes on both sides, the tokens those forwards
    carry counted exactly.
 2. **Suite**, ViT-B/16, bfloat16: ``run_suite`` (deletion + insertion, Chefer's test, grid
    game) for rollout, grad_rollout, gradcam and the random control on ``--suite-images``
-   photos, with ``baseline="blur"`` and ``"token_drop"``; extrapolated linearly to 75 photos.
+   photos, with ``baseline="blur"`` and ``"token_drop"``; extrapolated linearly to 75 photos,
+   with the tokens the metrics' forwards carried and the bound they set at this machine's
+   full-forward speed.
 3. **Ranking agreement**: the course's synthetic ViT, TRAINED (notebook 08's setting), on
    ``--course-images`` synthetic test images: the suite under blur, zero and token drop, and
    :func:`vit_course.metrics.meta_evaluate`'s Kendall τ of each metric's method order
@@ -17,7 +19,8 @@ Three measurements (issue 16):
 
 Usage::
 
-    python benchmarks/bench_token_drop.py [--curve-images 4] [--rounds 2] [--suite-images 8]
+    python benchmarks/bench_token_drop.py [--parts ranking curve suite] [--curve-images 4 16]
+        [--curve-precisions float32 bfloat16] [--rounds 2] [--suite-images 8]
         [--suite-baselines blur token_drop] [--course-images 96] [--no-write]
 
 Updates its section ("Token drop") of docs/BENCHMARKS.md; ``--no-write`` only prints it.
@@ -26,16 +29,32 @@ Updates its section ("Token drop") of docs/BENCHMARKS.md; ``--no-write`` only pr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 import torch
-
-from _common import fmt_s, load_average, load_note, publish
+from _common import (
+    DOC,
+    fmt_s,
+    forward_rates,
+    load_average,
+    load_note,
+    publish,
+    stolen_seconds,
+)
 from bench_metrics import build, explainers, load_images
-from vit_course.metrics import deletion_curve, insertion_curve, meta_evaluate, run_suite, token_counts
+
+from vit_course.metrics import (
+    deletion_curve,
+    insertion_curve,
+    meta_evaluate,
+    run_suite,
+    token_counts,
+)
 from vit_course.runtime import SEED, set_seed
 
+PARTS = ("ranking", "curve", "suite")
 METRICS = ("deletion_auc", "insertion_auc", "chefer_positive_auc", "chefer_negative_auc")
 
 
@@ -49,34 +68,60 @@ def curve_tokens(N: int, steps: int) -> dict[str, int]:
 
 
 def per_curve(args) -> dict:
+    """Seconds per curve, blur vs token drop, for each (images per call, precision)."""
     model = build("vit_b_16")
-    x, _, source = load_images(args.curve_images)
-    maps = torch.rand(x.shape[0], 14, 14, generator=torch.Generator().manual_seed(SEED))
-    secs = {(b, p): [] for p in ("float32", "bfloat16") for b in ("blur", "token_drop")}
+    x_all, _, source = load_images(max(args.curve_images))
+    maps_all = torch.rand(x_all.shape[0], 14, 14, generator=torch.Generator().manual_seed(SEED))
+    secs = {(n, p, b): [] for n in args.curve_images for p in args.curve_precisions
+            for b in ("blur", "token_drop")}
     for r in range(args.rounds):
-        for (b, p) in secs:
+        for (n, p, b), runs in secs.items():
+            x, maps = x_all[:n], maps_all[:n]
             t0 = time.perf_counter()
             for fn in (deletion_curve, insertion_curve):
                 fn(model, x, maps, steps=20, baseline=b, precision=p, progress=False)
-            secs[b, p].append((time.perf_counter() - t0) / (2 * x.shape[0]))
-            print(f"[curve] round {r} {b} {p}: {secs[b, p][-1]:.2f} s per curve", flush=True)
-    return {"secs": {k: min(v) for k, v in secs.items()}, "n": x.shape[0], "source": source,
-            "tokens": curve_tokens(196, 20)}
+            runs.append((time.perf_counter() - t0) / (2 * n))
+            print(f"[curve] round {r} {n} images {p} {b}: {runs[-1]:.2f} s per curve", flush=True)
+    return {"secs": {k: min(v) for k, v in secs.items()}, "source": source, "tokens": curve_tokens(196, 20)}
+
+
+class TokenCounter:
+    """Tokens that enter block 1 in inference-mode forwards (the metrics' forwards, after any
+    token drop; the explainers' forwards run with autograd and are not counted)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        from vit_course.explain.families import blocks_of
+        self.tokens = 0
+        self._handle = blocks_of(model)[1].register_forward_pre_hook(self._hook)
+
+    def _hook(self, _module, args) -> None:
+        if torch.is_inference_mode_enabled():
+            self.tokens += args[0].shape[0] * args[0].shape[1]
+
+    def close(self) -> None:
+        self._handle.remove()
 
 
 def suite(args) -> dict:
     model = build("vit_b_16")
     x, y, source = load_images(args.suite_images)
     fns, _ = explainers()
-    out = {"n": x.shape[0], "source": source, "secs": {}, "explain": {}}
+    out = {"n": x.shape[0], "source": source, "secs": {}, "net": {}, "explain": {}, "tokens": {},
+           "forwards": {}}
     for b in args.suite_baselines:
-        t0 = time.perf_counter()
+        counter = TokenCounter(model)
+        t0, st0 = time.perf_counter(), stolen_seconds()
         res = run_suite(model, x, y, fns, steps=20, baseline=b, controls=("random",), progress=False,
                         precision="bfloat16")
         out["secs"][b] = time.perf_counter() - t0
+        out["net"][b] = out["secs"][b] - (stolen_seconds() - st0) / (os.cpu_count() or 1)
+        counter.close()
         out["explain"][b] = sum(v for k, v in res.timings.items() if k.endswith(("/explain", "/grid")))
-        out["forwards"] = res.forwards
-        print(f"[suite] {b}: {out['secs'][b]:.1f} s", flush=True)
+        out["forwards"][b], out["tokens"][b] = res.forwards, counter.tokens
+        print(f"[suite] {b}: {out['secs'][b]:.1f} s, {res.forwards} rows, {counter.tokens} tokens", flush=True)
+    # a full bfloat16 forward at the suite's batch size, for the bound
+    out["rate"] = forward_rates(model, x[:16].repeat(4, 1, 1, 1), [(torch.get_num_threads(), 64, "bfloat16")],
+                                rounds=1, seconds=10)[(torch.get_num_threads(), 64, "bfloat16")]
     return out
 
 
@@ -98,41 +143,79 @@ def ranking(args) -> dict:
     return {"n": x.shape[0], "meta": meta, "means": means, "methods": runs["blur"].methods, "acc": acc}
 
 
-def report(c: dict, s: dict, r: dict, loads: list[float], args) -> str:
+SECTION = "## Token drop: removed patches leave the sequence"
+CURVE, SUITE, RANK = ("### Per curve", "### Suite", "### Does the baseline change")
+
+
+def kept(prefix: str) -> list[str]:
+    """The subsection of this section in docs/BENCHMARKS.md whose heading starts with
+    ``prefix``, as last written (for the parts a run skips); a note if there is none."""
+    text = DOC.read_text() if DOC.is_file() else ""
+    start = text.find(SECTION + "\n")
+    end = text.find("\n## ", start + 1) if start != -1 else -1
+    body = text[start:end if end != -1 else None] if start != -1 else ""
+    at = body.find("\n" + prefix)
+    if at == -1:
+        return [f"{prefix}: not measured yet (run this part).", ""]
+    nxt = body.find("\n### ", at + 1)
+    return body[at + 1:nxt if nxt != -1 else None].rstrip().split("\n") + [""]
+
+
+def curve_report(c: dict, args) -> list[str]:
     sec, tok = c["secs"], c["tokens"]
-    lines = ["## Token drop: removed patches leave the sequence", "",
-             "Script: `benchmarks/bench_token_drop.py` (rerun: `python benchmarks/bench_token_drop.py`). "
-             "Rounds interleaved, best of each. " + load_note(*loads), "",
-             "### Per curve, ViT-B/16 (random weights), 20 steps", "",
-             f"Deletion + insertion curves of {c['n']} images ({c['source']}), the best of {args.rounds} "
-             "interleaved rounds, seconds per curve. Blur runs 19 perturbed forwards per curve, token "
-             "drop 20: the same 19 plus the class token alone (everything removed), which the blur "
-             f"baseline takes from its one cached full-baseline forward per image. Tokens per deletion + insertion pair: "
-             f"painted {tok['painted']}, dropped {tok['dropped']} ({tok['painted'] / tok['dropped']:.2f}× fewer).",
-             "", "| precision | blur | token drop | speed-up (goal ≥ 1.8×) |", "|---|---:|---:|---:|"]
-    for p in ("float32", "bfloat16"):
-        a, b = sec["blur", p], sec["token_drop", p]
-        lines.append(f"| {p} | {a:.2f} s | {b:.2f} s | **{a / b:.2f}×** |")
-    per = {b: v / s["n"] * 75 for b, v in s["secs"].items()}
-    lines += ["", "### Suite, ViT-B/16 (random weights), bfloat16", "",
-              f"`run_suite(..., precision=\"bfloat16\")` with rollout, grad_rollout, gradcam and the random "
-              f"control on {s['n']} photos ({s['source']}), measured"
-              + (", then extrapolated linearly to 75 (a subset was measured)." if s["n"] < 75 else "."), "",
-              "| baseline | measured | of which explainers | 75 photos (extrapolated) |", "|---|---:|---:|---:|"]
+    lines = [f"{CURVE}, ViT-B/16 (random weights), 20 steps", "",
+             f"Deletion + insertion curves ({c['source']}), the best of {args.rounds} interleaved rounds, "
+             "seconds per curve. Blur runs 19 perturbed forwards per curve, token drop 20: the same 19 "
+             "plus the class token alone (everything removed), which the blur baseline takes from its "
+             "one cached full-baseline forward per image. Tokens per deletion + insertion pair: "
+             f"painted {tok['painted']}, dropped {tok['dropped']} ({tok['painted'] / tok['dropped']:.2f}× fewer). "
+             "Blur stacks up to 64 perturbed images per forward; token drop stacks the rows that keep "
+             "the same number of tokens, one per curve run together, so the images per call set its "
+             "batch.", "",
+             "| images per call | precision | blur | token drop | speed-up (goal ≥ 1.8×) |", "|---:|---|---:|---:|---:|"]
+    for n in args.curve_images:
+        for p in args.curve_precisions:
+            a, b = sec[n, p, "blur"], sec[n, p, "token_drop"]
+            lines.append(f"| {n} | {p} | {a:.2f} s | {b:.2f} s | **{a / b:.2f}×** |")
+    return lines + [""]
+
+
+def suite_report(s: dict) -> list[str]:
+    extrapolated = s["n"] < 75
+    lines = [f"{SUITE}, ViT-B/16 (random weights), bfloat16", "",
+             "`run_suite(..., precision=\"bfloat16\")` with rollout, grad_rollout, gradcam and the random "
+             f"control on {s['n']} photos ({s['source']})"
+             + (", then extrapolated linearly to 75 (a subset was measured)." if extrapolated else "."),
+             "Net is the wall time less the CPU time the host gave to other guests (steal). Rows are the "
+             "images the metrics ran through the model; full-forward equivalents are the tokens those "
+             "rows carried divided by 197.", "",
+             "| baseline | measured | net | of which explainers | rows | full-forward equivalents | 75 photos (net) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for b in s["secs"]:
-        lines.append(f"| {b} | {fmt_s(s['secs'][b])} | {fmt_s(s['explain'][b])} | {fmt_s(per[b])} |")
-    lines += ["", f"Goal ≤ 10 min for 75 photos with token drop: **{'met' if per['token_drop'] <= 600 else 'not met'}** "
-              f"({fmt_s(per['token_drop'])}; the explainers, unchanged by the baseline, take "
-              f"{fmt_s(s['explain']['token_drop'] / s['n'] * 75)} of it).", "",
-              f"### Does the baseline change the methods' order? (course ViT, trained, {r['n']} synthetic images)", "",
-              f"The synthetic-data ViT trained by `load_or_train_synthetic_vit(setting={args.setting!r})` "
-              f"(test accuracy on these images {r['acc']:.1%}), notebook 08's setting.", "",
-              "Kendall τ of each metric's method order (rollout, grad_rollout, gradcam, random, "
-              "center_gaussian) between two baselines (`meta_evaluate(...).baseline_stability`); "
-              "grid pointing does not depend on the baseline and is left out. Chefer's test blackens the "
-              "removed tokens under both blur and zero (so those two columns agree by construction) and "
-              "drops them under token drop.", "",
-              "| metric | blur vs zero | blur vs token drop | zero vs token drop |", "|---|---:|---:|---:|"]
+        lines.append(f"| {b} | {fmt_s(s['secs'][b])} | {fmt_s(s['net'][b])} | {fmt_s(s['explain'][b])} | "
+                     f"{s['forwards'][b]:,} | {s['tokens'][b] / 197:,.0f} | {fmt_s(s['net'][b] / s['n'] * 75)} |")
+    if "token_drop" in s["secs"]:
+        net = s["net"]["token_drop"] / s["n"] * 75
+        bound = s["tokens"]["token_drop"] / 197 / s["rate"] / s["n"] * 75
+        lines += ["", f"Goal ≤ 10 min for 75 photos with token drop: **{'met' if net <= 600 else 'not met'}** "
+                  f"({fmt_s(net)} net). Bound: a full ViT-B/16 forward in bfloat16 runs at {s['rate']:.1f} "
+                  f"images/s here (batch 64), so the metrics' {s['tokens']['token_drop'] / 197:,.0f} full-forward "
+                  f"equivalents{' (scaled to 75 photos)' if extrapolated else ''} need at least {fmt_s(bound)}, "
+                  f"and the explainers (float32, with backward passes) "
+                  f"{fmt_s(s['explain']['token_drop'] / s['n'] * 75)} on top."]
+    return lines + [""]
+
+
+def rank_report(r: dict, args) -> list[str]:
+    lines = [f"{RANK} the methods' order? (course ViT, trained, {r['n']} synthetic images)", "",
+             f"The synthetic-data ViT trained by `load_or_train_synthetic_vit(setting={args.setting!r})` "
+             f"(test accuracy on these images {r['acc']:.1%}), notebook 08's setting.", "",
+             "Kendall τ of each metric's method order (rollout, grad_rollout, gradcam, random, "
+             "center_gaussian) between two baselines (`meta_evaluate(...).baseline_stability`); "
+             "grid pointing does not depend on the baseline and is left out. Chefer's test blackens the "
+             "removed tokens under both blur and zero (so those two columns agree by construction) and "
+             "drops them under token drop.", "",
+             "| metric | blur vs zero | blur vs token drop | zero vs token drop |", "|---|---:|---:|---:|"]
     for k in METRICS:
         bs = r["meta"]["blur"].baseline_stability
         zs = r["meta"]["zero"].baseline_stability
@@ -147,12 +230,26 @@ def report(c: dict, s: dict, r: dict, loads: list[float], args) -> str:
               "blur / zero / token drop: " + ", ".join(
                   f"{k} " + " / ".join(f"{r['meta'][b].bootstrap_stability[k]:.2f}" for b in ("blur", "zero", "token_drop"))
                   for k in METRICS) + ".", ""]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def report(c: dict | None, s: dict | None, r: dict | None, loads: list[float], args) -> str:
+    lines = [SECTION, "",
+             "Script: `benchmarks/bench_token_drop.py` (rerun: `python benchmarks/bench_token_drop.py`; "
+             "`--parts` reruns some subsections and keeps the others as last written). Rounds "
+             "interleaved, best of each. This run (" + ", ".join(args.parts) + "): " + load_note(*loads), ""]
+    lines += curve_report(c, args) if c else kept(CURVE)
+    lines += suite_report(s) if s else kept(SUITE)
+    lines += rank_report(r, args) if r else kept(RANK)
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--curve-images", type=int, default=4)
+    ap.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
+    ap.add_argument("--curve-images", type=int, nargs="+", default=[4, 16])
+    ap.add_argument("--curve-precisions", nargs="+", default=["float32", "bfloat16"],
+                    choices=["float32", "bfloat16"])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--suite-images", type=int, default=8)
     ap.add_argument("--suite-baselines", nargs="+", default=["blur", "token_drop"],
@@ -163,10 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     loads = [load_average()]
-    r = ranking(args)
-    c = per_curve(args)
+    r = ranking(args) if "ranking" in args.parts else None
+    c = per_curve(args) if "curve" in args.parts else None
     loads.append(load_average())
-    s = suite(args)
+    s = suite(args) if "suite" in args.parts else None
     loads.append(load_average())
     publish(report(c, s, r, loads, args), args.no_write)
     return 0

@@ -147,6 +147,50 @@ def test_a_kept_set_two_curves_share_runs_once_and_gives_the_same_numbers():
     assert torch.equal(ch["negative"], ref["negative"]) and torch.equal(ch["positive"], ref["positive"])
 
 
+def _row_by_row(model, x, keep):
+    """Each (image, step) of keep (B, S, N) through TokenDrop alone: the reference."""
+    out = torch.empty(*keep.shape[:2], 3)
+    with torch.no_grad(), TokenDrop(model) as drop:
+        for b in range(keep.shape[0]):
+            for s in range(keep.shape[1]):
+                drop.keep = keep[b, s].nonzero().view(1, -1)
+                y = model(x[b:b + 1])
+                out[b, s] = getattr(y, "logits", y)[0]
+    return out
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "one-length-per-forward"])
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_dropped_logits_of_mixed_lengths_equal_each_shorter_sequence_alone(kind, packed, monkeypatch):
+    """Rows keeping 0 … 16 tokens, several lengths per forward pass (packed: one pass over the
+    weights for all of them; otherwise one pass per length) give each row's own logits."""
+    import vit_course.metrics._common as common
+    model, x = make_model(kind), images(2)
+    assert common.packable(model)                          # every tiny kind has plain blocks
+    if not packed:
+        monkeypatch.setattr(common, "packable", lambda m: False)
+    g = torch.Generator().manual_seed(1)
+    keep = torch.rand(2, 6, 16, generator=g) < torch.tensor([0.0, 0.1, 0.3, 0.5, 0.8, 1.0]).view(1, 6, 1)
+    keep[:, 5] = True                                      # full: the clean logits
+    out = dropped_logits(model, x, keep, batch_size=5, progress=False, desc="t", cache=LogitCache())
+    torch.testing.assert_close(out, _row_by_row(model, x, keep), rtol=1e-5, atol=1e-5)
+
+
+def test_packing_is_used_where_the_blocks_are_plain_only():
+    from vit_course.metrics.packing import packable
+    assert packable(make_model("torchvision")) and packable(make_model("course"))
+    timm = pytest.importorskip("timm")
+    scaled = timm.models.vision_transformer.VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2, num_classes=3, init_values=0.1)
+    assert not packable(scaled)                            # layer scale: the ordinary forward
+    pooled = timm.models.vision_transformer.VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2, num_classes=3, global_pool="avg")
+    assert not packable(pooled)                            # the head reads every token
+    keep = torch.rand(1, 3, 16, generator=torch.Generator().manual_seed(2)) < 0.5
+    out = dropped_logits(scaled.eval(), images(1), keep, batch_size=4, progress=False, desc="t", cache=LogitCache())
+    torch.testing.assert_close(out, _row_by_row(scaled.eval(), images(1), keep), rtol=1e-5, atol=1e-5)
+
+
 def test_token_drop_refuses_models_without_a_family():
     with pytest.raises(TypeError, match="explanations support"):
         deletion_curve(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3)),

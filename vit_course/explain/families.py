@@ -390,6 +390,18 @@ def block_parts(model: nn.Module, layer: int) -> BlockParts:
     return family_of(model).block(blocks_of(model)[layer])
 
 
+def nonplain_parts(model: nn.Module) -> list[str]:
+    """Parts of the blocks outside the plain pre-norm scheme of :class:`BlockParts` (the
+    extras, norms that are not LayerNorm, projections that are not Linear), as "block i
+    name"; empty when every block can be recomputed from its parts."""
+    parts = [family_of(model).block(b) for b in blocks_of(model)]
+    return [f"block {i} {e}" for i, p in enumerate(parts) for e in p.extras] + [
+        f"block {i} {name} ({type(getattr(p, name)).__name__})" for i, p in enumerate(parts)
+        for name, kind in (("norm1", nn.LayerNorm), ("norm2", nn.LayerNorm),
+                           ("proj", nn.Linear), ("fc1", nn.Linear), ("fc2", nn.Linear))
+        if not isinstance(getattr(p, name), kind)]
+
+
 def head_of(model: nn.Module) -> nn.Module:
     """The classification head, as attached: the module mapping the (B, D) class-token
     feature to the logits (torchvision: ``model.heads``, whatever it holds)."""

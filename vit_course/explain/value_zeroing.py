@@ -50,7 +50,8 @@ from torch import Tensor, nn
 from ..checks import check_choice, check_targets
 from ..runtime import eval_mode
 from .capture import prepare_images
-from .families import BlockParts, blocks_of, family_of, layer_norm_as, linear_as, logits_of
+from .families import (BlockParts, blocks_of, family_of, layer_norm_as, linear_as, logits_of,
+                       nonplain_parts)
 from .methods import Explainer, register_method
 
 #: The dtype a recomputation runs in, by name (also the LRP rules' ``precision``).
@@ -85,17 +86,11 @@ def block_inputs(model: nn.Module, x: Tensor) -> list[Tensor]:
 
 def check_plain_blocks(model: nn.Module, what: str) -> list[BlockParts]:
     """The blocks' parts; TypeError naming parts outside the plain pre-norm scheme."""
-    fam = family_of(model)
-    parts = [fam.block(b) for b in blocks_of(model)]
-    bad = [f"block {i} {e}" for i, p in enumerate(parts) for e in p.extras] + [
-        f"block {i} {name} ({type(getattr(p, name)).__name__})" for i, p in enumerate(parts)
-        for name, kind in (("norm1", nn.LayerNorm), ("norm2", nn.LayerNorm),
-                           ("proj", nn.Linear), ("fc1", nn.Linear), ("fc2", nn.Linear))
-        if not isinstance(getattr(p, name), kind)]
+    bad = nonplain_parts(model)
     if bad:
         raise TypeError(f"{what} recomputes plain pre-norm blocks and has no rule for "
-                        f"{', '.join(bad)} of this {fam.name} model; use 'rollout' or 'gae'.")
-    return parts
+                        f"{', '.join(bad)} of this {family_of(model).name} model; use 'rollout' or 'gae'.")
+    return [family_of(model).block(b) for b in blocks_of(model)]
 
 
 def _split_heads(p: BlockParts, x: Tensor, num_heads: int) -> tuple[Tensor, Tensor]:

@@ -9,7 +9,7 @@ Letters: B images, C channels, H×W pixels, h×w patch grid, N = h·w tokens, p_
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from ..checks import check_choice, check_maps, check_positive_int
 from ..explain import ExplainFn
 from ..explain.families import TokenDrop, logits_of
 from ..runtime import eval_mode
+from .packing import PackedDrop, packable
 
 
 def explain_maps(fn: ExplainFn, model: nn.Module, images: Tensor, target: Tensor,
@@ -90,6 +91,13 @@ def grid_to_pixels(mask: Tensor, grid: tuple[int, int], size: tuple[int, int]) -
 PRECISIONS = ("float32", "bfloat16")
 
 
+def arithmetic(device: torch.device, precision: str) -> AbstractContextManager:
+    """The context a forward runs in for ``precision``: nothing, or bfloat16 autocast."""
+    if precision == "float32":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
 def forward_logits(model: nn.Module, build: Callable[[Tensor], Tensor], n: int, batch_size: int,
                    progress: bool = False, desc: str = "forward", precision: str = "float32") -> Tensor:
     """Logits of ``n`` images produced on demand, ``batch_size`` per forward pass.
@@ -113,8 +121,7 @@ def forward_logits(model: nn.Module, build: Callable[[Tensor], Tensor], n: int, 
                           leave=False):
             rows = torch.arange(start, min(start + batch_size, n))
             x = build(rows)
-            with (nullcontext() if precision == "float32"
-                  else torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)):
+            with arithmetic(x.device, precision):
                 logits = logits_of(model, x)        # Hugging Face models return an object
             chunks.append(logits.float())
     return torch.cat(chunks) if chunks else torch.empty(0, 0)
@@ -214,8 +221,10 @@ def dropped_logits(model: nn.Module, images: Tensor, keep: Tensor, *, batch_size
     prefix token) and the kept patch tokens, with their position embeddings, are all the
     model sees; the others are absent, no pixel is invented for them. Rows that keep every
     token are the clean logits from ``cache``; rows whose (image, kept set) the cache has
-    already run (in this call or an earlier one) are taken from it; the other rows are grouped
-    by how many tokens they keep and run ``batch_size`` at a time.
+    already run (in this call or an earlier one) are taken from it. The other rows run
+    ``batch_size`` at a time: rows of any lengths together where the model's blocks are plain
+    (:mod:`vit_course.metrics.packing`), otherwise the rows that keep the same number of
+    tokens together.
 
     Args:
         images: (B, C, H, W), the images of ``cache``. keep: (B, S, N) bool, True = the token stays.
@@ -228,28 +237,47 @@ def dropped_logits(model: nn.Module, images: Tensor, keep: Tensor, *, batch_size
     n = flat.sum(dim=1).tolist()
     packed = np.packbits(flat.cpu().numpy(), axis=1)
     keys = [(r // S, packed[r].tobytes()) for r in range(B * S)]
-    todo: dict[int, list[int]] = {}                     # kept count -> rows, one per new key
     first: dict[tuple[int, bytes], int] = {}
     for r, key in enumerate(keys):
         if n[r] < N and key not in cache.dropped and key not in first:
             first[key] = r
-            todo.setdefault(n[r], []).append(r)
+    todo = sorted(first.values(), key=lambda r: (-n[r], r))            # longest rows first
+    groups = ([todo[i:i + batch_size] for i in range(0, len(todo), batch_size)] if packable(model)
+              else [[r for r in todo if n[r] == k] for k in sorted({n[r] for r in todo})])
+    run = _packed_rows if packable(model) else _rows_of_one_length
+    for rows, logits in run(model, images, flat, S, groups, batch_size, progress, desc, cache.precision):
+        cache.forwards += len(rows)
+        for r, row in zip(rows, logits):
+            cache.dropped[keys[r]] = row
+    clean = cache.get("clean", model, lambda: images, batch_size) if N in n else None
+    return torch.stack([clean[r // S] if n[r] == N else cache.dropped[keys[r]]
+                        for r in range(B * S)]).view(B, S, -1)
+
+
+def _packed_rows(model: nn.Module, images: Tensor, flat: Tensor, S: int, groups: list[list[int]],
+                 batch_size: int, progress: bool, desc: str, precision: str):
+    """(rows, logits) per group of at most ``batch_size`` rows, each group one packed pass."""
+    with eval_mode(model), torch.inference_mode(), arithmetic(images.device, precision):
+        packed = PackedDrop(model, images)
+        for rows in tqdm(groups, desc=desc, disable=not progress, leave=False):
+            keep = [flat[r].nonzero().flatten() for r in rows]
+            yield rows, packed.logits(torch.tensor(rows) // S, keep).float()
+
+
+def _rows_of_one_length(model: nn.Module, images: Tensor, flat: Tensor, S: int, groups: list[list[int]],
+                        batch_size: int, progress: bool, desc: str, precision: str):
+    """(rows, logits) per group of rows that keep the same number of tokens (TokenDrop)."""
     with TokenDrop(model) as drop:
-        for k in tqdm(sorted(todo), desc=desc, disable=not progress, leave=False):
-            rows = torch.tensor(todo[k])
+        for group in tqdm(groups, desc=desc, disable=not progress, leave=False):
+            rows = torch.tensor(group)
+            k = int(flat[group[0]].sum())
             idx = flat[rows].nonzero()[:, 1].reshape(rows.numel(), k).to(images.device)
 
             def build(r: Tensor, rows: Tensor = rows, idx: Tensor = idx) -> Tensor:
                 drop.keep = idx[r.to(idx.device)]
                 return images[(rows[r] // S).to(images.device)]
 
-            logits = forward_logits(model, build, rows.numel(), batch_size, precision=cache.precision)
-            cache.forwards += rows.numel()
-            for r, row in zip(todo[k], logits):
-                cache.dropped[keys[r]] = row
-    clean = cache.get("clean", model, lambda: images, batch_size) if N in n else None
-    return torch.stack([clean[r // S] if n[r] == N else cache.dropped[keys[r]]
-                        for r in range(B * S)]).view(B, S, -1)
+            yield group, forward_logits(model, build, rows.numel(), batch_size, precision=precision)
 
 
 def target_probability(logits: Tensor, target: Tensor) -> Tensor:
