@@ -81,3 +81,59 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_write(path) as f:
         f.write(text.encode("utf-8"))
     return Path(path)
+
+
+# ----------------------------------------------------------------------------- temporary folders
+OWNER_FILE = ".owner"
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot, /proc/<pid>/stat field 22); None if
+    there is no such process, "" where /proc does not tell (a live pid counts as the owner)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except FileNotFoundError:
+        return None
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return ""
+
+
+@contextmanager
+def owned_tempdir(prefix: str) -> Iterator[str]:
+    """``tempfile.TemporaryDirectory(prefix=prefix)`` that names its owner (pid and start time
+    in ``.owner``), so that :func:`sweep_orphans` can remove it if the owner is killed with
+    SIGKILL, which no cleanup code survives."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        Path(tmp, OWNER_FILE).write_text(f"{os.getpid()} {_start_time(os.getpid()) or ''}\n")
+        yield tmp
+
+
+def sweep_orphans(prefixes: tuple[str, ...], root: str | os.PathLike | None = None) -> list[Path]:
+    """Remove the folders of :func:`owned_tempdir` under ``root`` (default: the temporary
+    folder) whose owner process is gone; returns them. Folders of other users, without an
+    owner file, or whose owner still runs are left alone."""
+    import shutil
+
+    root = Path(root if root is not None else tempfile.gettempdir())
+    removed = []
+    for path in root.iterdir() if root.is_dir() else ():
+        if not path.name.startswith(prefixes) or path.is_symlink() or not path.is_dir():
+            continue
+        try:
+            if path.stat().st_uid != os.getuid():
+                continue
+            pid, _, started = (path / OWNER_FILE).read_text().strip().partition(" ")
+            now = _start_time(int(pid))
+        except (OSError, ValueError):
+            continue
+        if now is None or (started and now and now != started):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed

@@ -19,7 +19,6 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import nbformat
 
+from vit_course.tools.files import owned_tempdir
 from vit_course.tools.grading.collect import INPUTS_ENV, OUTPUTS_ENV
 
 TOKEN_ENV = "VIT_COURSE_GRADING_TOKEN"
@@ -283,7 +283,7 @@ def execute_notebook(
     started = time.monotonic()
     token = uuid.uuid4().hex
     report = ExecutionReport(sandbox=sandbox)
-    with tempfile.TemporaryDirectory(prefix="vit-grade-") as tmp:
+    with owned_tempdir("vit-grade-") as tmp:
         tmpdir = Path(tmp)
         host_job = tmpdir / "job"  # all the child may write; /grading inside the sandbox
         inside = Path("/grading") if sandbox == "bwrap" else host_job

@@ -14,10 +14,10 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 
+from vit_course.tools.files import owned_tempdir
 from vit_course.tools.grading.plain import from_plain, to_plain
 
 
@@ -54,7 +54,7 @@ def load_plan(qids: list[str], timeout: float = 900.0) -> dict:
     """
     from vit_course.tools.grading.executor import _kill_group, start_tracked, untrack
 
-    with tempfile.TemporaryDirectory(prefix="vit-expected-") as tmp:
+    with owned_tempdir("vit-expected-") as tmp:
         out, token = Path(tmp) / "plan.json", f"reference-{uuid.uuid4().hex}"
         proc = start_tracked(token, [sys.executable, "-m", "vit_course.tools.grading.expected", str(out), *qids],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import nbformat
 
+from vit_course.tools.files import sweep_orphans
 from vit_course.tools.grading._io import check_outputs, write_atomic
 from vit_course.tools.grading.assignment import Assignment, cell_text, load_assignment
 from vit_course.tools.grading.compare import grade_question
@@ -331,6 +332,7 @@ def grade_folder(
         options = replace(options, threads=max(1, (os.cpu_count() or 1) // jobs))
     feedback_dir = Path(feedback_dir) if feedback_dir is not None else out.with_name(out.stem + "_feedback")
     check_outputs(out, feedback_dir)  # before grading: an unwritable --out fails now, not after the batch
+    sweep_orphans(("vit-grade-", "vit-expected-"))  # folders of a grader killed with SIGKILL
     files = sorted(p for p in submissions.glob("*.ipynb") if p.is_file() and not p.name.startswith("."))
     plan = _Plan(assignment)  # once per batch, in a process of its own
     hide = [submissions, Path(source), out.parent, feedback_dir]
