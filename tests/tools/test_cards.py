@@ -14,6 +14,11 @@ def test_passes_counts_forward_rows_and_backward():
     assert cards._passes("grad_rollout") == (1.0, True)      # the same forward, then a backward
     fwd, back = cards._passes("random")
     assert fwd == 0 and not back                             # a control runs no model pass
+    # methods that recompute the blocks from the weights (LRP) or stop the backward pass at the
+    # last block (Grad-CAM) are counted too: at the patch embedding and at torch.autograd.grad
+    for name in ("transformer_attribution", "attn_lrp", "cp_lrp", "gradcam"):
+        assert cards._passes(name) == (1.0, True), name
+    assert cards._passes("smoothgrad")[0] == 26              # 25 noisy copies + the clean target pass
 
 
 def test_bench_costs_reads_the_plain_forwards_column(tmp_path):

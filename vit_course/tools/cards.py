@@ -3,8 +3,9 @@
 Each card says what the code says (paper = the class docstring's first sentence, needs =
 the class attributes and options) and what it measures, on the spot:
 
-- model passes: forward rows through block 0 per image, counted on a small torchvision ViT
-  (the count does not depend on the width), and whether a backward pass runs;
+- model passes: image rows through the patch embedding per image (the model's module or a
+  method's own convolution of its weights), counted on a small torchvision ViT (the count
+  does not depend on the width), and whether ``torch.autograd.grad`` runs;
 - cost on ViT-B/16 in plain forward passes: read from docs/BENCHMARKS.md's table written by
   ``benchmarks/bench_methods.py`` (not measured here: minutes per method on a CPU);
 - class sensitivity: target-minus-other mass on the synthetic two-object images, with the
@@ -24,9 +25,10 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from vit_course.explain import METHODS, explain
-from vit_course.explain.families import blocks_of
 from vit_course.metrics import bootstrap_ci, mass_on_mask, run_suite
 from vit_course.runtime import SEED, set_seed
 from vit_course.tools.files import atomic_write_text
@@ -46,28 +48,42 @@ def _bench_costs(path: Path = ROOT / "docs" / "BENCHMARKS.md") -> dict[str, str]
     return {m: f for m, f in re.findall(r"^\| `(\w+)` \| [^|]* \| [^|]* \| \*\*([\d.]+)\*\* \|", text, re.M)}
 
 
+class _PatchRows(TorchFunctionMode):
+    """Counts the image rows through a patch embedding: any conv2d over a whole image, the
+    model's own module or a method's ``F.conv2d`` of its weights (LRP recomputes the blocks)."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.size, self.rows = size, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (F.conv2d, torch.conv2d) and tuple(args[0].shape[-2:]) == self.size:
+            self.rows += args[0].shape[0]
+        return func(*args, **(kwargs or {}))
+
+
 def _passes(name: str) -> tuple[float, bool]:
-    """(forward rows through block 0 per image, any backward) on a tiny torchvision ViT."""
+    """(image rows through the patch embedding per image, whether ``torch.autograd.grad`` ran)
+    for one call on a tiny torchvision ViT (every method takes its gradients through it)."""
     from torchvision.models import VisionTransformer
 
     set_seed(SEED)
     m = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
                           mlp_dim=64, num_classes=3).eval()
     torch.nn.init.normal_(m.heads.head.weight, std=0.5)
-    rows, back = [], []
-    blk = blocks_of(m)[0]
-    h1 = blk.register_forward_pre_hook(lambda _m, args: rows.append(args[0].shape[0]))
-    def on_output(_m: object, _i: object, out: torch.Tensor) -> None:    # a backward reaching block 0
-        if out.requires_grad:
-            out.register_hook(lambda g: back.append(1))
+    grad, calls = torch.autograd.grad, []
 
-    h2 = blk.register_forward_hook(on_output)
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return grad(*args, **kwargs)
+
+    torch.autograd.grad = counted
     try:
-        explain(m, torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), name)
+        with _PatchRows((32, 32)) as rows:
+            explain(m, torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), name)
     finally:
-        h1.remove()
-        h2.remove()
-    return sum(rows) / 2, bool(back)
+        torch.autograd.grad = grad
+    return rows.rows / 2, bool(calls)
 
 
 def card(name: str, model, x, pairs, suite, bench: dict[str, str]) -> str:
@@ -85,10 +101,11 @@ def card(name: str, model, x, pairs, suite, bench: dict[str, str]) -> str:
     deterministic = torch.equal(explain(model, x[:3], name), batch)
     opts = ", ".join(f"`{k}={v!r}`" for k, v in getattr(cls, "defaults", {}).items()) or "none"
     lines = [f"### `{name}`", "", f"- **Paper / definition**: {_paper(cls)}",
-             f"- **Needs**: forward{' + backward' if cls.needs_grad else ''}"
+             f"- **Needs**: {'forward' if fwd or cls.needs_grad else 'no pass of the model (a control)'}"
+             f"{' + backward' if cls.needs_grad else ''}"
              f"{'; accepts a capture (`explain(..., capture=cap)`: no new pass)' if cls.supports_capture else ''}; "
              f"options {opts}.",
-             f"- **Model passes** (counted, tiny torchvision ViT): {fwd:g} forward row(s) per image"
+             f"- **Model passes** (counted at the patch embedding, tiny torchvision ViT): {fwd:g} forward row(s) per image"
              f"{', with a backward pass' if backward else ', no backward pass'}.",
              f"- **Cost on ViT-B/16**: {bench[name] + ' plain forwards (docs/BENCHMARKS.md, bench_methods.py)' if name in bench else 'not measured yet (add it to benchmarks/bench_methods.py)'}.",
              f"- **Class sensitivity** (target − other mass, {pimg.shape[0]} two-object images × 2 targets): "
