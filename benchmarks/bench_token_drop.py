@@ -19,7 +19,7 @@ Three measurements (issue 16):
 
 Usage::
 
-    python benchmarks/bench_token_drop.py [--parts ranking curve suite] [--curve-images 4 16]
+    python benchmarks/bench_token_drop.py [--parts ranking curve suite] [--curve-images 1 4]
         [--curve-precisions float32 bfloat16] [--rounds 2] [--suite-images 8]
         [--suite-baselines blur token_drop] [--course-images 96] [--no-write]
 
@@ -86,13 +86,23 @@ def per_curve(args) -> dict:
 
 
 class TokenCounter:
-    """Tokens that enter block 1 in inference-mode forwards (the metrics' forwards, after any
-    token drop; the explainers' forwards run with autograd and are not counted)."""
+    """Tokens the metrics' forwards carry: those entering block 1 in inference-mode forwards
+    of the model (the clean images; rows of one length under TokenDrop) and the rows packed by
+    :class:`vit_course.metrics.packing.PackedDrop` (prefix + kept tokens each). The
+    explainers' forwards run with autograd and are not counted."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         from vit_course.explain.families import blocks_of
+        from vit_course.metrics import packing
         self.tokens = 0
         self._handle = blocks_of(model)[1].register_forward_pre_hook(self._hook)
+        self._packing, self._logits = packing, packing.PackedDrop.logits
+
+        def logits(packed, image, keep):
+            self.tokens += sum(packed.prefix + len(k) for k in keep)
+            return self._logits(packed, image, keep)
+
+        packing.PackedDrop.logits = logits
 
     def _hook(self, _module, args) -> None:
         if torch.is_inference_mode_enabled():
@@ -100,6 +110,7 @@ class TokenCounter:
 
     def close(self) -> None:
         self._handle.remove()
+        self._packing.PackedDrop.logits = self._logits
 
 
 def suite(args) -> dict:
@@ -111,11 +122,13 @@ def suite(args) -> dict:
     for b in args.suite_baselines:
         counter = TokenCounter(model)
         t0, st0 = time.perf_counter(), stolen_seconds()
-        res = run_suite(model, x, y, fns, steps=20, baseline=b, controls=("random",), progress=False,
-                        precision="bfloat16")
+        try:
+            res = run_suite(model, x, y, fns, steps=20, baseline=b, controls=("random",), progress=False,
+                            precision="bfloat16")
+        finally:
+            counter.close()
         out["secs"][b] = time.perf_counter() - t0
         out["net"][b] = out["secs"][b] - (stolen_seconds() - st0) / (os.cpu_count() or 1)
-        counter.close()
         out["explain"][b] = sum(v for k, v in res.timings.items() if k.endswith(("/explain", "/grid")))
         out["forwards"][b], out["tokens"][b] = res.forwards, counter.tokens
         print(f"[suite] {b}: {out['secs'][b]:.1f} s, {res.forwards} rows, {counter.tokens} tokens", flush=True)
@@ -169,9 +182,10 @@ def curve_report(c: dict, args) -> list[str]:
              "plus the class token alone (everything removed), which the blur baseline takes from its "
              "one cached full-baseline forward per image. Tokens per deletion + insertion pair: "
              f"painted {tok['painted']}, dropped {tok['dropped']} ({tok['painted'] / tok['dropped']:.2f}× fewer). "
-             "Blur stacks up to 64 perturbed images per forward; token drop stacks the rows that keep "
-             "the same number of tokens, one per curve run together, so the images per call set its "
-             "batch.", "",
+             "Both stack up to 64 perturbed rows per forward: blur as painted images, token drop as "
+             "rows of any lengths packed into one pass (`vit_course.metrics.packing`). Before packing, "
+             "token drop could stack only the rows that keep the same number of tokens, one per curve "
+             "run together, and measured 1.64× in bfloat16 at 4 images per call (session 5).", "",
              "| images per call | precision | blur | token drop | speed-up (goal ≥ 1.8×) |", "|---:|---|---:|---:|---:|"]
     for n in args.curve_images:
         for p in args.curve_precisions:
@@ -188,7 +202,9 @@ def suite_report(s: dict) -> list[str]:
              + (", then extrapolated linearly to 75 (a subset was measured)." if extrapolated else "."),
              "Net is the wall time less the CPU time the host gave to other guests (steal). Rows are the "
              "images the metrics ran through the model; full-forward equivalents are the tokens those "
-             "rows carried divided by 197.", "",
+             "rows carried divided by 197. A sequence two curves share runs once (Chefer's negative test keeps "
+             "insertion's tokens, its positive test deletion's where the roundings meet; maps with ties "
+             "break them the other way round and share less).", "",
              "| baseline | measured | net | of which explainers | rows | full-forward equivalents | 75 photos (net) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for b in s["secs"]:
@@ -198,11 +214,12 @@ def suite_report(s: dict) -> list[str]:
         net = s["net"]["token_drop"] / s["n"] * 75
         bound = s["tokens"]["token_drop"] / 197 / s["rate"] / s["n"] * 75
         lines += ["", f"Goal ≤ 10 min for 75 photos with token drop: **{'met' if net <= 600 else 'not met'}** "
-                  f"({fmt_s(net)} net). Bound: a full ViT-B/16 forward in bfloat16 runs at {s['rate']:.1f} "
-                  f"images/s here (batch 64), so the metrics' {s['tokens']['token_drop'] / 197:,.0f} full-forward "
-                  f"equivalents{' (scaled to 75 photos)' if extrapolated else ''} need at least {fmt_s(bound)}, "
-                  f"and the explainers (float32, with backward passes) "
-                  f"{fmt_s(s['explain']['token_drop'] / s['n'] * 75)} on top."]
+                  f"({fmt_s(net)} net). For scale: a full ViT-B/16 forward in bfloat16 ran at {s['rate']:.1f} "
+                  f"images/s right after the suite (batch 64, wall time), so the metrics' "
+                  f"{s['tokens']['token_drop'] / 197:,.0f} full-forward equivalents"
+                  f"{' (scaled to 75 photos)' if extrapolated else ''} would take {fmt_s(bound)} at that speed "
+                  f"(shorter sequences cost a little less per token: their attention is smaller), and the "
+                  f"explainers (float32, with backward passes) took {fmt_s(s['explain']['token_drop'] / s['n'] * 75)}."]
     return lines + [""]
 
 
@@ -247,7 +264,7 @@ def report(c: dict | None, s: dict | None, r: dict | None, loads: list[float], a
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
-    ap.add_argument("--curve-images", type=int, nargs="+", default=[4, 16])
+    ap.add_argument("--curve-images", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--curve-precisions", nargs="+", default=["float32", "bfloat16"],
                     choices=["float32", "bfloat16"])
     ap.add_argument("--rounds", type=int, default=2)
