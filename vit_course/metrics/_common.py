@@ -242,10 +242,14 @@ def dropped_logits(model: nn.Module, images: Tensor, keep: Tensor, *, batch_size
         if n[r] < N and key not in cache.dropped and key not in first:
             first[key] = r
     todo = sorted(first.values(), key=lambda r: (-n[r], r))            # longest rows first
-    groups = ([todo[i:i + batch_size] for i in range(0, len(todo), batch_size)] if packable(model)
-              else [[r for r in todo if n[r] == k] for k in sorted({n[r] for r in todo})])
-    run = _packed_rows if packable(model) else _rows_of_one_length
-    for rows, logits in run(model, images, flat, S, groups, batch_size, progress, desc, cache.precision):
+    if packable(model):
+        groups = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+        done = _packed_rows(model, images, flat, S, groups, progress, desc, cache.precision)
+    else:
+        groups = [[r for r in todo if n[r] == k] for k in sorted({n[r] for r in todo})]
+        done = _rows_of_one_length(model, images, flat, S, groups, batch_size, progress, desc,
+                                   cache.precision)
+    for rows, logits in done:
         cache.forwards += len(rows)
         for r, row in zip(rows, logits):
             cache.dropped[keys[r]] = row
@@ -255,18 +259,22 @@ def dropped_logits(model: nn.Module, images: Tensor, keep: Tensor, *, batch_size
 
 
 def _packed_rows(model: nn.Module, images: Tensor, flat: Tensor, S: int, groups: list[list[int]],
-                 batch_size: int, progress: bool, desc: str, precision: str):
-    """(rows, logits) per group of at most ``batch_size`` rows, each group one packed pass."""
+                 progress: bool, desc: str, precision: str) -> list[tuple[list[int], Tensor]]:
+    """(rows, logits) per group of rows of any lengths, each group one packed pass."""
+    out = []
     with eval_mode(model), torch.inference_mode(), arithmetic(images.device, precision):
         packed = PackedDrop(model, images)
         for rows in tqdm(groups, desc=desc, disable=not progress, leave=False):
             keep = [flat[r].nonzero().flatten() for r in rows]
-            yield rows, packed.logits(torch.tensor(rows) // S, keep).float()
+            out.append((rows, packed.logits(torch.tensor(rows) // S, keep).float()))
+    return out
 
 
 def _rows_of_one_length(model: nn.Module, images: Tensor, flat: Tensor, S: int, groups: list[list[int]],
-                        batch_size: int, progress: bool, desc: str, precision: str):
+                        batch_size: int, progress: bool, desc: str,
+                        precision: str) -> list[tuple[list[int], Tensor]]:
     """(rows, logits) per group of rows that keep the same number of tokens (TokenDrop)."""
+    out = []
     with TokenDrop(model) as drop:
         for group in tqdm(groups, desc=desc, disable=not progress, leave=False):
             rows = torch.tensor(group)
@@ -277,7 +285,8 @@ def _rows_of_one_length(model: nn.Module, images: Tensor, flat: Tensor, S: int, 
                 drop.keep = idx[r.to(idx.device)]
                 return images[(rows[r] // S).to(images.device)]
 
-            yield group, forward_logits(model, build, rows.numel(), batch_size, precision=precision)
+            out.append((group, forward_logits(model, build, rows.numel(), batch_size, precision=precision)))
+    return out
 
 
 def target_probability(logits: Tensor, target: Tensor) -> Tensor:
