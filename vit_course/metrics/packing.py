@@ -4,8 +4,8 @@ The rows of a token-drop curve keep different numbers of tokens, so
 :class:`~vit_course.explain.families.TokenDrop` can only stack the rows that keep the same
 number: one forward per kept count, each reading every weight of the model again. With one
 or a few images per call those forwards carry a handful of rows, and reading the weights
-costs more than the arithmetic (on the course's 2-core machine a ViT-B/16 forward over one
-token takes a quarter of one over all 197).
+costs more than the arithmetic (on the course's 2-core machine a bfloat16 ViT-B/16 forward of
+one image over one token took about half as long as one over all 197).
 
 Every part of a pre-norm block except the attention acts on each token alone, so the tokens
 of all rows can go through the norms, projections and MLP as one (total tokens, D) matrix;
