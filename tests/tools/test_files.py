@@ -60,3 +60,16 @@ def test_grading_a_folder_sweeps_a_killed_graders_folders_first(tmp_path, monkey
     with pytest.raises(RuntimeError, match="stop"):
         grader.grade_folder(subs, tmp_path / "source.ipynb", tmp_path / "out" / "g.csv")
     assert not stale.exists()
+
+
+def test_without_proc_a_running_owner_is_kept_and_a_dead_one_swept(tmp_path, monkeypatch):
+    """Where /proc is missing (macOS), the start time is unknown: a live pid must still count
+    as the owner (reading a missing /proc file must not look like a dead process)."""
+    real_isdir = os.path.isdir
+    monkeypatch.setattr(files.os.path, "isdir", lambda p: False if p == "/proc/self" else real_isdir(p))
+    assert files._start_time(os.getpid()) == "" and files._start_time(_dead_pid()) is None
+    alive, dead = tmp_path / "vit-grade-a", tmp_path / "vit-grade-d"
+    for path, pid in ((alive, os.getpid()), (dead, _dead_pid())):
+        path.mkdir()
+        (path / OWNER_FILE).write_text(f"{pid} 12345\n")
+    assert sweep_orphans(("vit-grade-",), tmp_path) == [dead] and alive.is_dir()

@@ -9,6 +9,7 @@ renamed onto it when complete, removed on any error. No torch import here (the g
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -89,20 +90,23 @@ OWNER_FILE = ".owner"
 
 def _start_time(pid: int) -> str | None:
     """The process's start time (clock ticks since boot, /proc/<pid>/stat field 22); None if
-    there is no such process, "" where /proc does not tell (a live pid counts as the owner)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except FileNotFoundError:
-        return None
-    except (OSError, IndexError):
+    there is no such process, "" where /proc does not tell (a live pid counts as the owner).
+    POSIX only: on Windows ``os.kill(pid, 0)`` would end the process."""
+    if os.path.isdir("/proc/self"):
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[19]
+        except FileNotFoundError:
             return None
-        except PermissionError:
+        except (OSError, IndexError):
             pass
-        return ""
+    try:
+        os.kill(pid, 0)                  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return None
+    except OSError:                      # it exists (another user's: PermissionError)
+        pass
+    return ""
 
 
 @contextmanager
@@ -118,11 +122,11 @@ def owned_tempdir(prefix: str) -> Iterator[str]:
 def sweep_orphans(prefixes: tuple[str, ...], root: str | os.PathLike | None = None) -> list[Path]:
     """Remove the folders of :func:`owned_tempdir` under ``root`` (default: the temporary
     folder) whose owner process is gone; returns them. Folders of other users, without an
-    owner file, or whose owner still runs are left alone."""
-    import shutil
-
+    owner file, or whose owner still runs are left alone. Does nothing outside POSIX."""
     root = Path(root if root is not None else tempfile.gettempdir())
-    removed = []
+    removed: list[Path] = []
+    if os.name != "posix":
+        return removed
     for path in root.iterdir() if root.is_dir() else ():
         if not path.name.startswith(prefixes) or path.is_symlink() or not path.is_dir():
             continue
